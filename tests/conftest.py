@@ -1,0 +1,45 @@
+"""Shared fixtures: one local SparkSession (Delta on) per test run, tmp configs."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+
+
+@pytest.fixture(scope="session")
+def spark():
+    """One local session for the whole test run (JVM start is ~7 s); Delta enabled."""
+    from core.config import SparkConfig
+    from core.spark import get_spark
+
+    session = get_spark(SparkConfig(master="local[2]", shuffle_partitions=1, driver_memory="2g",
+                                    app_name="cscnn-tests"))
+    yield session
+    session.stop()
+
+
+@pytest.fixture
+def tmp_cfg(tmp_path):
+    """A PipelineConfig whose storage root is a fresh temporary folder, with a tiny world."""
+    from core.config import load_config
+
+    return load_config(overrides={
+        "storage.root": str(tmp_path / "var"),
+        "world.impressions_per_day": 2000,
+        "world.n_users": 500,
+        "world.initial_ads": 300,
+        "world.new_ads_per_day": 30,
+        "world.n_categories": 8,
+        "world.n_top_categories": 3,
+        "world.image_size": 32,
+        "spark.shuffle_partitions": 1,
+        "spark.master": "local[2]",
+    })
