@@ -255,14 +255,19 @@ class TrainConfig:
 @dataclass(frozen=True)
 class InferenceConfig:
     budget_ads: int = 0  # rows in the lookup table (0: no row budget)
-    budget_bytes: int = 0  # bytes of embeddings (0: no byte budget)
+    budget_bytes: int = 0  # bytes of the serving file's rows: embedding + ad id + category (0: no byte budget)
     reduction: str = "float16"  # none (float32), float16, pca
     pca_dims: int = 32
-    batch_size: int = 512
+    batch_size: int = 512  # images per forward pass of the visual tower
 
     def __post_init__(self) -> None:
         _check(self.reduction in ("none", "float16", "pca"), "inference.reduction", self.reduction,
                "none, float16, pca")
+        _check(self.budget_ads >= 0, "inference.budget_ads", self.budget_ads, "an integer >= 0 (0: no row budget)")
+        _check(self.budget_bytes >= 0, "inference.budget_bytes", self.budget_bytes,
+               "an integer >= 0 (0: no byte budget)")
+        _check(self.pca_dims >= 1, "inference.pca_dims", self.pca_dims, "an integer >= 1")
+        _check(self.batch_size >= 1, "inference.batch_size", self.batch_size, "an integer >= 1")
 
 
 @dataclass(frozen=True)
@@ -271,10 +276,14 @@ class GateConfig:
     live_tolerance: float = 0.005  # new AUC may be at most this much below the live model's
     coverage_min: float = 0.90  # share of holdout impressions whose ad is in the table
     score_match_tol: float = 1e-4
+    norm_min: float = 1e-6  # GX bounds on the L2 norm of each stored lookup-table row (serving)
+    norm_max: float = 1e4
 
     def __post_init__(self) -> None:
         _check(0 <= self.auc_floor <= 1, "gates.auc_floor", self.auc_floor, "a number in [0, 1]")
         _check(0 <= self.coverage_min <= 1, "gates.coverage_min", self.coverage_min, "a number in [0, 1]")
+        _check(0 <= self.norm_min <= self.norm_max, "gates.norm_min/norm_max", (self.norm_min, self.norm_max),
+               "0 <= norm_min <= norm_max")
 
 
 @dataclass(frozen=True)

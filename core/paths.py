@@ -82,10 +82,39 @@ class Paths:
     def ingest_runs(self) -> str:
         return self.table("ops/ingest_runs")
 
+    @property
+    def lookup_table(self) -> str:
+        """Delta table run_date, ad_id, category_id, category_idx, embedding (replaced per run date)."""
+        return self.table("lookup_table")
+
+    @property
+    def registry(self) -> str:
+        """Delta table of published versions and rollbacks (one row per action)."""
+        return self.table("ops/registry")
+
     # artifacts and reports --------------------------------------------------------------
     @property
     def artifacts(self) -> str:
         return self.storage.artifacts_uri
+
+    def run_dir(self, day: dt.date | str) -> str:
+        return _join(self.artifacts, "runs", str(day))
+
+    def run_model_dir(self, day: dt.date | str) -> str:
+        """model.pt (models.train.save_model) and manifest.json of run date D's trained model."""
+        return _join(self.run_dir(day), "model")
+
+    def run_lookup_dir(self, day: dt.date | str) -> str:
+        """The serving files of run date D's lookup table (serving.lookup) and its manifest.json."""
+        return _join(self.run_dir(day), "lookup")
+
+    def validation_record(self, day: dt.date | str) -> str:
+        return _join(self.run_dir(day), "validation.json")
+
+    @property
+    def published(self) -> str:
+        """Immutable published versions v<N>-<D>/ and the `current.json` pointer."""
+        return _join(self.artifacts, "published")
 
     @property
     def reports(self) -> str:
@@ -98,6 +127,17 @@ class Paths:
     @property
     def gx_project(self) -> str:
         return _join(self.reports, "gx")
+
+    def run_dir(self, day: dt.date | str) -> str:
+        """Per-run-date artifacts: resolved config, training snapshot, model, validation record."""
+        return _join(self.artifacts, "runs", str(day))
+
+    def snapshot(self, day: dt.date | str) -> str:
+        """Plain-parquet training snapshot the trainer reads without Spark."""
+        return _join(self.run_dir(day), "snapshot")
+
+    def model_dir(self, day: dt.date | str) -> str:
+        return _join(self.run_dir(day), "model")
 
     def run_report(self, day: dt.date | str) -> str:
         return _join(self.reports, "runs", str(day), "report.html")

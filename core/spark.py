@@ -35,9 +35,13 @@ def get_spark(cfg: SparkConfig | None = None) -> "SparkSession":
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     ivy = cfg.ivy_dir or DEFAULT_IVY_DIR
     os.makedirs(ivy, exist_ok=True)
+    builder = SparkSession.builder
+    if "PYSPARK_GATEWAY_PORT" not in os.environ:
+        # Under spark-submit the master comes from its --master; only a plain Python process
+        # takes it from the config.
+        builder = builder.master(cfg.master)
     builder = (
-        SparkSession.builder.master(cfg.master)
-        .appName(cfg.app_name)
+        builder.appName(cfg.app_name)
         .config("spark.jars.packages", cfg.delta_package)
         .config("spark.jars.ivy", ivy)
         .config("spark.sql.extensions", "io.delta.sql.DeltaSparkSessionExtension")

@@ -1,0 +1,1 @@
+"""The pipeline's orchestration files, importable as a package for their helper modules."""

@@ -1,0 +1,62 @@
+"""Operator extra links from a task's page in the Airflow UI to the pipeline's HTML reports.
+
+The reports themselves are served by the `cscnn_reports` plugin (plugins/cscnn_reports.py)
+under REPORTS_URL_PREFIX, behind Airflow's own login. In Airflow 3 a worker computes each link
+when the task finishes, whatever its state, and stores it as an XCom that the UI reads; so a
+failed quality check still shows its "Data Docs" button.
+
+Imports: `airflow.sdk` and the standard library only (this module is loaded by DAG parsing).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
+from airflow.sdk import BaseOperatorLink, conf
+
+# Keep in sync with plugins/cscnn_reports.py (a test checks both).
+REPORTS_URL_PREFIX = "/cscnn-reports"
+
+
+def reports_url(relative: str) -> str:
+    """Absolute URL of `relative` (a path inside the reports folder) on this Airflow's API server."""
+    base = (conf.get("api", "base_url", fallback="") or "").rstrip("/")
+    return f"{base}{REPORTS_URL_PREFIX}/{relative.lstrip('/')}"
+
+
+def _logical_ds(ti_key: Any) -> str | None:
+    """The run's logical date (YYYY-MM-DD) when the link is computed on the worker, else None.
+
+    On the worker `ti_key` is the running task instance, whose template context has `ds`; runs
+    triggered without a logical date have none.
+    """
+    get_context = getattr(ti_key, "get_template_context", None)
+    if not callable(get_context):
+        return None
+    return get_context().get("ds")
+
+
+class DataDocsLink(BaseOperatorLink):
+    """The Great Expectations Data Docs site (all validation results, newest first)."""
+
+    name = "Data Docs"
+
+    def get_link(self, operator, *, ti_key) -> str:
+        return reports_url("data_docs/index.html")
+
+
+class RunReportLink(BaseOperatorLink):
+    """The HTML run report of the task's logical date (metrics, gate verdicts, quality results)."""
+
+    name = "Run report"
+
+    def get_link(self, operator, *, ti_key) -> str:
+        ds = _logical_ds(ti_key)
+        return reports_url(f"runs/{ds}/report.html") if ds else reports_url("")
+
+
+class ReportingSparkSubmitOperator(SparkSubmitOperator):
+    """SparkSubmitOperator whose task page links to the Data Docs and the run's report."""
+
+    operator_extra_links = (DataDocsLink(), RunReportLink())

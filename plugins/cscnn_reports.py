@@ -1,0 +1,101 @@
+"""Airflow UI plugin: serves the pipeline's reports folder (GX Data Docs, run reports).
+
+    <api base url>/cscnn-reports/                         index: Data Docs + run reports by date
+    <api base url>/cscnn-reports/data_docs/index.html     Great Expectations Data Docs
+    <api base url>/cscnn-reports/runs/<ds>/report.html    the run report of logical date <ds>
+
+The tasks' "Data Docs" and "Run report" buttons (dags/cscnn_links.py) point here, and a
+"CSCNN reports" entry appears in the UI's navigation. Airflow does not authenticate plugin
+apps, so every route requires the caller's Airflow login (the UI's JWT cookie or a bearer token).
+
+The folder is CSCNN_REPORTS_DIR when set, else `storage.reports_uri` of the config named by
+CSCNN_CONFIG (relative paths resolve against the API server's working directory, the repo root
+when started by scripts/airflow_ui.sh). Only local folders can be served.
+"""
+
+from __future__ import annotations
+
+import html
+import os
+from pathlib import Path
+
+from fastapi import Depends, FastAPI, HTTPException
+from fastapi.responses import FileResponse, HTMLResponse
+
+from airflow.api_fastapi.core_api.security import requires_authenticated
+from airflow.plugins_manager import AirflowPlugin
+
+# Keep in sync with dags/cscnn_links.py (a test checks both).
+REPORTS_URL_PREFIX = "/cscnn-reports"
+
+
+def reports_dir() -> Path:
+    """The local reports folder this API server serves (see the module docstring)."""
+    configured = os.environ.get("CSCNN_REPORTS_DIR", "").strip()
+    if configured:
+        return Path(configured).resolve()
+    from core.config import load_config
+    from core.paths import Paths, local_path
+
+    uri = Paths.of(load_config()).reports
+    try:
+        return Path(local_path(uri)).resolve()
+    except ValueError:
+        raise HTTPException(status_code=501, detail=f"reports folder {uri!r} is not local; "
+                            "set CSCNN_REPORTS_DIR to a local mirror of it") from None
+
+
+def resolve_report_file(root: Path, relative: str) -> Path:
+    """The file `relative` names under `root` (a folder means its index.html); 404 outside or absent."""
+    root = root.resolve()
+    target = (root / relative).resolve()
+    if target != root and root not in target.parents:
+        raise HTTPException(status_code=404, detail=f"{relative!r} is outside the reports folder")
+    if target.is_dir():
+        target = target / "index.html"
+    if not target.is_file():
+        raise HTTPException(status_code=404, detail=f"no report at {relative!r} (looked in {root})")
+    return target
+
+
+def render_index(root: Path) -> str:
+    """HTML index of the reports folder: Data Docs link and run reports, newest first."""
+    runs_dir = root / "runs"
+    days = sorted((p.name for p in runs_dir.iterdir() if (p / "report.html").is_file()), reverse=True) \
+        if runs_dir.is_dir() else []
+    items = "".join(f'<li><a href="runs/{html.escape(d)}/report.html">{html.escape(d)}</a></li>' for d in days)
+    docs = ('<p><a href="data_docs/index.html">Great Expectations Data Docs</a></p>'
+            if (root / "data_docs" / "index.html").is_file() else "<p>No Data Docs yet.</p>")
+    runs = f"<ol>{items}</ol>" if items else "<p>No run reports yet.</p>"
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>CSCNN reports</title></head>"
+            f"<body><h1>CSCNN pipeline reports</h1>{docs}<h2>Run reports</h2>{runs}"
+            f"<p><small>{html.escape(str(root))}</small></p></body></html>")
+
+
+app = FastAPI(title="CSCNN reports", dependencies=[Depends(requires_authenticated())])
+
+
+@app.get("/", response_class=HTMLResponse)
+def index() -> str:
+    """The reports index page."""
+    return render_index(reports_dir())
+
+
+@app.get("/{relative:path}")
+def report_file(relative: str) -> FileResponse:
+    """A file of the reports folder (HTML, CSS, images of the Data Docs and run reports)."""
+    return FileResponse(resolve_report_file(reports_dir(), relative))
+
+
+class CscnnReportsPlugin(AirflowPlugin):
+    """Serves the reports folder and adds a navigation entry to it."""
+
+    name = "cscnn_reports"
+    fastapi_apps = [{"app": app, "url_prefix": REPORTS_URL_PREFIX, "name": "CSCNN reports"}]
+    external_views = [{
+        "name": "CSCNN reports",
+        "href": REPORTS_URL_PREFIX.lstrip("/") + "/",
+        "destination": "nav",
+        "category": "browse",
+        "url_route": "cscnn_reports",
+    }]

@@ -1,0 +1,301 @@
+"""The daily DAG: parses cleanly and thinly, has the designed shape, validates its params."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from tests.dags.conftest import AIRFLOW_TEST_ENV, DAGS_DIR, REPO_ROOT
+
+DAG_ID = "cscnn_daily"
+SPARK_TASKS = {
+    "ingest_day": "ingest.py",
+    "check_bronze_quality": "check_quality.py",
+    "build_window": "features.py",
+    "build_lookup_table": "build_lookup.py",
+    "validate_gates": "validate.py",
+    "publish": "publish.py",
+}
+PIPELINE_ORDER = ["build_config", "ingest_day", "check_bronze_quality", "build_window", "train_model",
+                  "build_lookup_table", "validate_gates", "publish", "render_report", "conclude_run"]
+
+
+def _run_python(code: str, extra_env: dict[str, str] | None = None) -> dict:
+    """Run `code` in a fresh interpreter (repo root on PYTHONPATH); it prints one JSON line last."""
+    env = {**os.environ, **AIRFLOW_TEST_ENV, "PYTHONPATH": str(REPO_ROOT), **(extra_env or {})}
+    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=REPO_ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, f"subprocess failed:\n{proc.stdout}\n{proc.stderr}"
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def dagbag():
+    from airflow.dag_processing.dagbag import DagBag
+
+    return DagBag(dag_folder=str(DAGS_DIR))
+
+
+@pytest.fixture(scope="module")
+def dag(dagbag):
+    return dagbag.dags[DAG_ID]
+
+
+def test_dagbag_has_no_import_errors(dagbag):
+    assert dagbag.import_errors == {}
+    assert DAG_ID in dagbag.dags
+
+
+def test_parsing_dags_and_plugin_loads_no_heavy_modules():
+    result = _run_python("""
+        import importlib.util, json, sys
+        from airflow.dag_processing.dagbag import DagBag
+        bag = DagBag(dag_folder="dags")
+        spec = importlib.util.spec_from_file_location("cscnn_reports_plugin", "plugins/cscnn_reports.py")
+        spec.loader.exec_module(importlib.util.module_from_spec(spec))
+        heavy = ("torch", "pyspark", "great_expectations", "torchvision", "delta")
+        print(json.dumps({"errors": bag.import_errors, "dags": sorted(bag.dags),
+                          "loaded": sorted(m for m in heavy if m in sys.modules)}))
+    """)
+    assert result["errors"] == {}
+    assert result["dags"] == [DAG_ID]
+    assert result["loaded"] == []
+
+
+def test_schedule_and_run_limits(dag):
+    assert dag.schedule == "@daily"
+    assert dag.catchup is False
+    assert dag.max_active_runs == 1
+
+
+def test_every_task_retries_with_a_timeout(dag):
+    for task in dag.tasks:
+        assert task.retries > 0, task.task_id
+        assert task.execution_timeout is not None, task.task_id
+
+
+def test_task_ids_and_dependency_order(dag):
+    assert sorted(dag.task_ids) == sorted(PIPELINE_ORDER)
+    for upstream, downstream in zip(PIPELINE_ORDER, PIPELINE_ORDER[1:]):
+        assert upstream in dag.get_task(downstream).upstream_task_ids, (upstream, downstream)
+    # Every stage reads the run's config file written by build_config.
+    for task_id in PIPELINE_ORDER[1:-1]:
+        assert "build_config" in dag.get_task(task_id).get_flat_relative_ids(upstream=True), task_id
+    assert [t.task_id for t in dag.topological_sort()] == PIPELINE_ORDER
+
+
+def test_report_renders_after_failures_and_the_run_still_fails(dag):
+    from airflow.sdk import TriggerRule
+
+    assert dag.get_task("render_report").trigger_rule == TriggerRule.ALL_DONE
+    # The run's state comes from its leaves: conclude_run is the only one, and it needs publish
+    # (and the report) to have succeeded, so a failed gate ends the run failed.
+    assert [t.task_id for t in dag.leaves] == ["conclude_run"]
+    conclude = dag.get_task("conclude_run")
+    assert conclude.trigger_rule == TriggerRule.ALL_SUCCESS
+    assert {"publish", "render_report"} <= conclude.upstream_task_ids
+
+
+def test_spark_tasks_submit_the_stage_applications(dag):
+    from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
+
+    from dags import cscnn_daily
+
+    for task_id, script in SPARK_TASKS.items():
+        task = dag.get_task(task_id)
+        assert isinstance(task, SparkSubmitOperator), task_id
+        assert task.application == str(REPO_ROOT / "spark_jobs" / script)
+        assert task._conn_id == "spark_default"
+        assert task.application_args[:3] == ["--date", "{{ ds }}", "--config"]
+        assert task.application_args[3].operator.task_id == "build_config"
+        assert task.conf["spark.jars.packages"] == cscnn_daily.DELTA_PACKAGE
+        assert task.conf["spark.sql.extensions"] == "io.delta.sql.DeltaSparkSessionExtension"
+        assert task.conf["spark.sql.catalog.spark_catalog"] == "org.apache.spark.sql.delta.catalog.DeltaCatalog"
+        assert task.conf["spark.driver.bindAddress"] == "127.0.0.1"
+        assert str(REPO_ROOT) in task.env_vars["PYTHONPATH"].split(os.pathsep)
+        assert {link.name for link in task.operator_extra_links} == {"Data Docs", "Run report"}
+
+
+def test_publish_emits_the_model_and_lookup_table_assets(dag):
+    from core.assets import LOOKUP_TABLE_ASSET, MODEL_ASSET
+
+    assert list(dag.get_task("publish").outlets) == [MODEL_ASSET, LOOKUP_TABLE_ASSET]
+    assert all(not dag.get_task(t).outlets for t in PIPELINE_ORDER if t != "publish")
+
+
+def test_train_model_runs_torchrun_on_the_configured_queue(dag):
+    task = dag.get_task("train_model")
+    assert task.queue == "default"
+    assert task.pool == "default_pool"
+    from dags.cscnn_daily import train_command
+
+    command = train_command("/runs/2026-02-02/config.json")
+    assert "torchrun --standalone --nproc_per_node=\"$NPROC\" -m models.train_job" in command
+    assert "--date {{ ds }} --config /runs/2026-02-02/config.json" in command
+
+
+def test_environment_sets_queue_pool_catchup_and_spark_conf():
+    result = _run_python("""
+        import json
+        from airflow.dag_processing.dagbag import DagBag
+        dag = DagBag(dag_folder="dags").dags["cscnn_daily"]
+        train, ingest = dag.get_task("train_model"), dag.get_task("ingest_day")
+        print(json.dumps({"queue": train.queue, "pool": train.pool, "catchup": dag.catchup,
+                          "max_active_runs": dag.max_active_runs,
+                          "driver_host": ingest.conf.get("spark.driver.host"),
+                          "bind": ingest.conf["spark.driver.bindAddress"]}))
+    """, {"CSCNN_GPU_QUEUE": "gpu", "CSCNN_GPU_POOL": "gpu_pool", "CSCNN_CATCHUP": "true",
+          "CSCNN_MAX_ACTIVE_RUNS": "2",
+          "CSCNN_SPARK_CONF": '{"spark.driver.host": "airflow-worker", "spark.driver.bindAddress": "0.0.0.0"}'})
+    assert result == {"queue": "gpu", "pool": "gpu_pool", "catchup": True, "max_active_runs": 2,
+                      "driver_host": "airflow-worker", "bind": "0.0.0.0"}
+
+
+def test_bad_environment_is_an_import_error_naming_the_variable():
+    cases = {"CSCNN_CATCHUP": "maybe", "CSCNN_SPARK_CONF": '{"driver.host": "x"}', "CSCNN_MAX_ACTIVE_RUNS": "0",
+             "CSCNN_START_DATE": "2026-02-30"}
+    result = _run_python(f"""
+        import json, os
+        from airflow.dag_processing.dagbag import DagBag
+        errors = {{}}
+        for name, value in {cases!r}.items():
+            os.environ[name] = value
+            errors[name] = list(DagBag(dag_folder="dags").import_errors.values())
+            del os.environ[name]
+        print(json.dumps(errors))
+    """)
+    for name, value in cases.items():
+        assert len(result[name]) == 1, name
+        assert name in result[name][0] and repr(value) in result[name][0], result[name][0]
+
+
+# --------------------------------------------------------------------------- params
+
+
+def test_default_params_validate(dag):
+    resolved = dag.params.validate()
+    assert resolved["window_days"] is None
+    assert resolved["overrides"] == {}
+
+
+@pytest.mark.parametrize("name, good, bad", [
+    ("window_days", 8, 0),
+    ("model_variant", "cbam", "resnet"),
+    ("auc_floor", 0.6, 1.5),
+    ("coverage_min", 0.9, -0.1),
+    ("max_steps", 100, -1),
+    ("epochs", 2, 0),
+    ("overrides", {"train.batch_size": 256}, "train.batch_size=256"),
+])
+def test_params_accept_good_and_reject_bad_values(dag, name, good, bad):
+    from airflow.sdk.definitions.param import ParamsDict
+
+    params = ParamsDict(dag.params)
+    params[name] = good  # validates on assignment
+    with pytest.raises(ValueError):
+        params[name] = bad
+
+
+def test_params_map_to_real_config_keys():
+    from core.config import load_config
+    from dags.cscnn_daily import params_to_overrides
+
+    overrides = params_to_overrides({"window_days": 8, "model_variant": "cbam", "epochs": 2, "max_steps": 50,
+                                     "auc_floor": 0.6, "live_tolerance": 0.01, "coverage_min": 0.8,
+                                     "overrides": {"train.batch_size": 256}})
+    cfg = load_config(None, overrides)
+    assert (cfg.features.window_days, cfg.model.variant, cfg.train.epochs, cfg.train.max_steps) == (8, "cbam", 2, 50)
+    assert (cfg.gates.auc_floor, cfg.gates.live_tolerance, cfg.gates.coverage_min) == (0.6, 0.01, 0.8)
+    assert cfg.train.batch_size == 256
+
+
+def test_unset_params_keep_the_config_values():
+    from dags.cscnn_daily import params_to_overrides
+
+    assert params_to_overrides({"window_days": None, "model_variant": None, "overrides": {}}) == {}
+
+
+def test_conflicting_param_and_override_is_an_error_naming_both():
+    from dags.cscnn_daily import params_to_overrides
+
+    with pytest.raises(ValueError, match=r"window_days.*features\.window_days"):
+        params_to_overrides({"window_days": 8, "overrides": {"features.window_days": 16}})
+
+
+def test_dag_constants_mirror_the_shared_package():
+    from core.config import VARIANTS, SparkConfig
+    from core.spark import DEFAULT_IVY_DIR
+    from dags import cscnn_daily
+
+    assert cscnn_daily.MODEL_VARIANTS == VARIANTS
+    assert cscnn_daily.DELTA_PACKAGE == SparkConfig().delta_package
+    assert os.path.expanduser(cscnn_daily.DEFAULT_IVY_DIR) == DEFAULT_IVY_DIR
+
+
+# --------------------------------------------------------------------------- build_config
+
+
+def test_build_config_writes_the_resolved_config_once_per_date(dag, tmp_path, monkeypatch):
+    from core.config import PipelineConfig
+
+    base = tmp_path / "base.json"
+    base.write_text(json.dumps({"storage": {"root": str(tmp_path / "var")}, "features": {"window_days": 4}}))
+    monkeypatch.setenv("CSCNN_CONFIG", str(base))
+    build = dag.get_task("build_config").python_callable
+
+    path = build(params={"window_days": 8, "overrides": {}}, ds="2026-02-02")
+    assert path == str(tmp_path / "var" / "artifacts" / "runs" / "2026-02-02" / "config.json")
+    cfg = PipelineConfig.from_json(open(path).read())
+    assert cfg.features.window_days == 8
+    assert cfg.storage.reports_uri == str(tmp_path / "var" / "reports")  # absolute for every stage
+
+    again = build(params={"window_days": None, "overrides": {}}, ds="2026-02-02")  # a re-run replaces
+    assert again == path
+    assert PipelineConfig.from_json(open(path).read()).features.window_days == 4
+    assert sorted(p.name for p in (tmp_path / "var" / "artifacts" / "runs" / "2026-02-02").iterdir()) == ["config.json"]
+
+
+def test_build_config_rejects_unknown_keys_and_missing_dates(dag, tmp_path, monkeypatch):
+    from core.config import ConfigError
+
+    monkeypatch.delenv("CSCNN_CONFIG", raising=False)
+    build = dag.get_task("build_config").python_callable
+    with pytest.raises(ConfigError, match="crossing_layers"):
+        build(params={"overrides": {"model.crossing_layers": 2, "storage.root": str(tmp_path)}}, ds="2026-02-02")
+    with pytest.raises(ValueError, match="logical date"):
+        build(params={"overrides": {}}, ds=None)
+
+
+# --------------------------------------------------------------------------- GPU count
+
+
+@pytest.mark.parametrize("cuda_visible, fake_gpus, expected", [
+    ("0,1", None, 2),
+    ("3", None, 1),
+    ("", None, 1),
+    ("-1", None, 1),
+    (None, 3, 3),
+    (None, None, 1),
+])
+def test_train_command_runs_one_process_per_visible_gpu(tmp_path, cuda_visible, fake_gpus, expected):
+    from dags.cscnn_daily import _NPROC_SNIPPET
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("tr", "grep", "printf"):
+        (bin_dir / tool).symlink_to(subprocess.check_output(["bash", "-c", f"command -v {tool}"], text=True).strip())
+    if fake_gpus is not None:
+        smi = bin_dir / "nvidia-smi"
+        smi.write_text("#!/bin/sh\n" + "".join(f"echo 'GPU {i}: Fake (UUID: GPU-{i})'\n" for i in range(fake_gpus)))
+        smi.chmod(0o755)
+    env = {"PATH": str(bin_dir)}
+    if cuda_visible is not None:
+        env["CUDA_VISIBLE_DEVICES"] = cuda_visible
+    out = subprocess.run(["/bin/bash", "-c", f"set -euo pipefail\n{_NPROC_SNIPPET}\necho \"NPROC=$NPROC\""],
+                         env=env, capture_output=True, text=True, check=True).stdout
+    assert out.strip().splitlines()[-1] == f"NPROC={expected}"
