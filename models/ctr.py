@@ -1,0 +1,54 @@
+"""The CTR model of one Table 8 variant: FieldEmbedding + optional VisualTower + DCN."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from core.config import ModelConfig
+from core.feature_spec import FeatureSpec
+from models.batching import Batch, preprocess_images
+from models.layers import DCN, FieldEmbedding
+from models.visual import VisualTower, build_visual_tower
+
+
+class CTRModel(nn.Module):
+    """pCTR = sigmoid(forward(batch)).
+
+    Variants (cfg.variant): dcn (no image), cnn_fixed (pretrained backbone, frozen: call
+    ``tower.freeze_backbone()``), cnn_finetune (plain backbone trained end to end), cbam, cscnn.
+    Images arrive as uint8 (N, H, W, 3) and are normalised here, on the model's device, by
+    ``preprocess_images`` (the one preprocessing shared with inference).
+    The tower embeds the batch's images once (U rows in grouped mode, B rows per impression) and
+    x_v is gathered back per impression with ``batch.image_index``.
+    """
+
+    def __init__(self, spec: FeatureSpec, cfg: ModelConfig) -> None:
+        super().__init__()
+        if "category_id" not in spec.single and cfg.variant == "cscnn":
+            raise ValueError("variant 'cscnn' needs the single field 'category_id' in the feature spec "
+                             "(its vocab size is the number of category priors)")
+        self.spec = spec
+        self.cfg = cfg
+        self.embedding = FieldEmbedding(spec, cfg.embedding_dim)
+        self.tower: VisualTower | None = None
+        if cfg.variant != "dcn":
+            n_categories = spec.single.get("category_id", 1)
+            self.tower = build_visual_tower(cfg, n_categories)
+        self.dcn = DCN(self.embedding.out_dim, cfg.visual_dim if self.tower is not None else 0, cfg)
+
+    @property
+    def uses_images(self) -> bool:
+        return self.tower is not None
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        """Logits (B,)."""
+        x_nv = self.embedding(batch.single, batch.multi_values, batch.multi_offsets)  # (B, D_nv)
+        x_v = None
+        if self.tower is not None:
+            if batch.images is None:
+                raise ValueError(f"variant {self.cfg.variant!r} needs images in the batch")
+            images = preprocess_images(batch.images, self.dcn.out.weight.dtype)  # (U, 3, H, W)
+            emb = self.tower(images, batch.image_category)  # (U, visual_dim)
+            x_v = emb[batch.image_index]  # (B, visual_dim)
+        return self.dcn(x_nv, x_v)

@@ -1,0 +1,474 @@
+"""Training loop, prediction, metrics and model files (kept apart from the modules).
+
+    metrics = train(cfg, spec, train_df, holdout_df, images, out_dir)
+
+* Batches are consecutive row ranges cut at ad-group boundaries (models.batching), each unique
+  ad image embedded once per batch (cfg.train.grouped).
+* Adam; early stopping on holdout AUC (evaluated every train.eval_every steps, or once per
+  epoch); the best weights are kept.
+* A checkpoint (model, optimizer, AMP scaler, step, early-stopping state, RNG states) every
+  train.checkpoint_every steps to <out_dir>/checkpoint.pt; with resume=True a killed run goes on
+  from it and ends with the same weights as an uninterrupted run.
+* CUDA + AMP when present (train.device = auto), CPU otherwise. Under ``torchrun`` (env RANK and
+  WORLD_SIZE) it runs DistributedDataParallel (nccl on CUDA, gloo on CPU): every rank builds the
+  same global batch plan and takes a disjoint contiguous share of each global batch's groups;
+  the per-rank loss is scaled so that DDP's gradient average equals the single-process gradient
+  of the global batch. Global batches with fewer groups than ranks are skipped (logged).
+  BatchNorm statistics stay per rank, as usual with DDP. Rank 0 scores the holdout and
+  broadcasts the metrics; rank 0 writes checkpoints and the model.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import os
+import random
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from scipy.stats import rankdata
+from torch import nn
+
+from core.config import ModelConfig, PipelineConfig, build
+from core.feature_spec import FeatureSpec
+from models.batching import (EncodedData, ImageTable, encode_examples, make_batch, plan_batches,
+                             preprocess_images, shard_range)
+from models.ctr import CTRModel
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_FILE = "checkpoint.pt"
+MODEL_FILE = "model.pt"
+LOG_EVERY_S = 10.0  # seconds between progress lines
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+def auc_score(labels: np.ndarray, scores: np.ndarray) -> float:
+    """ROC AUC (ties count one half); NaN when only one class is present."""
+    labels = np.asarray(labels).astype(bool)
+    n_pos = int(labels.sum())
+    n_neg = len(labels) - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    ranks = rankdata(scores)
+    return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def compute_metrics(labels: np.ndarray, preds: np.ndarray, is_cold: np.ndarray | None = None) -> dict[str, float]:
+    """AUC (all and cold ads), log loss and calibration of predicted CTRs."""
+    labels = np.asarray(labels, dtype=np.float64)
+    preds = np.asarray(preds, dtype=np.float64)
+    p = np.clip(preds, 1e-7, 1 - 1e-7)
+    out = {
+        "n": int(len(labels)),
+        "auc": auc_score(labels, preds),
+        "logloss": float(-np.mean(labels * np.log(p) + (1 - labels) * np.log(1 - p))) if len(labels) else float("nan"),
+        "mean_pred": float(preds.mean()) if len(preds) else float("nan"),
+        "observed_ctr": float(labels.mean()) if len(labels) else float("nan"),
+    }
+    out["calibration"] = out["mean_pred"] / out["observed_ctr"] if out["observed_ctr"] > 0 else float("nan")
+    if is_cold is not None:
+        cold = np.asarray(is_cold, dtype=bool)
+        out["n_cold"] = int(cold.sum())
+        out["auc_cold"] = auc_score(labels[cold], preds[cold])
+    return out
+
+
+# --------------------------------------------------------------------------- devices, seeds
+
+
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    """'auto' -> CUDA when present, else CPU; 'cuda' without a GPU is an error."""
+    if name not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"bad device {name!r}; allowed: auto, cpu, cuda")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("train.device is 'cuda' but no CUDA device is available; use 'auto' or 'cpu'")
+    if name == "cpu" or not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda", local_rank)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, numpy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _rng_state() -> dict[str, Any]:
+    np_state = np.random.get_state()
+    state = {"python": random.getstate(), "torch": torch.get_rng_state(),
+             "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]]}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: Mapping[str, Any]) -> None:
+    random.setstate(_tuplify(state["python"]))
+    torch.set_rng_state(state["torch"])
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _tuplify(x: Any) -> Any:
+    return tuple(_tuplify(v) for v in x) if isinstance(x, (list, tuple)) else x
+
+
+def _init_distributed(device_name: str) -> tuple[int, int, torch.device, bool]:
+    """(rank, world size, device, whether we created the process group)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = resolve_device(device_name, local_rank)
+    created = False
+    if world > 1 and not dist.is_initialized():
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        created = True
+    return rank, world, device, created
+
+
+# --------------------------------------------------------------------------- model files
+
+
+def save_model(model: nn.Module, path: str | os.PathLike) -> None:
+    """Write weights, feature spec and model config to ``path`` (atomically)."""
+    model = _unwrap(model)
+    payload = {"state_dict": model.state_dict(), "spec": model.spec.to_json(),
+               "model_config": json.dumps(dataclasses.asdict(model.cfg)),
+               "backbone_frozen": bool(model.tower is not None and model.tower.backbone_frozen)}
+    _atomic_save(payload, Path(path))
+
+
+def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> CTRModel:
+    """The CTRModel saved by ``save_model`` (in eval mode); loads with weights_only=True."""
+    payload = torch.load(path, map_location=map_location, weights_only=True)
+    spec = FeatureSpec.from_json(payload["spec"])
+    cfg = build(ModelConfig, json.loads(payload["model_config"]), "model")
+    model = CTRModel(spec, cfg)
+    if payload.get("backbone_frozen") and model.tower is not None:
+        model.tower.freeze_backbone()
+    model.load_state_dict(payload["state_dict"])
+    return model.to(map_location).eval()
+
+
+def warm_start(model: CTRModel, source: str | os.PathLike | Mapping[str, torch.Tensor]) -> list[str]:
+    """Copy every tensor of ``source`` (a model file or a state dict) whose name and shape match.
+
+    Returns the names of this model's tensors that were NOT initialised from the source."""
+    if not isinstance(source, Mapping):
+        payload = torch.load(source, map_location="cpu", weights_only=True)
+        source = payload["state_dict"] if "state_dict" in payload else payload
+    own = model.state_dict()
+    matched = {k: v for k, v in source.items() if k in own and own[k].shape == v.shape}
+    model.load_state_dict(matched, strict=False)
+    skipped = sorted(set(own) - set(matched))
+    log.info("warm start: %d tensors copied, %d kept fresh%s", len(matched), len(skipped),
+             f" (e.g. {skipped[:3]})" if skipped else "")
+    return skipped
+
+
+def _atomic_save(obj: Any, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+# --------------------------------------------------------------------------- pretraining
+
+
+def pretrain_backbone(tower: nn.Module, images: np.ndarray, categories: np.ndarray, steps: int,
+                      batch_size: int = 64, lr: float = 1e-3, seed: int = 0,
+                      device: str | torch.device = "cpu") -> dict[str, float]:
+    """Train ``tower`` (backbone + projection) with a temporary linear head to classify the
+    category of uint8 images (N, H, W, 3); for variant cnn_fixed, which then freezes the backbone.
+
+    Returns the mean loss and accuracy over the last 10% of steps."""
+    categories = np.asarray(categories, dtype=np.int64)
+    if len(images) != len(categories) or len(images) == 0:
+        raise ValueError(f"need as many images as categories (> 0), got {len(images)} and {len(categories)}")
+    device = torch.device(device)
+    tower.to(device).train()
+    dtype = next(tower.parameters()).dtype
+    head = nn.Linear(tower.proj.out_features, int(categories.max()) + 1).to(device, dtype)
+    opt = torch.optim.Adam([*tower.parameters(), *head.parameters()], lr=lr)
+    gen = torch.Generator().manual_seed(seed)
+    losses, accs = [], []
+    for _ in range(steps):
+        idx = torch.randint(len(images), (min(batch_size, len(images)),), generator=gen).numpy()
+        x = preprocess_images(torch.from_numpy(images[idx]).to(device), dtype)  # (b, 3, H, W)
+        y = torch.from_numpy(categories[idx]).to(device)
+        logits = head(tower(x, y))  # (b, n_classes); the plain backbone ignores y
+        loss = F.cross_entropy(logits, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+        accs.append((logits.argmax(1) == y).float().mean().item())
+    tail = max(1, steps // 10)
+    return {"loss": float(np.mean(losses[-tail:])) if losses else float("nan"),
+            "accuracy": float(np.mean(accs[-tail:])) if accs else float("nan")}
+
+
+# --------------------------------------------------------------------------- prediction
+
+
+class _Prepared:
+    """Encoded examples with their images laid out once."""
+
+    def __init__(self, data: Any, spec: FeatureSpec, images: Mapping[int, np.ndarray] | None,
+                 uses_images: bool, require_label: bool = True) -> None:
+        self.data: EncodedData = encode_examples(data, spec, require_label=require_label)
+        self.pixels = self.row_ad = None
+        if uses_images:
+            if images is None:
+                raise ValueError("this model variant needs the ad image lookup, got images=None")
+            table = ImageTable(images, self.data.ad_id)
+            self.pixels, self.row_ad = table.pixels, table.row_ad
+
+    def batch(self, start: int, end: int, grouped: bool = True):
+        return make_batch(self.data, self.pixels, self.row_ad, start, end, grouped)
+
+
+def _predict_prepared(model: nn.Module, prep: _Prepared, batch_size: int, device: torch.device,
+                      amp: bool = False) -> np.ndarray:
+    model = _unwrap(model)
+    was_training = model.training
+    model.eval()
+    dtype = next(model.parameters()).dtype
+    out = np.empty(len(prep.data), np.float64)
+    with torch.no_grad(), torch.autocast(device.type, enabled=amp and device.type == "cuda"):
+        for start, end in plan_batches(prep.data.group_id, batch_size):
+            batch = prep.batch(start, end).to(device, dtype)
+            out[start:end] = torch.sigmoid(model(batch).float()).cpu().numpy()
+    model.train(was_training)
+    return out
+
+
+def predict(model: nn.Module, data: Any, images: Mapping[int, np.ndarray] | None,
+            batch_size: int = 1024) -> np.ndarray:
+    """pCTR (n,) for encoded examples ``data`` in row order, on the model's device, eval mode."""
+    model = _unwrap(model)
+    device = next(model.parameters()).device
+    prep = _Prepared(data, model.spec, images, model.uses_images, require_label=False)
+    return _predict_prepared(model, prep, batch_size, device)
+
+
+def embed_images(model: nn.Module, images: np.ndarray, categories: np.ndarray, batch_size: int = 512) -> np.ndarray:
+    """Visual embeddings x_v (N, visual_dim) of uint8 images (N, H, W, 3) with their category ids."""
+    model = _unwrap(model)
+    if model.tower is None:
+        raise ValueError(f"variant {model.cfg.variant!r} has no visual tower to embed images with")
+    device = next(model.parameters()).device
+    dtype = next(model.parameters()).dtype
+    was_training = model.training
+    model.eval()
+    out = []
+    with torch.no_grad():
+        for s in range(0, len(images), batch_size):
+            x = preprocess_images(torch.from_numpy(np.ascontiguousarray(images[s:s + batch_size])).to(device),
+                                  dtype)  # (b, 3, H, W)
+            c = torch.as_tensor(np.asarray(categories[s:s + batch_size], dtype=np.int64), device=device)
+            out.append(model.tower(x, c).float().cpu().numpy())
+    model.train(was_training)
+    return np.concatenate(out) if out else np.zeros((0, model.cfg.visual_dim), np.float32)
+
+
+# --------------------------------------------------------------------------- training
+
+
+@dataclasses.dataclass
+class _EarlyStop:
+    best_auc: float = -math.inf
+    best_step: int = -1
+    bad_evals: int = 0
+    stopped: bool = False
+
+
+def _fingerprint(cfg: PipelineConfig, n_rows: int, world: int) -> str:
+    """What a checkpoint must agree on to be resumed (max_steps and patience may change)."""
+    key = json.dumps({"model": dataclasses.asdict(cfg.model), "batch_size": cfg.train.batch_size,
+                      "lr": cfg.train.lr, "wd": cfg.train.weight_decay, "seed": cfg.train.seed,
+                      "grouped": cfg.train.grouped, "rows": n_rows, "world": world}, sort_keys=True)
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def train(cfg: PipelineConfig, spec: FeatureSpec, train_data: Any, holdout_data: Any | None,
+          images: Mapping[int, np.ndarray] | None, out_dir: str | os.PathLike, resume: bool = True,
+          init_from: str | os.PathLike | Mapping[str, torch.Tensor] | None = None) -> dict[str, Any]:
+    """Train the CTR model of ``cfg.model`` on encoded examples; see the module docstring.
+
+    Writes <out_dir>/model.pt (best weights, rank 0) and <out_dir>/checkpoint.pt; returns holdout
+    metrics (auc, auc_cold, logloss, mean_pred, observed_ctr, calibration) plus run facts."""
+    tc = cfg.train
+    out_dir = Path(out_dir)
+    rank, world, device, created_pg = _init_distributed(tc.device)
+    try:
+        return _train(cfg, spec, train_data, holdout_data, images, out_dir, resume, init_from,
+                      rank, world, device)
+    finally:
+        if created_pg:
+            dist.destroy_process_group()
+
+
+def _train(cfg, spec, train_data, holdout_data, images, out_dir, resume, init_from, rank, world, device):
+    tc, mc = cfg.train, cfg.model
+    seed_everything(tc.seed)
+    model = CTRModel(spec, mc)
+    uses_images = model.uses_images
+    train_set = _Prepared(train_data, spec, images, uses_images)
+    hold_set = _Prepared(holdout_data, spec, images, uses_images) if holdout_data is not None else None
+    if len(train_set.data) == 0:
+        raise ValueError("no training examples")
+    plan = plan_batches(train_set.data.group_id, tc.batch_size)
+    total_steps = tc.epochs * len(plan)
+    if tc.max_steps:
+        total_steps = min(total_steps, tc.max_steps)
+    ckpt_path = out_dir / CHECKPOINT_FILE
+    fingerprint = _fingerprint(cfg, len(train_set.data), world)
+    ckpt = None
+    if resume and ckpt_path.exists():
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        if ckpt.get("fingerprint") != fingerprint:
+            log.warning("checkpoint %s was written for other data or settings; starting fresh", ckpt_path)
+            ckpt = None
+
+    warm = ckpt is None and init_from is not None and tc.warm_start
+    if warm:
+        warm_start(model, init_from)
+    if mc.variant == "cnn_fixed":
+        if ckpt is None and not warm:
+            stats = pretrain_backbone(model.tower, train_set.pixels, _ad_categories(train_set), tc.pretrain_steps,
+                                      lr=tc.lr, seed=tc.seed, device=device)
+            log.info("cnn_fixed backbone pretrained on categories: %s", stats)
+        model.tower.freeze_backbone()
+    model.to(device)
+    if device.type == "cuda":
+        # Fixed image sizes: let cuDNN pick the fastest conv algorithms (measured 2-3x on the tower).
+        torch.backends.cudnn.benchmark = True
+    net: nn.Module = model
+    if world > 1:
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=tc.lr, weight_decay=tc.weight_decay)
+    use_amp = tc.amp and device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    early = _EarlyStop()
+    best_state: dict[str, torch.Tensor] | None = None
+    step = 0
+    if ckpt is not None:
+        model.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["optimizer"])
+        scaler.load_state_dict(ckpt["scaler"])
+        step = int(ckpt["step"])
+        early = _EarlyStop(**ckpt["early_stop"])
+        best_state = ckpt["best_state"] or None
+        _set_rng_state(ckpt["rng"])
+        log.info("resumed from %s at step %d", ckpt_path, step)
+
+    def evaluate() -> dict[str, Any]:
+        # Rank 0 scores the holdout and shares the result, so every rank takes the same
+        # early-stopping decision (and snapshots the same, synchronised weights).
+        metrics = None
+        if rank == 0:
+            preds = _predict_prepared(model, hold_set, tc.batch_size, device, use_amp)
+            metrics = compute_metrics(hold_set.data.label, preds, hold_set.data.is_cold)
+        if world > 1:
+            box = [metrics]
+            dist.broadcast_object_list(box, src=0)
+            metrics = box[0]
+        return metrics
+
+    def save_checkpoint() -> None:
+        if rank == 0:
+            _atomic_save({"fingerprint": fingerprint, "model": model.state_dict(), "optimizer": opt.state_dict(),
+                          "scaler": scaler.state_dict(), "step": step, "early_stop": dataclasses.asdict(early),
+                          "best_state": best_state or {}, "rng": _rng_state()}, ckpt_path)
+
+    eval_every = tc.eval_every or len(plan)
+    net.train()
+    t0, last_log, seen, loss_acc, loss_n, skipped = time.time(), time.time(), 0, 0.0, 0, 0
+    while step < total_steps and not early.stopped:
+        start, end = plan[step % len(plan)]
+        share = shard_range(train_set.data.group_id, start, end, rank, world)
+        if share is None:
+            skipped += 1
+        else:
+            batch = train_set.batch(*share, grouped=tc.grouped).to(device)
+            with torch.autocast(device.type, enabled=use_amp):
+                logits = net(batch)
+            loss_sum = F.binary_cross_entropy_with_logits(logits.float(), batch.labels, reduction="sum")
+            # DDP averages gradients over ranks: scale so the average is the global batch mean.
+            loss = loss_sum * (world / (end - start))
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+            seen += share[1] - share[0]
+            loss_acc = loss_acc + loss_sum.detach()  # summed on the device: no sync per step
+            loss_n += share[1] - share[0]
+        step += 1
+        now = time.time()
+        if rank == 0 and (now - last_log >= LOG_EVERY_S or step == total_steps):
+            log.info("step %d/%d loss %.4f impressions/s %.0f (all ranks, estimated from rank 0)", step, total_steps,
+                     float(loss_acc) / max(loss_n, 1), seen * world / max(now - t0, 1e-9))
+            last_log, loss_acc, loss_n = now, 0.0, 0
+        if hold_set is not None and (step % eval_every == 0 or step == total_steps):
+            auc = evaluate()["auc"]
+            if not math.isnan(auc) and auc > early.best_auc:
+                early.best_auc, early.best_step, early.bad_evals = auc, step, 0
+                best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+            else:
+                early.bad_evals += 1
+                early.stopped = early.bad_evals >= tc.early_stopping_patience
+            if rank == 0:
+                log.info("step %d holdout auc %.4f (best %.4f at step %d)", step, auc, early.best_auc, early.best_step)
+        if tc.checkpoint_every and step % tc.checkpoint_every == 0:
+            save_checkpoint()
+    if skipped:
+        log.warning("skipped %d global batches with fewer ad groups than the %d ranks", skipped, world)
+    elapsed = time.time() - t0
+    if best_state:
+        model.load_state_dict(best_state)
+    metrics: dict[str, Any] = evaluate() if hold_set is not None else {}
+    total_seen = seen
+    if world > 1:
+        count = torch.tensor([seen], dtype=torch.int64, device=device)
+        dist.all_reduce(count)
+        total_seen = int(count.item())
+    metrics.update({"steps": step, "best_step": early.best_step, "early_stopped": early.stopped,
+                    "train_impressions": total_seen, "impressions_per_s": total_seen / max(elapsed, 1e-9),
+                    "device": str(device), "world_size": world, "model_path": str(out_dir / MODEL_FILE)})
+    if rank == 0:
+        save_model(model, out_dir / MODEL_FILE)
+    if world > 1:
+        dist.barrier()
+    return metrics
+
+
+def _ad_categories(prep: _Prepared) -> np.ndarray:
+    """The category of each ad row of ``prep.pixels`` (A,)."""
+    cats = np.zeros(len(prep.pixels), np.int64)
+    cats[prep.row_ad] = prep.data.category
+    return cats

@@ -1,0 +1,220 @@
+"""Module-level tests: shapes, the cross net by hand, CSCNN prior gradients, variants, errors,
+and grouped == per-impression forward/backward."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from core.config import ConfigError, ModelConfig, load_config
+from models.attention import CBAM, CSCNNAttention, NoAttention, make_attention
+from models.batching import ImageTable, encode_examples, make_batch, plan_batches
+from models.ctr import CTRModel
+from models.layers import DCN, CrossNet, FieldEmbedding
+from models.synthetic import make_examples, make_spec
+from models.visual import build_visual_tower
+
+TINY = dict(deep_dims=(16, 8, 4), head_dims=(8,), visual_dim=6, prior_channels=3, prior_spatial=3)
+
+
+def tiny_cfg(**kw) -> ModelConfig:
+    return ModelConfig(**{**TINY, **kw})
+
+
+@pytest.fixture(scope="module")
+def data():
+    spec = make_spec(n_categories=5, vocab=11)
+    df, images = make_examples(spec, n_ads=5, impressions_per_ad=(3, 6), image_size=32, seed=3)
+    enc = encode_examples(df, spec)
+    return spec, df, enc, ImageTable(images, enc.ad_id)
+
+
+def test_field_embedding_shape_and_empty_lists_pool_to_zero():
+    from core.feature_spec import FeatureSpec
+    spec = FeatureSpec(single={"b": 5, "a": 3}, multi={"words": 7})
+    emb = FieldEmbedding(spec, dim=4)
+    single = torch.tensor([[1, 2], [0, 4]])  # columns in sorted order: a, b
+    values = {"words": torch.tensor([3, 5, 6])}
+    offsets = {"words": torch.tensor([0, 3])}  # example 1 has an empty list
+    out = emb(single, values, offsets)
+    assert out.shape == (2, 12)
+    assert torch.equal(out[1, 8:], torch.zeros(4))
+    expected = emb.multi["words"].weight[[3, 5, 6]].mean(0)
+    assert torch.allclose(out[0, 8:], expected)
+    assert torch.equal(out[0, :4], emb.single["a"].weight[1])
+    assert torch.equal(out[1, 4:8], emb.single["b"].weight[4])
+
+
+def test_cross_net_matches_hand_computation():
+    torch.manual_seed(0)
+    net = CrossNet(dim=3, n_layers=2)
+    with torch.no_grad():
+        net.weights[0].copy_(torch.tensor([1.0, 0.0, -1.0]))
+        net.weights[1].copy_(torch.tensor([0.5, 0.5, 0.5]))
+        net.biases[0].copy_(torch.tensor([0.1, 0.2, 0.3]))
+        net.biases[1].copy_(torch.tensor([-1.0, 0.0, 1.0]))
+    z0 = torch.tensor([[1.0, 2.0, 3.0]])
+    # layer 1: z0 . w0 = 1 - 3 = -2 -> z1 = -2 * z0 + b0 + z0 = [-0.9, -1.8, -2.7]
+    # layer 2: z1 . w1 = 0.5 * (-5.4) = -2.7 -> z2 = -2.7 * z0 + b1 + z1 = [-4.6, -7.2, -9.8]
+    assert torch.allclose(net(z0), torch.tensor([[-4.6, -7.2, -9.8]]), atol=1e-6)
+
+
+def test_dcn_shapes_with_and_without_visual_input():
+    cfg = tiny_cfg()
+    x_nv = torch.randn(7, 12)
+    assert DCN(12, 6, cfg)(x_nv, torch.randn(7, 6)).shape == (7,)
+    assert DCN(12, 0, cfg)(x_nv, None).shape == (7,)
+    with pytest.raises(ValueError, match="x_v is required"):
+        DCN(12, 6, cfg)(x_nv, None)
+
+
+@pytest.mark.parametrize("kind", ["none", "cbam", "cscnn"])
+def test_attention_keeps_shape(kind):
+    att = make_attention(kind, 8, n_categories=4, prior_channels=3, prior_spatial=5, reduction=4)
+    feat = torch.randn(3, 8, 6, 10)
+    assert att(feat, torch.tensor([0, 3, 1])).shape == feat.shape
+
+
+def test_attention_types_and_bad_kind():
+    assert isinstance(make_attention("none", 4), NoAttention)
+    assert isinstance(make_attention("cbam", 4), CBAM)
+    assert isinstance(make_attention("cscnn", 4, n_categories=2), CSCNNAttention)
+    with pytest.raises(ValueError, match="'senet'"):
+        make_attention("senet", 4)
+
+
+def test_gradients_reach_cscnn_priors_of_batch_categories_only():
+    torch.manual_seed(0)
+    att = CSCNNAttention(8, n_categories=6, prior_channels=3, prior_spatial=4, reduction=2)
+    with torch.no_grad():  # non-zero priors and weights so every path carries gradient
+        att.channel_prior.weight.normal_()
+        att.spatial_prior.weight.normal_()
+    att(torch.randn(4, 8, 9, 9), torch.tensor([1, 4, 1, 2])).square().sum().backward()
+    for table in (att.channel_prior.weight.grad, att.spatial_prior.weight.grad):
+        nonzero = table.abs().sum(1) > 0
+        assert nonzero.tolist() == [False, True, True, False, True, False]
+
+
+def test_gradients_reach_priors_inside_the_model_from_zero_init(data):
+    spec, _, enc, images = data
+    model = CTRModel(spec, tiny_cfg(variant="cscnn", backbone="light", attention_layers=2))
+    batch = make_batch(enc, images.pixels, images.row_ad, 0, len(enc))
+    torch.nn.functional.binary_cross_entropy_with_logits(model(batch), batch.labels).backward()
+    cats = set(np.unique(enc.category).tolist())
+    atts = [m for m in model.modules() if isinstance(m, CSCNNAttention)]
+    assert len(atts) == 2
+    for att in atts:
+        for table in (att.channel_prior.weight.grad, att.spatial_prior.weight.grad):
+            rows = set(torch.nonzero(table.abs().sum(1) > 0).flatten().tolist())
+            assert rows == cats
+
+
+@pytest.mark.parametrize("backbone,channels_last_layer", [("light", 128), ("resnet18", 512)])
+def test_visual_tower_shapes(backbone, channels_last_layer):
+    tower = build_visual_tower(tiny_cfg(variant="cscnn", backbone=backbone, attention_layers=3), n_categories=4)
+    feats = tower.features(torch.randn(2, 3, 32, 32), torch.tensor([0, 3]))
+    assert feats.shape == (2, channels_last_layer)
+    assert tower(torch.randn(2, 3, 32, 32), torch.tensor([0, 3])).shape == (2, 6)
+    n_att = sum(isinstance(m, CSCNNAttention) for m in tower.modules())
+    assert n_att == 3
+
+
+def test_resnet18_takes_attention_on_all_16_convs_but_not_conv1():
+    tower = build_visual_tower(tiny_cfg(variant="cbam", backbone="resnet18", attention_layers=16), n_categories=2)
+    assert sum(isinstance(m, CBAM) for m in tower.modules()) == 16
+    with pytest.raises(ConfigError, match="attention_layers.*17"):
+        build_visual_tower(tiny_cfg(variant="cbam", backbone="resnet18", attention_layers=17), n_categories=2)
+
+
+@pytest.mark.parametrize("variant", ["dcn", "cnn_fixed", "cnn_finetune", "cbam", "cscnn"])
+def test_every_variant_runs_forward_and_backward(variant, data):
+    spec, _, enc, images = data
+    torch.manual_seed(0)  # wider than TINY so that no ReLU layer is dead for the whole batch
+    model = CTRModel(spec, tiny_cfg(variant=variant, attention_layers=2, deep_dims=(32, 32, 32), head_dims=(32,)))
+    if variant == "cnn_fixed":
+        model.tower.freeze_backbone()
+    batch = make_batch(enc, images.pixels, images.row_ad, 0, len(enc))
+    logits = model(batch)
+    assert logits.shape == (len(enc),)
+    torch.nn.functional.binary_cross_entropy_with_logits(logits, batch.labels).backward()
+    assert model.dcn.out.weight.grad is not None
+    if variant == "dcn":
+        assert model.tower is None
+    elif variant == "cnn_fixed":
+        assert all(p.grad is None for p in model.tower.backbone.parameters())
+        assert model.tower.proj.weight.grad is not None
+        model.train()
+        assert not model.tower.backbone.training
+    else:
+        assert model.tower.backbone.stem[0].weight.grad.abs().sum() > 0
+
+
+def test_bad_config_values_give_clear_errors(data):
+    spec = data[0]
+    with pytest.raises(ConfigError, match="model.variant.*'dcnn'"):
+        load_config(overrides={"model.variant": "dcnn"})
+    with pytest.raises(ConfigError, match="model.attention_layers.*5.*0..4.*light"):
+        CTRModel(spec, tiny_cfg(variant="cscnn", backbone="light", attention_layers=5))
+    with pytest.raises(ConfigError, match="model.backbone"):
+        ModelConfig(backbone="vgg")
+
+
+def test_bad_examples_give_clear_errors(data):
+    spec, df, _, _ = data
+    bad = df.copy()
+    bad.loc[0, "f_brand_id"] = 11
+    with pytest.raises(ValueError, match="'brand_id' has id 11 outside \\[0, 11\\)"):
+        encode_examples(bad, spec)
+    with pytest.raises(ValueError, match="lack column.*m_title_words"):
+        encode_examples(df.drop(columns=["m_title_words"]), spec)
+    bad = df.copy()
+    bad.loc[2, "label"] = 2
+    with pytest.raises(ValueError, match="labels must be 0 or 1"):
+        encode_examples(bad, spec)
+
+
+def test_encode_accepts_pandas_arrow_and_dict(data):
+    import pyarrow as pa
+    spec, df, enc, _ = data
+    from_arrow = encode_examples(pa.Table.from_pandas(df, preserve_index=False), spec)
+    from_dict = encode_examples({c: df[c].tolist() if c.startswith("m_") else df[c].to_numpy() for c in df}, spec)
+    for other in (from_arrow, from_dict):
+        assert np.array_equal(other.single, enc.single)
+        for name in enc.multi:
+            assert np.array_equal(other.multi[name][0], enc.multi[name][0])
+            assert np.array_equal(other.multi[name][1], enc.multi[name][1])
+
+
+@pytest.mark.parametrize("variant", ["cbam", "cscnn"])
+def test_grouped_and_per_impression_give_same_loss_and_gradients(variant, data):
+    """float64, BatchNorm in eval mode (running statistics): batch statistics of U unique images
+    and of B repeated images differ by design, everything else must agree."""
+    spec, _, enc, images = data
+    torch.manual_seed(1)
+    model = CTRModel(spec, tiny_cfg(variant=variant, attention_layers=4)).double().eval()
+    for m in model.modules():
+        if isinstance(m, CSCNNAttention):
+            torch.nn.init.normal_(m.channel_prior.weight)
+            torch.nn.init.normal_(m.spatial_prior.weight)
+    results = []
+    for grouped in (True, False):
+        model.zero_grad()
+        batch = make_batch(enc, images.pixels, images.row_ad, 0, len(enc), grouped=grouped).to("cpu", torch.float64)
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(model(batch), batch.labels)
+        loss.backward()
+        results.append((batch.images.shape[0], loss.item(),
+                        {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
+    (u, loss_g, grads_g), (b, loss_p, grads_p) = results
+    assert u == len(np.unique(enc.ad_id)) and b == len(enc)
+    assert abs(loss_g - loss_p) < 1e-12
+    assert grads_g.keys() == grads_p.keys()
+    for name in grads_g:
+        assert torch.allclose(grads_g[name], grads_p[name], rtol=1e-6, atol=1e-9), name
+
+
+def test_plan_batches_keeps_groups_whole():
+    groups = np.array([1, 1, 1, 2, 2, 3, 3, 3, 3, 3, 3, 4])
+    plan = plan_batches(groups, batch_size=5)
+    assert plan == [(0, 5), (5, 11), (11, 12)]
+    assert plan_batches(np.array([], np.int64), 4) == []

@@ -1,0 +1,156 @@
+"""Training loop tests: metrics, model files, resume after a kill, warm start, cnn_fixed,
+torchrun with 2 processes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from core.config import load_config
+from models.batching import shard_range
+from models.synthetic import make_examples, make_spec
+from models.train import auc_score, compute_metrics, embed_images, load_model, predict, train, warm_start
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+sys.path.insert(0, HERE)
+from ddp_worker import DDP_OVERRIDES, ddp_data  # noqa: E402
+
+SMALL = {"model.deep_dims": [16, 8, 4], "model.head_dims": [8], "model.visual_dim": 6,
+         "model.prior_channels": 3, "model.prior_spatial": 3, "model.attention_layers": 2,
+         "train.batch_size": 48, "train.lr": 0.01, "train.device": "cpu", "train.pretrain_steps": 3}
+
+
+@pytest.fixture(scope="module")
+def world():
+    spec = make_spec(n_categories=4, vocab=13)
+    train_df, images = make_examples(spec, n_ads=12, impressions_per_ad=(4, 10), image_size=32, seed=1)
+    hold_df, hold_images = make_examples(spec, n_ads=6, impressions_per_ad=(4, 10), image_size=32, seed=2)
+    return spec, train_df, hold_df, {**images, **hold_images}
+
+
+def cfg_with(**overrides):
+    return load_config(overrides={**SMALL, **{k.replace("__", "."): v for k, v in overrides.items()}})
+
+
+def weights(path):
+    return torch.load(path, weights_only=True)["state_dict"]
+
+
+def test_auc_and_metrics_by_hand():
+    assert auc_score(np.array([0, 0, 1, 1]), np.array([0.1, 0.4, 0.35, 0.8])) == pytest.approx(0.75)
+    assert auc_score(np.array([0, 1]), np.array([0.5, 0.5])) == pytest.approx(0.5)
+    m = compute_metrics(np.array([0, 1, 0, 1]), np.array([0.2, 0.6, 0.4, 0.8]), np.array([True, True, False, False]))
+    assert m["auc"] == pytest.approx(1.0)
+    assert m["mean_pred"] == pytest.approx(0.5) and m["observed_ctr"] == pytest.approx(0.5)
+    assert m["calibration"] == pytest.approx(1.0) and m["auc_cold"] == pytest.approx(1.0)
+    assert m["logloss"] == pytest.approx(-np.mean(np.log([0.8, 0.6, 0.6, 0.8])))
+
+
+def test_train_writes_a_model_that_predicts_like_training(world, tmp_path):
+    spec, train_df, hold_df, images = world
+    metrics = train(cfg_with(model__variant="cscnn"), spec, train_df, hold_df, images, tmp_path)
+    for key in ("auc", "auc_cold", "logloss", "mean_pred", "observed_ctr", "calibration", "impressions_per_s"):
+        assert key in metrics
+    assert metrics["steps"] > 0 and 0.0 <= metrics["auc"] <= 1.0
+    model = load_model(tmp_path / "model.pt")
+    preds = predict(model, hold_df, images)
+    assert preds.shape == (len(hold_df),) and ((preds > 0) & (preds < 1)).all()
+    again = compute_metrics(hold_df["label"].to_numpy(), preds, hold_df["is_cold"].to_numpy())
+    assert again["logloss"] == pytest.approx(metrics["logloss"], rel=1e-5)
+    ads = np.array(sorted(images))[:5]
+    emb = embed_images(model, np.stack([images[a] for a in ads]), np.zeros(5, np.int64))
+    assert emb.shape == (5, 6)
+
+
+def test_resume_after_kill_gives_the_same_weights(world, tmp_path):
+    spec, train_df, hold_df, images = world
+    common = dict(model__variant="cscnn", train__checkpoint_every=2, train__epochs=2, train__eval_every=3)
+    train(cfg_with(**common), spec, train_df, hold_df, images, tmp_path / "full")
+    # "kill" after step 3: the last checkpoint is step 2, the run is redone from there
+    train(cfg_with(**common, train__max_steps=3), spec, train_df, hold_df, images, tmp_path / "killed")
+    ckpt = torch.load(tmp_path / "killed" / "checkpoint.pt", weights_only=True)
+    assert ckpt["step"] == 2
+    resumed = train(cfg_with(**common), spec, train_df, hold_df, images, tmp_path / "killed")
+    full, again = weights(tmp_path / "full" / "model.pt"), weights(tmp_path / "killed" / "model.pt")
+    assert resumed["steps"] > 3
+    for name in full:
+        assert torch.equal(full[name], again[name]), name
+    fresh = train(cfg_with(**common, train__max_steps=3), spec, train_df, hold_df, images, tmp_path / "fresh",
+                  resume=False)
+    assert fresh["steps"] == 3
+
+
+def test_warm_start_copies_matching_tensors_only(world, tmp_path):
+    spec, train_df, hold_df, images = world
+    train(cfg_with(model__variant="dcn", train__max_steps=2), spec, train_df, hold_df, images, tmp_path / "a")
+    src = weights(tmp_path / "a" / "model.pt")
+    from models.ctr import CTRModel
+    model = CTRModel(spec, cfg_with(model__variant="cbam").model)
+    skipped = warm_start(model, tmp_path / "a" / "model.pt")
+    own = model.state_dict()
+    assert torch.equal(own["embedding.single.user_id.weight"], src["embedding.single.user_id.weight"])
+    assert "dcn.deep.0.weight" in skipped  # input width grew by visual_dim
+    assert any(k.startswith("tower.") for k in skipped)
+    metrics = train(cfg_with(model__variant="cbam", train__max_steps=1), spec, train_df, hold_df, images,
+                    tmp_path / "b", init_from=tmp_path / "a" / "model.pt")
+    assert metrics["steps"] == 1
+
+
+def test_cnn_fixed_pretrains_then_keeps_the_backbone_fixed(world, tmp_path):
+    spec, train_df, hold_df, images = world
+    train(cfg_with(model__variant="cnn_fixed", train__max_steps=3, train__pretrain_steps=0), spec, train_df,
+          hold_df, images, tmp_path / "nopre")
+    from models.ctr import CTRModel
+    from models.train import seed_everything
+    seed_everything(1)  # train() seeds with train.seed = 1 before building the model
+    initial = CTRModel(spec, cfg_with(model__variant="cnn_fixed").model).state_dict()
+    trained = weights(tmp_path / "nopre" / "model.pt")
+    backbone = [k for k in trained if k.startswith("tower.backbone.")]
+    assert backbone and all(torch.equal(initial[k], trained[k]) for k in backbone)
+    assert not torch.equal(initial["tower.proj.weight"], trained["tower.proj.weight"])
+    train(cfg_with(model__variant="cnn_fixed", train__max_steps=1), spec, train_df, hold_df, images,
+          tmp_path / "pre")
+    pre = weights(tmp_path / "pre" / "model.pt")
+    assert not torch.equal(initial["tower.backbone.stem.0.weight"], pre["tower.backbone.stem.0.weight"])
+    assert load_model(tmp_path / "pre" / "model.pt").tower.backbone_frozen
+
+
+def test_shards_are_disjoint_and_cover_the_batch():
+    groups = np.array([0, 0, 0, 1, 1, 2, 3, 3, 3, 3, 4, 4])
+    parts = [shard_range(groups, 2, 12, r, 3) for r in range(3)]  # rows 2.. start mid-group 0
+    assert parts[0][0] == 2 and parts[-1][1] == 12
+    assert all(a[1] == b[0] for a, b in zip(parts, parts[1:]))
+    for lo, hi in parts:
+        assert hi > lo and (lo == 2 or groups[lo] != groups[lo - 1])
+    assert shard_range(groups, 0, 3, 0, 2) is None  # one group, two ranks
+
+
+def test_torchrun_two_processes_match_one_process(tmp_path):
+    spec, df, holdout, images = ddp_data()
+    single = train(load_config(overrides=DDP_OVERRIDES), spec, df, holdout, images, tmp_path / "one", resume=False)
+    env = {**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           os.path.join(HERE, "ddp_worker.py"), str(tmp_path / "two")]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    one, two = weights(tmp_path / "one" / "model.pt"), weights(tmp_path / "two" / "model.pt")
+    import json
+    two_metrics = json.loads((tmp_path / "two" / "metrics.json").read_text())
+    assert two_metrics["world_size"] == 2
+    # each rank saw only its share: together exactly the single process's impressions
+    assert two_metrics["train_impressions"] == single["train_impressions"]
+    assert two_metrics["logloss"] == pytest.approx(single["logloss"], abs=1e-5)
+    assert single["steps"] == 4 and single["world_size"] == 1
+    from models.ctr import CTRModel
+    from models.train import seed_everything
+    seed_everything(load_config(overrides=DDP_OVERRIDES).train.seed)
+    initial = CTRModel(spec, load_config(overrides=DDP_OVERRIDES).model).state_dict()
+    for name in one:
+        assert torch.allclose(one[name], two[name], atol=2e-5, rtol=1e-4), name
+    assert not torch.allclose(one["dcn.out.weight"], initial["dcn.out.weight"], atol=1e-3)  # it trained
