@@ -1,0 +1,163 @@
+"""Check bronze quality for day D (the DAG's `check_bronze_quality` stage), with GX Data Docs.
+
+    python spark_jobs/check_quality.py --date 2026-02-02 [--config FILE] [--set k=v]
+
+Validates, each through a GX checkpoint that updates Data Docs (<reports>/data_docs):
+  bronze_impressions          the day's bronze impressions (dt = D), volume vs the trailing
+                              `quality.trailing_days` days' mean row count, CTR bounds, ...
+  bronze_ads                  the day's bronze ad catalog (dt = D)
+  landing_impressions_schema  the raw landing impressions file's columns vs the contract
+Writes a summary to <reports>/quality/<D>.json (suite -> success, failed, failed_critical,
+report_path), then raises DataQualityError if any critical expectation failed, naming each one
+and its Data Docs page. Re-running a date replaces the summary and adds a new Data Docs run.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import os
+import sys
+from typing import TYPE_CHECKING, Any
+
+if __package__ in (None, ""):  # spark-submit runs this file as a script
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from core.config import PipelineConfig
+from core.paths import Paths, local_path
+from expectations.bronze import build_ads_suite, build_impressions_suite, build_landing_schema_suite
+from expectations.runner import QualityResult, raise_on_critical, validate
+
+if TYPE_CHECKING:  # pragma: no cover
+    from pyspark.sql import DataFrame, SparkSession
+
+log = logging.getLogger("check_quality")
+
+
+# --------------------------------------------------------------------------- pure transforms
+
+
+def filter_day(df: "DataFrame", day: dt.date) -> "DataFrame":
+    """Rows of partition dt = day."""
+    from pyspark.sql import functions as F
+
+    return df.where(F.col("dt") == F.lit(day))
+
+
+def agg_daily_rows(df: "DataFrame", first: dt.date, last: dt.date) -> "DataFrame":
+    """Row count per dt for dt in [first, last] (days without rows are absent): dt, rows."""
+    from pyspark.sql import functions as F
+
+    return (df.where(F.col("dt").between(F.lit(first), F.lit(last)))
+            .groupBy("dt").agg(F.count(F.lit(1)).alias("rows")))
+
+
+def trailing_volume(df: "DataFrame", day: dt.date, trailing_days: int) -> dict[str, Any] | None:
+    """{'mean_rows', 'days'} over the days in [day - trailing_days, day - 1] that have rows; None if none.
+
+    Days absent from the table (not ingested, or ingested empty) do not pull the mean down: the
+    volume check compares the day with the days that did arrive.
+    """
+    from pyspark.sql import functions as F
+
+    row = (agg_daily_rows(df, day - dt.timedelta(days=trailing_days), day - dt.timedelta(days=1))
+           .agg(F.avg("rows").alias("mean_rows"), F.count(F.lit(1)).alias("days")).collect()[0])
+    if not row["days"]:
+        return None
+    return {"mean_rows": float(row["mean_rows"]), "days": int(row["days"])}
+
+
+# --------------------------------------------------------------------------- the job
+
+
+def _read_delta(spark: "SparkSession", uri: str, what: str) -> "DataFrame":
+    from delta.tables import DeltaTable
+
+    if not DeltaTable.isDeltaTable(spark, uri):
+        raise FileNotFoundError(f"{what} Delta table not found at {uri}; run ingest for this date first")
+    return spark.read.format("delta").load(uri)
+
+
+def _landing_schema_df(spark: "SparkSession", uri: str) -> "DataFrame | None":
+    """The landing impressions file with no rows (only its schema matters), or None if it is gone."""
+    from pyspark.errors import AnalysisException
+
+    try:
+        return spark.read.parquet(uri).limit(0)
+    except AnalysisException as e:  # PATH_NOT_FOUND: the drop was cleaned up or never landed
+        log.warning("landing impressions file %s unreadable, schema check skipped: %s", uri, e)
+        return None
+
+
+def write_summary(cfg: PipelineConfig, day: dt.date, summary: dict[str, Any]) -> str:
+    """Write the day's summary JSON atomically to <reports>/quality/<D>.json; return its path."""
+    path = local_path(f"{Paths.of(cfg).reports.rstrip('/')}/quality/{day.isoformat()}.json")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as fh:
+        json.dump(summary, fh, indent=2, sort_keys=True, default=str)
+    os.replace(tmp, path)
+    return path
+
+
+def run(cfg: PipelineConfig, spark: "SparkSession", day: dt.date) -> dict[str, Any]:
+    """Validate day D's bronze impressions, bronze ads and landing schema; write the summary JSON.
+
+    Returns the summary ({'date', 'success', 'summary_path', 'suites': {suite: {...}}}); raises
+    DataQualityError after writing it when a critical expectation failed (an empty day does).
+    """
+    paths = Paths.of(cfg)
+    run_name = day.isoformat()
+    imp_df = _read_delta(spark, paths.bronze_impressions, "bronze impressions")
+    ads_df = _read_delta(spark, paths.bronze_ads, "bronze ads")
+    trailing = trailing_volume(imp_df, day, cfg.quality.trailing_days)
+    log.info("%s: trailing volume %s", day, trailing)
+
+    results: list[QualityResult] = [
+        validate(cfg, filter_day(imp_df, day), build_impressions_suite(cfg, trailing), "bronze_impressions",
+                 run_name),
+        validate(cfg, filter_day(ads_df, day), build_ads_suite(cfg), "bronze_ads", run_name),
+    ]
+    suites: dict[str, Any] = {r.suite_name: _summary_entry(r) for r in results}
+    landing_uri = paths.landing_impressions(day)
+    landing_df = _landing_schema_df(spark, landing_uri)
+    if landing_df is not None:
+        landing = validate(cfg, landing_df, build_landing_schema_suite(cfg), "landing_impressions", run_name)
+        results.append(landing)
+        suites[landing.suite_name] = _summary_entry(landing)
+    else:
+        suites["landing_impressions_schema"] = {"success": False, "failed": [f"file not readable: {landing_uri}"],
+                                                "failed_critical": [], "report_path": None, "statistics": {}}
+    summary = {
+        "date": run_name,
+        "success": all(s["success"] for s in suites.values()),
+        "critical_failures": sum(len(s["failed_critical"]) for s in suites.values()),
+        "trailing": trailing,
+        "suites": suites,
+    }
+    summary["summary_path"] = write_summary(cfg, day, summary)
+    raise_on_critical(*results)
+    return summary
+
+
+def _summary_entry(r: QualityResult) -> dict[str, Any]:
+    return {"success": r.success, "failed": r.failed, "failed_critical": r.failed_critical,
+            "report_path": r.report_path, "statistics": r.statistics}
+
+
+def main(argv: list[str] | None = None) -> int:
+    from core.cli import config_from_args, parse_date, setup_logging, stage_parser
+    from core.spark import get_spark
+
+    setup_logging()
+    args = stage_parser("Check one day's bronze data quality with Great Expectations.").parse_args(argv)
+    cfg = config_from_args(args)
+    summary = run(cfg, get_spark(cfg.spark), parse_date(args.date))
+    print(json.dumps({"date": summary["date"], "success": summary["success"],
+                      "summary_path": summary["summary_path"]}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
