@@ -36,7 +36,7 @@ def test_kill_mid_write_keeps_previous_version(spark, tmp_cfg):
 
     # A much bigger drop for the same day, ingested by a separate process that we kill as soon as
     # its first new data file appears in the bronze table (files are written before the commit).
-    write_day(paths.landing, [impression(i) for i in range(400_000)], [ad(1)], image)
+    write_day(paths.landing, [impression(i) for i in range(150_000)], [ad(1)], image)
     cfg = tmp_cfg.replace({"spark.shuffle_partitions": 4})
     env = dict(os.environ, PYTHONPATH=ROOT)
     proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "spark_jobs", "ingest.py"), "--date", str(DAY),
@@ -61,4 +61,4 @@ def test_kill_mid_write_keeps_previous_version(spark, tmp_cfg):
     assert sorted(r.impression_id for r in day_df.collect()) == [f"i{i}" for i in range(5)]
     # And the next run succeeds on top of the debris.
     record = ingest.run(cfg, spark, DAY)
-    assert record["bronze_impressions"] == 400_000
+    assert record["bronze_impressions"] == 150_000

@@ -69,3 +69,32 @@ def test_every_bad_data_class_lands_in_quarantine(spark, tmp_cfg):
     bronze = spark.read.format("delta").load(paths.bronze_impressions)
     assert bronze.where(~F.col("click").isin(0, 1)).count() == 0
     assert bronze.select("impression_id").distinct().count() == bronze.count()
+
+
+def test_bad_day_quality_report_marks_failed_expectations(spark, tmp_cfg):
+    """Schema drift on the landing file fails (non-critically) and the Data Docs page shows it;
+    an empty day fails critically, naming the expectation and the report."""
+    import pytest
+
+    from expectations.runner import DataQualityError
+    from spark_jobs import check_quality
+
+    cfg = tmp_cfg.replace({"world.bad_data.extra_column": True, "world.bad_data.missing_column": True})
+    generate_day(cfg, DAY)
+    ingest.run(cfg, spark, DAY)
+    summary = check_quality.run(cfg, spark, DAY)
+    drift = [s for name, s in summary["suites"].items() if "landing" in name]
+    assert drift and not drift[0]["success"] and not drift[0]["failed_critical"]
+    page = open(drift[0]["report_path"]).read()
+    assert "fa-times" in page  # GX's failed-expectation marker
+
+    empty_day = DAY + dt.timedelta(days=1)
+    cfg_empty = tmp_cfg.replace({"world.bad_data.empty_day": True})
+    generate_day(cfg_empty, empty_day)
+    ingest.run(cfg_empty, spark, empty_day)
+    with pytest.raises(DataQualityError) as err:
+        check_quality.run(cfg_empty, spark, empty_day)
+    message = str(err.value)
+    assert "report:" in message
+    report = message.split("report:")[1].split()[0]
+    assert os.path.exists(report), report
