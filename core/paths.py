@@ -98,6 +98,7 @@ class Paths:
         return self.storage.artifacts_uri
 
     def run_dir(self, day: dt.date | str) -> str:
+        """Per-run-date artifacts: resolved config, training snapshot, model, validation record."""
         return _join(self.artifacts, "runs", str(day))
 
     def run_model_dir(self, day: dt.date | str) -> str:
@@ -128,16 +129,9 @@ class Paths:
     def gx_project(self) -> str:
         return _join(self.reports, "gx")
 
-    def run_dir(self, day: dt.date | str) -> str:
-        """Per-run-date artifacts: resolved config, training snapshot, model, validation record."""
-        return _join(self.artifacts, "runs", str(day))
-
     def snapshot(self, day: dt.date | str) -> str:
         """Plain-parquet training snapshot the trainer reads without Spark."""
         return _join(self.run_dir(day), "snapshot")
-
-    def model_dir(self, day: dt.date | str) -> str:
-        return _join(self.run_dir(day), "model")
 
     def run_report(self, day: dt.date | str) -> str:
         return _join(self.reports, "runs", str(day), "report.html")

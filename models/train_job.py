@@ -59,14 +59,14 @@ def read_snapshot(cfg: PipelineConfig, run_date: dt.date) -> tuple[FeatureSpec, 
 
 
 def live_model_path(cfg: PipelineConfig) -> str | None:
-    """The published model that is live now (the `current` pointer), if any."""
-    pointer = os.path.join(local_path(Paths.of(cfg).artifacts), "published", "current.json")
-    if not os.path.exists(pointer):
+    """The published model that is live now (the registry's `current` pointer), if any."""
+    from serving.registry import read_current, version_dir
+
+    current = read_current(cfg)
+    if current is None:
         return None
-    with open(pointer) as f:
-        current = json.load(f)
-    path = os.path.join(os.path.dirname(pointer), current["folder"], "model", "model.pt")
-    return path if os.path.exists(path) else None
+    path = version_dir(cfg, current) / "model" / "model.pt"
+    return str(path) if path.exists() else None
 
 
 def sha256_file(path: str) -> str:
@@ -82,7 +82,7 @@ def run(cfg: PipelineConfig, run_date: dt.date) -> dict[str, Any]:
 
     t0 = time.time()
     spec, train_tbl, holdout_tbl, images = read_snapshot(cfg, run_date)
-    out_dir = local_path(Paths.of(cfg).model_dir(run_date))
+    out_dir = local_path(Paths.of(cfg).run_model_dir(run_date))
     os.makedirs(out_dir, exist_ok=True)
     init_from = live_model_path(cfg) if cfg.train.warm_start else None
     log.info("training %s on %d examples (%d holdout, %d images), warm start from %s", cfg.model.variant,
