@@ -1,0 +1,193 @@
+"""Pure encoding of raw contract values into the ids of core/feature_spec.py (no Spark needed).
+
+The features job applies these functions inside Spark (`mapInArrow`), and serving or offline
+inference applies the very same functions to single values or arrays, so the training and the
+serving encodings cannot drift apart:
+
+    edges = np.array([9.5, 20.0, 45.0])
+    apply_bin_edges(edges, 20.0)                      # 2   (bin ids: 0 = null/NaN, 1..len(edges)+1)
+    apply_bin_edges(edges, np.array([1.0, np.nan]))   # array([1, 0], dtype=int32)
+    lookup_ids(np.array([3, 7]), np.array([1, 2]), 7) # 2   (0 = out of vocabulary)
+
+Conventions (core/feature_spec.py): id 0 is OOV for categorical fields (rare, unseen or null);
+numeric fields get bin ids 0 = null, 1.. = quantile bins; a value equal to an edge falls in the
+lower bin (bin k holds edges[k-2] < x <= edges[k-1]).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from core.feature_spec import COLD_MAX_IMPRESSIONS, MULTI_FIELDS, NUMERIC_FIELDS, SINGLE_FIELDS
+
+# Single-valued fields that get a vocabulary (the numeric ones get bins instead).
+CATEGORICAL_SINGLE_FIELDS: tuple[str, ...] = tuple(f for f in SINGLE_FIELDS if f not in NUMERIC_FIELDS)
+# Every field with a vocabulary (single- and multi-valued).
+VOCAB_FIELDS: tuple[str, ...] = CATEGORICAL_SINGLE_FIELDS + MULTI_FIELDS
+
+# Raw columns (joined impression + catalog row) the encoder reads, besides the feature fields.
+PASSTHROUGH_COLUMNS: tuple[str, ...] = ("split", "impression_id", "event_ts")
+
+
+def apply_bin_edges(edges: np.ndarray | list[float], values):
+    """Bin ids of `values` (scalar or array) for sorted, distinct bin `edges`.
+
+    0 for None/NaN, otherwise 1 + the number of edges strictly below the value, so ids run
+    from 1 to len(edges) + 1. Returns an int for a scalar and an int32 array for an array.
+    """
+    edges_arr = np.asarray(edges, dtype=np.float64)
+    if edges_arr.ndim != 1 or (edges_arr.size > 1 and not np.all(np.diff(edges_arr) > 0)):
+        raise ValueError(f"bin edges must be a 1-d strictly increasing array, got {edges_arr!r}")
+    if values is None or np.isscalar(values):
+        x = np.nan if values is None else float(values)
+        return 0 if np.isnan(x) else int(np.searchsorted(edges_arr, x, side="left")) + 1
+    x = np.asarray(values, dtype=np.float64)
+    ids = np.searchsorted(edges_arr, x, side="left").astype(np.int32) + 1
+    return np.where(np.isnan(x), 0, ids).astype(np.int32)
+
+
+def lookup_ids(vocab_values: np.ndarray, vocab_ids: np.ndarray, values, valid: np.ndarray | None = None):
+    """Vocabulary ids of `values` (scalar or int64 array); 0 for values not in the vocabulary.
+
+    `vocab_values` must be sorted ascending and `vocab_ids` aligned with it. `valid` (bool
+    array) marks non-null entries of an array; invalid entries map to 0. A scalar None maps to 0.
+    """
+    if values is None:
+        return 0
+    scalar = np.isscalar(values)
+    x = np.atleast_1d(np.asarray(values, dtype=np.int64))
+    out = np.zeros(x.shape, dtype=np.int32)
+    if vocab_values.size:
+        pos = np.minimum(np.searchsorted(vocab_values, x), vocab_values.size - 1)
+        hit = vocab_values[pos] == x
+        if valid is not None:
+            hit &= valid
+        out = np.where(hit, vocab_ids[pos], 0).astype(np.int32)
+    return int(out[0]) if scalar else out
+
+
+def _int_values(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """(int64 values with nulls as 0, validity mask) of an integer Arrow array."""
+    valid = ~np.asarray(arr.is_null().to_numpy(zero_copy_only=False), dtype=bool)
+    values = np.asarray(arr.fill_null(0).to_numpy(zero_copy_only=False), dtype=np.int64)
+    return values, valid
+
+
+@dataclass(frozen=True)
+class FeatureEncoder:
+    """One run date's encoding: vocabularies, numeric bin edges and window impressions per ad.
+
+    vocab[field] = (sorted raw values int64, ids int32); bin_edges[field] = sorted distinct
+    float64 edges; ad_window_counts = (sorted ad ids int64, impressions in the window int64).
+    """
+
+    vocab: dict[str, tuple[np.ndarray, np.ndarray]]
+    bin_edges: dict[str, np.ndarray]
+    ad_window_counts: tuple[np.ndarray, np.ndarray] = field(
+        default_factory=lambda: (np.zeros(0, np.int64), np.zeros(0, np.int64)))
+
+    def __post_init__(self) -> None:
+        missing = [f for f in VOCAB_FIELDS if f not in self.vocab] + \
+                  [f for f in NUMERIC_FIELDS if f not in self.bin_edges]
+        if missing:
+            raise ValueError(f"feature encoder lacks fields {missing}; it needs a vocabulary for each of "
+                             f"{list(VOCAB_FIELDS)} and bin edges for each of {list(NUMERIC_FIELDS)}")
+        for name, (values, ids) in self.vocab.items():
+            if values.shape != ids.shape or (values.size > 1 and not np.all(np.diff(values) > 0)):
+                raise ValueError(f"vocabulary of field {name!r} must have sorted distinct values aligned with ids")
+
+    @classmethod
+    def from_entries(cls, vocab_entries: dict[str, dict[int, int]], bin_edges: dict[str, list[float]],
+                     ad_window_counts: dict[int, int] | None = None) -> "FeatureEncoder":
+        """Build from plain dicts: {field: {raw value: id}}, {field: edges}, {ad_id: impressions}."""
+        vocab = {}
+        for name in VOCAB_FIELDS:
+            entries = vocab_entries.get(name, {})
+            values = np.array(sorted(entries), dtype=np.int64)
+            vocab[name] = (values, np.array([entries[v] for v in values.tolist()], dtype=np.int32))
+        edges = {name: np.array(sorted(set(bin_edges.get(name, []))), dtype=np.float64) for name in NUMERIC_FIELDS}
+        counts = ad_window_counts or {}
+        ads = np.array(sorted(counts), dtype=np.int64)
+        return cls(vocab, edges, (ads, np.array([counts[a] for a in ads.tolist()], dtype=np.int64)))
+
+    def vocab_size(self, name: str) -> int:
+        """Ids of a field including OOV (numeric fields: bins + the null bin)."""
+        if name in NUMERIC_FIELDS:
+            return int(self.bin_edges[name].size) + 2
+        ids = self.vocab[name][1]
+        return int(ids.max()) + 1 if ids.size else 1
+
+    def encode_single(self, name: str, values, valid: np.ndarray | None = None):
+        """Ids of one single-valued field's raw values (scalar or array)."""
+        if name in NUMERIC_FIELDS:
+            if valid is not None:
+                values = np.where(valid, np.asarray(values, dtype=np.float64), np.nan)
+            return apply_bin_edges(self.bin_edges[name], values)
+        vocab_values, vocab_ids = self.vocab[name]
+        return lookup_ids(vocab_values, vocab_ids, values, valid)
+
+    def is_cold(self, ad_ids: np.ndarray) -> np.ndarray:
+        """True where the ad had fewer than COLD_MAX_IMPRESSIONS impressions in the window."""
+        ads, counts = self.ad_window_counts
+        x = np.asarray(ad_ids, dtype=np.int64)
+        n = np.zeros(x.shape, dtype=np.int64)
+        if ads.size:
+            pos = np.minimum(np.searchsorted(ads, x), ads.size - 1)
+            n = np.where(ads[pos] == x, counts[pos], 0)
+        return n < COLD_MAX_IMPRESSIONS
+
+    def encode_batch(self, batch: pa.RecordBatch, keep: tuple[str, ...] = ()) -> pa.RecordBatch:
+        """Encode a batch of joined impression rows into ENCODED_BATCH_COLUMNS, then `keep` as is.
+
+        Inputs: PASSTHROUGH_COLUMNS, click and the raw SINGLE_FIELDS / MULTI_FIELDS columns.
+        """
+        n = batch.num_rows
+        cols = {name: batch.column(batch.schema.get_field_index(name)) for name in batch.schema.names}
+        out: dict[str, pa.Array] = {c: cols[c] for c in PASSTHROUGH_COLUMNS}
+        ad_raw, ad_valid = _int_values(cols["ad_id"])
+        out["ad_id"] = cols["ad_id"].cast(pa.int64())
+        out["label"] = cols["click"].cast(pa.int32())
+        out["is_cold"] = pa.array(self.is_cold(ad_raw) | ~ad_valid, type=pa.bool_())
+        for name in SINGLE_FIELDS:
+            arr = cols[name]
+            if name in NUMERIC_FIELDS:
+                values = np.asarray(arr.cast(pa.float64()).fill_null(np.nan).to_numpy(zero_copy_only=False))
+                ids = apply_bin_edges(self.bin_edges[name], values)
+            else:
+                values, valid = _int_values(arr)
+                ids = self.encode_single(name, values, valid)
+            out[f"f_{name}"] = pa.array(ids, type=pa.int32())
+        out["category_idx"] = out["f_category_id"]
+        for name in MULTI_FIELDS:
+            lists = cols[name]
+            lengths = np.asarray(pc.list_value_length(lists).fill_null(0).to_numpy(zero_copy_only=False),
+                                 dtype=np.int64)
+            flat_values, flat_valid = _int_values(pc.list_flatten(lists))  # null lists contribute nothing
+            flat_ids = self.encode_single(name, flat_values, flat_valid)
+            offsets = np.zeros(n + 1, dtype=np.int32)
+            np.cumsum(lengths, out=offsets[1:])
+            out[f"m_{name}"] = pa.ListArray.from_arrays(pa.array(offsets, type=pa.int32()),
+                                                         pa.array(flat_ids, type=pa.int32()))
+        return pa.RecordBatch.from_arrays([out[c] for c in ENCODED_BATCH_COLUMNS] + [cols[c] for c in keep],
+                                          names=[*ENCODED_BATCH_COLUMNS, *keep])
+
+    def encode_batches(self, batches: Iterator[pa.RecordBatch], keep: tuple[str, ...] = ()
+                       ) -> Iterator[pa.RecordBatch]:
+        """`encode_batch` over an iterator (the shape `DataFrame.mapInArrow` wants)."""
+        for batch in batches:
+            yield self.encode_batch(batch, keep)
+
+
+# Columns produced by FeatureEncoder.encode_batch, in order, with their Spark types.
+ENCODED_BATCH_FIELDS: tuple[tuple[str, str], ...] = (
+    ("split", "string"), ("impression_id", "string"), ("event_ts", "timestamp"), ("ad_id", "bigint"),
+    ("label", "int"), ("is_cold", "boolean"), ("category_idx", "int"),
+    *[(f"f_{n}", "int") for n in SINGLE_FIELDS], *[(f"m_{n}", "array<int>") for n in MULTI_FIELDS],
+)
+ENCODED_BATCH_COLUMNS: tuple[str, ...] = tuple(name for name, _ in ENCODED_BATCH_FIELDS)
+ENCODED_BATCH_DDL: str = ", ".join(f"{name} {tp}" for name, tp in ENCODED_BATCH_FIELDS)

@@ -1,0 +1,168 @@
+"""Pure DataFrame transformations of the features job on 3-10 row inline DataFrames."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+from pyspark.sql import Window
+from pyspark.sql import functions as F
+from pyspark.testing import assertDataFrameEqual
+
+from core.config import FeaturesConfig
+from spark_jobs.feature_encoding import FeatureEncoder
+from spark_jobs.features import (FeaturesError, agg_bin_edges, agg_daily_value_counts, agg_vocabulary,
+                                 agg_window_counts, min_count_thresholds, with_ad_groups, with_encoded_features,
+                                 with_split)
+from tests.features.bronze_fixture import D0, JOINED_DDL, ad, as_tuples, impression
+
+COUNTS_DDL = "field string, value bigint, num_value double, count bigint"
+
+
+def joined(rows: list[dict]) -> list[dict]:
+    """Impression rows merged with their ad's catalog attributes (what with_catalog produces)."""
+    out = []
+    for r in rows:
+        catalog = ad(r["ad_id"], r["dt"]) if r["ad_id"] is not None else {}
+        merged = {k: catalog.get(k) for k in ("category_id", "parent_category_id", "brand_id", "shop_id",
+                                                "price", "review_count", "title_words")}
+        merged.update(r.pop("_catalog", {}))
+        out.append({**r, **merged})
+    return out
+
+
+def test_agg_daily_value_counts_counts_nulls_and_array_elements(spark):
+    rows = joined([impression(0, D0, ad_id=1, user_id=7, hist_shops=[3, 3]),
+                   impression(1, D0, ad_id=2, user_id=7, hist_shops=None,
+                              _catalog={"price": None, "title_words": [None, 7]}),
+                   impression(2, D0 + dt.timedelta(days=1), ad_id=1, user_id=None, hist_shops=[],
+                              _catalog={"price": float("nan")})])
+    df = spark.createDataFrame(as_tuples(rows, JOINED_DDL), JOINED_DDL)
+    got = (df.transform(agg_daily_value_counts)
+           .where(F.col("field").isin("user_id", "price", "title_words", "hist_shops")))
+    d1 = D0 + dt.timedelta(days=1)
+    expected = spark.createDataFrame([
+        (D0, "user_id", 7, None, 2), (d1, "user_id", None, None, 1),
+        (D0, "price", None, 10.0, 1), (D0, "price", None, None, 1), (d1, "price", None, None, 1),
+        (D0, "title_words", 7, None, 2), (D0, "title_words", 1, None, 1), (D0, "title_words", None, None, 1),
+        (d1, "title_words", 7, None, 1), (d1, "title_words", 1, None, 1),
+        (D0, "hist_shops", 3, None, 2),
+    ], "dt date, " + COUNTS_DDL)
+    assertDataFrameEqual(got, expected)
+
+
+def test_agg_window_counts_sums_days(spark):
+    daily = spark.createDataFrame([(D0, "user_id", 7, None, 2), (D0 + dt.timedelta(days=1), "user_id", 7, None, 3),
+                                   (D0, "user_id", None, None, 1), (D0, "price", None, 2.5, 4)],
+                                  "dt date, " + COUNTS_DDL)
+    expected = spark.createDataFrame([("user_id", 7, None, 5), ("user_id", None, None, 1), ("price", None, 2.5, 4)],
+                                     COUNTS_DDL)
+    assertDataFrameEqual(daily.transform(agg_window_counts), expected)
+
+
+def test_agg_vocabulary_thresholds_and_id_order(spark):
+    counts = spark.createDataFrame([
+        ("user_id", 7, None, 5), ("user_id", 8, None, 9), ("user_id", 9, None, 4), ("user_id", 3, None, 5),
+        ("user_id", None, None, 50),  # nulls never enter a vocabulary
+        ("title_words", 1, None, 2), ("title_words", 2, None, 1),  # per-field threshold 2
+        ("price", None, 9.5, 100),  # numeric fields are binned, not in vocabularies
+    ], COUNTS_DDL)
+    thresholds = min_count_thresholds(FeaturesConfig(min_count=5, min_count_per_field={"title_words": 2}))
+    expected = spark.createDataFrame([("user_id", 8, 1, 9), ("user_id", 3, 2, 5), ("user_id", 7, 3, 5),
+                                      ("title_words", 1, 1, 2)], "field string, value bigint, id int, count bigint")
+    assertDataFrameEqual(counts.transform(agg_vocabulary(thresholds)), expected)
+
+
+def test_min_count_per_field_rejects_unknown_and_numeric_fields():
+    with pytest.raises(FeaturesError, match="'title_wrds'"):
+        min_count_thresholds(FeaturesConfig(min_count_per_field={"title_wrds": 3}))
+    with pytest.raises(FeaturesError, match="binned"):
+        min_count_thresholds(FeaturesConfig(min_count_per_field={"price": 3}))
+
+
+def test_agg_bin_edges_exact_weighted_quantiles(spark):
+    counts = spark.createDataFrame([
+        ("price", None, 1.0, 4), ("price", None, 2.0, 2), ("price", None, 3.0, 1), ("price", None, 5.0, 1),
+        ("price", None, None, 3),  # nulls get bin 0 and do not shift the quantiles
+        ("review_count", None, 0.0, 1), ("review_count", None, 10.0, 1), ("review_count", None, 20.0, 1),
+        ("review_count", None, 30.0, 1),
+        ("user_id", 4, None, 10),
+    ], COUNTS_DDL)
+    expected = spark.createDataFrame([("price", [1.0, 2.0]), ("review_count", [0.0, 10.0, 20.0])],
+                                     "field string, edges array<double>")
+    assertDataFrameEqual(counts.transform(agg_bin_edges(4)), expected)
+
+
+def test_with_encoded_features_oov_and_bins(spark):
+    encoder = FeatureEncoder.from_entries(
+        {"user_id": {100: 1, 101: 2}, "ad_id": {1: 1}, "category_id": {11: 1}, "title_words": {7: 1}},
+        {"price": [10.0, 20.0], "review_count": [1.0]}, ad_window_counts={1: 30, 2: 2})
+    rows = joined([impression(0, D0, ad_id=1, user_id=100, click=1),
+                   impression(1, D0, ad_id=2, user_id=555),  # unseen user, rare ad
+                   impression(2, D0, ad_id=3, user_id=None,  # null user, ad unseen in the window
+                              _catalog={"price": None, "review_count": None, "title_words": None,
+                                        "category_id": None}),
+                   impression(3, D0 + dt.timedelta(days=1), ad_id=1, user_id=101,
+                              _catalog={"price": 99.0, "title_words": [None, 7, 8]})])
+    df = (spark.createDataFrame(as_tuples(rows, JOINED_DDL), JOINED_DDL)
+          .transform(with_split(D0 + dt.timedelta(days=1))).transform(with_encoded_features(encoder)))
+    got = df.select("split", "impression_id", "ad_id", "label", "is_cold", "category_idx", "f_user_id", "f_ad_id",
+                    "f_price", "f_review_count", "m_title_words", "m_hist_shops")
+    expected = spark.createDataFrame([
+        ("train", "0301-0", 1, 1, False, 1, 1, 1, 1, 1, [1, 0], []),
+        ("train", "0301-1", 2, 0, True, 0, 0, 0, 2, 2, [1, 0], []),  # category 10 is not in the vocabulary
+        ("train", "0301-2", 3, 0, True, 0, 0, 0, 0, 0, [], []),
+        ("holdout", "0302-3", 1, 0, False, 1, 2, 1, 3, 1, [0, 1, 0], []),
+    ], "split string, impression_id string, ad_id bigint, label int, is_cold boolean, category_idx int, "
+       "f_user_id int, f_ad_id int, f_price int, f_review_count int, m_title_words array<int>, "
+       "m_hist_shops array<int>")
+    assertDataFrameEqual(got, expected)
+
+
+def _grouping_input(spark):
+    rows = [impression(i, D0, ad_id=1) for i in range(5)] + [impression(5, D0, ad_id=2),
+                                                              impression(6, D0, ad_id=None)]
+    rows += [impression(7, D0 + dt.timedelta(days=1), ad_id=1)]
+    ddl = "impression_id string, event_ts timestamp, ad_id bigint, dt date"
+    return spark.createDataFrame(as_tuples(rows, ddl), ddl).transform(with_split(D0 + dt.timedelta(days=1)))
+
+
+def test_with_ad_groups_caps_groups_and_keeps_every_impression_once(spark):
+    grouped = _grouping_input(spark).transform(with_ad_groups(group_size=2, seed=17, run_date=D0))
+    by_group = Window.partitionBy("split", "group_id")
+    got = grouped.select("split", "impression_id", "ad_id",
+                         (F.col("row_idx") - F.min("row_idx").over(by_group)).alias("pos_in_group"),
+                         F.count(F.lit(1)).over(by_group).alias("group_rows"),
+                         F.size(F.collect_set(F.coalesce("ad_id", F.lit(-1))).over(by_group)).alias("ads_in_group"))
+    expected = spark.createDataFrame([
+        ("train", "0301-0", 1, 0, 2, 1), ("train", "0301-1", 1, 1, 2, 1),
+        ("train", "0301-2", 1, 0, 2, 1), ("train", "0301-3", 1, 1, 2, 1),
+        ("train", "0301-4", 1, 0, 1, 1), ("train", "0301-5", 2, 0, 1, 1), ("train", "0301-6", None, 0, 1, 1),
+        ("holdout", "0302-7", 1, 0, 1, 1),
+    ], "split string, impression_id string, ad_id bigint, pos_in_group bigint, group_rows bigint, ads_in_group int")
+    assertDataFrameEqual(got, expected)
+    # row_idx enumerates each split exactly once (0..n-1), group ids are 0..G-1, and every group
+    # occupies a contiguous row range.
+    spans = (grouped.groupBy("split", "group_id")
+             .agg(F.min("row_idx").alias("lo"), F.max("row_idx").alias("hi"), F.count(F.lit(1)).alias("n")))
+    assert spans.where(F.col("hi") - F.col("lo") + 1 != F.col("n")).count() == 0
+    per_split = grouped.groupBy("split").agg(F.count(F.lit(1)).alias("n"), F.countDistinct("row_idx").alias("d"),
+                                             F.max("row_idx").alias("max_idx"), F.max("group_id").alias("max_g"),
+                                             F.countDistinct("group_id").alias("g"))
+    assertDataFrameEqual(per_split, spark.createDataFrame([("train", 7, 7, 6, 4, 5), ("holdout", 1, 1, 0, 0, 1)],
+                                                          "split string, n bigint, d bigint, max_idx bigint, "
+                                                          "max_g bigint, g bigint"))
+
+
+def test_with_ad_groups_order_is_seeded(spark):
+    rows = [impression(i, D0, ad_id=i) for i in range(10)]
+    ddl = "impression_id string, event_ts timestamp, ad_id bigint, dt date"
+    df = spark.createDataFrame(as_tuples(rows, ddl), ddl).transform(with_split(D0 + dt.timedelta(days=1)))
+
+    def order(seed: int) -> list[int]:
+        out = df.transform(with_ad_groups(25, seed, D0)).orderBy("row_idx").select("ad_id").collect()
+        return [r.ad_id for r in out]
+
+    assert order(17) == order(17)
+    assert sorted(order(17)) == list(range(10))
+    assert order(17) != order(18)
