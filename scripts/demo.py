@@ -51,7 +51,8 @@ def main() -> int:
     if args.fresh and os.path.isdir(root):
         shutil.rmtree(root)
     os.makedirs(root, exist_ok=True)
-    env = dict(os.environ, CSCNN_CONFIG=os.path.abspath(args.config),
+    # The DAG's start_date must not be after the run date, or Airflow creates no task instances.
+    env = dict(os.environ, CSCNN_CONFIG=os.path.abspath(args.config), CSCNN_START_DATE=cfg.world.epoch,
                AIRFLOW_HOME=os.path.join(root, "airflow"))
 
     steps = {}
@@ -69,11 +70,15 @@ def main() -> int:
     steps["dag_run_s"] = round(time.time() - s, 1)
     wall = round(time.time() - t0, 1)
 
-    current = os.path.join(local_path(paths.artifacts), "published", "current.json")
+    from serving.registry import read_current, version_dir
+
+    current = read_current(cfg)
     print("\n== demo finished in %.0f s ==" % wall)
-    print(f"published (current pointer): {current}")
-    if os.path.exists(current):
-        print(open(current).read())
+    if current is None or current.get("run_date") != str(day):
+        print(f"the run for {day} published nothing: see the run report and the task logs above", file=sys.stderr)
+        return 1
+    print(f"published version {current['version']} for {day}: {version_dir(cfg, current)}")
+    print(f"lookup table (Delta): {paths.lookup_table} (run_date = {day})")
     print(f"Data Docs:   {local_path(paths.data_docs)}/index.html")
     print(f"run report:  {local_path(paths.run_report(day))}")
     out = {"wall_s": wall, "impressions_per_day": cfg.world.impressions_per_day, "days": W + 1,

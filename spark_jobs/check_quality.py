@@ -90,9 +90,9 @@ def _landing_schema_df(spark: "SparkSession", uri: str) -> "DataFrame | None":
         return None
 
 
-def write_summary(cfg: PipelineConfig, day: dt.date, summary: dict[str, Any]) -> str:
-    """Write the day's summary JSON atomically to <reports>/quality/<D>.json; return its path."""
-    path = local_path(f"{Paths.of(cfg).reports.rstrip('/')}/quality/{day.isoformat()}.json")
+def write_summary(cfg: PipelineConfig, day: dt.date, summary: dict[str, Any], suffix: str = "") -> str:
+    """Write the day's summary JSON atomically to <reports>/quality/<D><suffix>.json; return its path."""
+    path = local_path(f"{Paths.of(cfg).reports.rstrip('/')}/quality/{day.isoformat()}{suffix}.json")
     os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = f"{path}.tmp-{os.getpid()}"
     with open(tmp, "w") as fh:
@@ -137,6 +137,30 @@ def run(cfg: PipelineConfig, spark: "SparkSession", day: dt.date) -> dict[str, A
         "suites": suites,
     }
     summary["summary_path"] = write_summary(cfg, day, summary)
+    raise_on_critical(*results)
+    return summary
+
+
+def check_examples(cfg: PipelineConfig, spark: "SparkSession", run_date: dt.date) -> dict[str, Any]:
+    """GX on the run date's encoded examples (both splits): ids within vocabularies, no nulls,
+    label rate within bounds, holdout not empty. Raises DataQualityError on critical failures,
+    after writing the summary to <reports>/quality/<D>-examples.json."""
+    from pyspark.sql import functions as F
+
+    from expectations.examples import build_examples_suite, project_examples
+    from spark_jobs.features import load_feature_spec
+
+    spec = load_feature_spec(cfg, spark, run_date)
+    examples_df = (spark.read.format("delta").load(Paths.of(cfg).table("features/examples"))
+                   .where(F.col("run_date") == F.lit(run_date)))
+    results = []
+    for split in ("train", "holdout"):
+        split_df = project_examples(examples_df.where(F.col("split") == split), spec)
+        results.append(validate(cfg, split_df, build_examples_suite(spec, cfg, split), f"examples_{split}",
+                                run_date.isoformat()))
+    summary = {"date": run_date.isoformat(), "success": all(r.success for r in results),
+               "suites": {r.suite_name: _summary_entry(r) for r in results}}
+    summary["summary_path"] = write_summary(cfg, run_date, summary, suffix="-examples")
     raise_on_critical(*results)
     return summary
 

@@ -645,8 +645,16 @@ def main(argv: list[str] | None = None) -> int:
         except (ValueError, AttributeError, TypeError):
             raise FeaturesError(f"bad --bronze-versions {args.bronze_versions!r}; "
                                 'expected JSON like {"impressions": 3, "ads": 3}') from None
+    ap_date = parse_date(args.date)
     spark = get_spark(cfg.spark)
-    metadata = run(cfg, spark, parse_date(args.date), pinned)
+    metadata = run(cfg, spark, ap_date, pinned)
+    # The stage's outputs are checked before anything trains on them, then exported as the
+    # plain-parquet snapshot the trainer reads (models/train_job.py).
+    from spark_jobs.check_quality import check_examples
+    from spark_jobs.export_snapshot import export_training_snapshot
+
+    check_examples(cfg, spark, ap_date)
+    export_training_snapshot(cfg, spark, ap_date)
     print(json.dumps({k: metadata[k] for k in ("run_date", "window_days", "missing_days", "counted_days",
                                                "bronze_versions", "rows", "label_rate")}))
     return 0

@@ -1,0 +1,293 @@
+"""Lookup-table serving benchmark: build speed, bytes per ad, AUC cost of the reductions, coverage by
+budget, predictor latency against the compute floor, and the CNN-online alternative.
+
+    python -m bench.lookup_serving [--quick]
+
+Writes bench/results/lookup_serving.json. Everything runs on one core (torch.set_num_threads(1)).
+
+* coverage_curve: the simulated world itself (simworld, default WorldConfig): 32 window days of
+  traffic rank the ads alive on day D (frequency control), coverage = share of day D's
+  impressions whose ad is kept. Budget 0 (the default) keeps every ad with an image.
+* auc_cost: a small CSCNN model trained on synthetic examples (models.synthetic shapes) whose
+  click rate depends on each ad's image brightness, scored through the predictor with each
+  reduction; cost = AUC(float32 table) - AUC(reduced table) on held-out impressions.
+* predictor / cnn_online: the paper's DCN dimensions (deep 1024-512-256, d_e 4, x_v 150, 18
+  fields) with random weights (latency does not depend on the weights); the table holds 100k ads
+  (float16). batch100_floor_ms = FLOPs of the head for 100 requests / this core's fp32 rate on a
+  2048x2048 matmul, measured in the same run. cnn_online runs the default visual tower (cscnn,
+  light backbone, 64x64 images) plus the head on the same batch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import tempfile
+import time
+from typing import Any
+
+import numpy as np
+import torch
+
+from bench.common import machine, write_result
+from core.config import load_config
+from core.feature_spec import MULTI_FIELDS, NUMERIC_FIELDS, SINGLE_FIELDS, FeatureSpec
+from serving.lookup import (LookupTable, Reduction, bytes_per_ad, coverage_curve, fallback_rows, make_reduction)
+from serving.predictor import ModelHead, Predictor
+from serving.requests import columns_from_records
+from spark_jobs.feature_encoding import VOCAB_FIELDS, FeatureEncoder
+
+PAPER_DIMS = {"model.deep_dims": [1024, 512, 256], "model.embedding_dim": 4, "model.visual_dim": 150,
+              "model.head_dims": [256], "model.cross_layers": 3}
+
+
+def percentiles(samples_s: list[float]) -> tuple[float, float]:
+    ms = np.array(samples_s) * 1000
+    return float(np.percentile(ms, 50)), float(np.percentile(ms, 99))
+
+
+def matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
+    """This core's fp32 rate on an n x n matmul (best of ``repeats``), in GFLOP/s."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    torch.mm(a, b)
+    best = min(_timed(lambda: torch.mm(a, b)) for _ in range(repeats))
+    return 2 * n ** 3 / best / 1e9
+
+
+def _timed(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def head_flops(head: ModelHead, batch: int) -> int:
+    """Multiply-adds x 2 of every Linear and the cross net for ``batch`` requests."""
+    linear = sum(2 * m.in_features * m.out_features for m in head.modules() if isinstance(m, torch.nn.Linear))
+    d_nv = head.embedding.out_dim
+    cross = len(head.dcn.cross.weights) * 5 * d_nv  # dot product (2D) + scale, bias, residual (3D)
+    return batch * (linear + cross)
+
+
+# --------------------------------------------------------------------------- coverage (simulated world)
+
+
+def simulated_coverage(budgets: list[int], window_days: int) -> dict[str, Any]:
+    from simworld.traffic import simulate_day
+    from simworld.world import active_ads
+
+    world = load_config().world
+    epoch = dt.date.fromisoformat(world.epoch)
+    counts: dict[int, int] = {}
+    for i in range(window_days):
+        ads = active_ads(world, i)
+        traffic = simulate_day(world, epoch + dt.timedelta(days=i), i, ads)
+        ids, n = np.unique(traffic.ad_id, return_counts=True)
+        for a, c in zip(ids.tolist(), n.tolist()):
+            counts[a] = counts.get(a, 0) + c
+    d = window_days
+    alive = active_ads(world, d)
+    holdout = simulate_day(world, epoch + dt.timedelta(days=d), d, alive).ad_id
+    cand = np.asarray(alive.ad_id, dtype=np.int64)  # ads with an image on D
+    imps = np.array([counts.get(int(a), 0) for a in cand], dtype=np.int64)
+    curve = coverage_curve(imps, cand, holdout, [*budgets, 0])
+    curve[-1]["budget_ads"] = int(len(cand))  # budget 0 = every candidate
+    return {"curve": curve, "candidates": int(len(cand)), "holdout_impressions": int(len(holdout))}
+
+
+# --------------------------------------------------------------------------- AUC cost
+
+
+def auc_cost(quick: bool) -> dict[str, Any]:
+    from models.batching import encode_examples
+    from models.synthetic import make_examples, make_spec
+    from models.train import auc_score, embed_images, load_model, train
+    from serving.requests import EncodedRequests
+    from spark_jobs.build_lookup import stack_images
+
+    spec = make_spec(n_categories=8, vocab=40)
+    n_ads = 120 if quick else 300
+    df, images = make_examples(spec, n_ads=n_ads, impressions_per_ad=(20, 40), image_size=32, seed=5)
+    rng = np.random.default_rng(5)
+    ads = np.unique(df["ad_id"].to_numpy())
+    level = dict(zip(ads.tolist(), rng.random(len(ads))))
+    images = {a: np.clip(rng.normal(40 + 180 * level[a], 25, size=(32, 32, 3)), 0, 255).astype(np.uint8)
+              for a in ads.tolist()}
+    df["label"] = (rng.random(len(df)) < 0.03 + 0.3 * df["ad_id"].map(level).to_numpy()).astype(np.int32)
+    df["f_ad_id"] = 0  # the image, not an id embedding, must carry the ad's effect
+    hold = df.groupby("ad_id").cumcount().to_numpy() % 3 == 0
+    train_df, hold_df = df[~hold].reset_index(drop=True), df[hold].reset_index(drop=True)
+    cfg = load_config(overrides={**PAPER_DIMS, "model.backbone": "light", "train.batch_size": 256,
+                                 "train.lr": 3e-3, "train.epochs": 1 if quick else 3, "train.device": "cpu",
+                                 "train.checkpoint_every": 0})
+    with tempfile.TemporaryDirectory() as tmp:
+        train(cfg, spec, train_df, None, images, tmp)
+        model = load_model(f"{tmp}/model.pt")
+    cats = df.groupby("ad_id")["category_idx"].first().loc[ads].to_numpy()
+    x_v = embed_images(model, stack_images(images, ads), cats)  # (A, 150)
+    head = ModelHead(model.spec, model.cfg)
+    head.load_state_dict({k: v for k, v in model.state_dict().items() if k.startswith(("embedding.", "dcn."))})
+    data = encode_examples(hold_df, spec)
+    enc = EncodedRequests(data.single, {k: v for k, (v, _) in data.multi.items()},
+                          {k: o[:-1] for k, (_, o) in data.multi.items()}, data.ad_id, data.category)
+    out: dict[str, Any] = {}
+    for method in ("none", "float16", "pca"):
+        red = make_reduction(x_v, method, 32)
+        stored = red.encode(x_v)
+        fb_cats, fb_means = fallback_rows(stored, cats)
+        table = LookupTable(ads, stored, cats.astype(np.int32), fb_cats, fb_means, red)
+        scores = Predictor(head.eval(), table, None).score_encoded(enc).scores
+        out[method] = auc_score(data.label, scores)
+    return {"auc": out, "cost": {"float16": out["none"] - out["float16"], "pca": out["none"] - out["pca"]},
+            "holdout_impressions": int(len(hold_df))}
+
+
+# --------------------------------------------------------------------------- latency
+
+
+def paper_predictor(n_ads: int, vocab: int = 10_000) -> tuple[Predictor, FeatureEncoder, FeatureSpec]:
+    spec = FeatureSpec(single={n: vocab for n in SINGLE_FIELDS}, multi={n: vocab for n in MULTI_FIELDS})
+    for n in NUMERIC_FIELDS:
+        spec.single[n] = 18
+    cfg = load_config(overrides={**PAPER_DIMS, "model.variant": "cscnn"})
+    torch.manual_seed(0)
+    head = ModelHead(spec, cfg.model).eval()
+    rng = np.random.default_rng(0)
+    ads = np.arange(10_000, 10_000 + n_ads, dtype=np.int64)
+    cats = rng.integers(1, 100, n_ads)
+    x_v = rng.normal(size=(n_ads, 150)).astype(np.float32)
+    red = Reduction("float16")
+    stored = red.encode(x_v)
+    fb_cats, fb_means = fallback_rows(stored, cats)
+    table = LookupTable(ads, stored, cats.astype(np.int32), fb_cats, fb_means, red)
+    entries = {n: {v: v for v in range(1, vocab)} for n in VOCAB_FIELDS}
+    entries["ad_id"] = {int(a): 1 + i % (vocab - 1) for i, a in enumerate(ads)}
+    encoder = FeatureEncoder.from_entries(entries, {n: [float(k) for k in range(1, 17)] for n in NUMERIC_FIELDS})
+    return Predictor(head, table, encoder), encoder, spec
+
+
+def random_requests(n: int, rng: np.random.Generator, ad_range: tuple[int, int]) -> list[dict]:
+    reqs = []
+    for _ in range(n):
+        r: dict[str, Any] = {name: int(rng.integers(1, 9_999)) for name in SINGLE_FIELDS}
+        r["ad_id"] = int(rng.integers(*ad_range))
+        r["price"] = float(rng.random() * 100)
+        r["review_count"] = int(rng.integers(0, 500))
+        for name in MULTI_FIELDS:
+            r[name] = [int(x) for x in rng.integers(1, 9_999, int(rng.integers(0, 6)))]
+        reqs.append(r)
+    return reqs
+
+
+def latency(fn, rounds: int) -> tuple[float, float]:
+    for _ in range(5):
+        fn()
+    return percentiles([_timed(fn) for _ in range(rounds)])
+
+
+def bench_predictor(quick: bool) -> dict[str, Any]:
+    predictor, _, _ = paper_predictor(20_000 if quick else 100_000)
+    rng = np.random.default_rng(1)
+    ad_range = (10_000, 10_000 + len(predictor.table))
+    rounds = 100 if quick else 400
+    reqs1 = [random_requests(1, rng, ad_range) for _ in range(rounds + 5)]
+    reqs100 = [random_requests(100, rng, ad_range) for _ in range(20)]
+    cols1 = [columns_from_records(r) for r in reqs1]
+    cols100 = [columns_from_records(r) for r in reqs100]
+    it1, it100, itr = iter(range(10 ** 9)), iter(range(10 ** 9)), iter(range(10 ** 9))
+    b1 = latency(lambda: predictor.score_columns(cols1[next(it1) % len(cols1)]), rounds)
+    b100 = latency(lambda: predictor.score_columns(cols100[next(it100) % len(cols100)]), rounds)
+    rec100 = latency(lambda: predictor.score_records(reqs100[next(itr) % len(reqs100)]), rounds)
+    gflops = matmul_gflops()
+    floor_ms = head_flops(predictor.head, 100) / (gflops * 1e9) * 1000
+    return {"batch1_p50_ms": b1[0], "batch1_p99_ms": b1[1], "batch100_p50_ms": b100[0], "batch100_p99_ms": b100[1],
+            "batch100_floor_ms": floor_ms, "batch100_p99_over_floor": b100[1] / floor_ms,
+            "batch100_records_p50_ms": rec100[0], "batch100_records_p99_ms": rec100[1],
+            "matmul_2048_gflops": gflops, "head_mflops_per_request": head_flops(predictor.head, 1) / 1e6,
+            "table_ads": len(predictor.table)}
+
+
+def bench_cnn_online(quick: bool) -> dict[str, Any]:
+    from models.batching import Batch
+    from models.ctr import CTRModel
+
+    predictor, _, spec = paper_predictor(1000)
+    spec.single["category_id"] = 24
+    cfg = load_config(overrides={**PAPER_DIMS, "model.variant": "cscnn", "model.backbone": "light"})
+    model = CTRModel(spec, cfg.model).eval()
+    rng = np.random.default_rng(2)
+    size = cfg.world.image_size
+    b = 100
+    single = torch.from_numpy(rng.integers(1, 17, (b, len(spec.single))))
+    values = {n: torch.from_numpy(rng.integers(1, 17, 3 * b)) for n in spec.multi}
+    offsets = {n: torch.arange(0, 3 * b, 3) for n in spec.multi}
+    images = torch.from_numpy(rng.integers(0, 256, (b, size, size, 3), dtype=np.uint8))
+    batch = Batch(single, values, offsets, images, torch.from_numpy(rng.integers(0, 24, b)), torch.arange(b),
+                  torch.zeros(b))
+
+    def run():
+        with torch.inference_mode():
+            model(batch)
+
+    rounds = 10 if quick else 30
+    p50, p99 = latency(run, rounds)
+    return {"batch100_p50_ms": p50, "batch100_p99_ms": p99,
+            "model": f"cscnn, light backbone, {size}x{size} images, one image per request"}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="smaller sizes (a smoke run, not for the record)")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)
+
+    cfg = load_config()
+    # Build speed: the default tower embedding 64x64 images (what build_lookup runs per ad).
+    from models.ctr import CTRModel
+    from models.synthetic import make_spec
+    from models.train import embed_images
+
+    spec = make_spec(n_categories=24)
+    model = CTRModel(spec, load_config(overrides=PAPER_DIMS).model).eval()
+    n = 256 if args.quick else 2048
+    rng = np.random.default_rng(3)
+    imgs = rng.integers(0, 256, (n, cfg.world.image_size, cfg.world.image_size, 3), dtype=np.uint8)
+    cats = rng.integers(0, 24, n)
+    embed_images(model, imgs[:64], cats[:64])
+    build_s = _timed(lambda: embed_images(model, imgs, cats, batch_size=cfg.inference.batch_size))
+
+    coverage = simulated_coverage([250, 500, 1000, 2000, 4000], window_days=8 if args.quick else 32)
+    cost = auc_cost(args.quick)
+    pred = bench_predictor(args.quick)
+    cnn = bench_cnn_online(args.quick)
+    result = {
+        "machine": machine() + ", torch threads 1",
+        "build_ads_per_s": n / build_s,
+        "bytes_per_ad": {m: bytes_per_ad(150, r, cfg.inference.pca_dims)
+                         for m, r in (("float32", "none"), ("float16", "float16"), ("pca", "pca"))},
+        "auc_cost": cost["cost"],
+        "coverage_curve": coverage["curve"],
+        "predictor": pred,
+        "cnn_online": cnn,
+        "table_vs_cnn_speedup_batch100_p50": cnn["batch100_p50_ms"] / pred["batch100_p50_ms"],
+        "notes": {
+            "data": "coverage_curve: the simulated world (simworld, default WorldConfig), window of "
+                    f"{8 if args.quick else 32} days, candidates = {coverage['candidates']} ads alive on D, "
+                    f"{coverage['holdout_impressions']} holdout impressions; the last point is budget 0 "
+                    "(default: every ad with an image). auc_cost: synthetic examples (models.synthetic shapes, "
+                    "brightness-driven clicks), paper DCN dims, light CSCNN tower, "
+                    f"{cost['holdout_impressions']} holdout impressions, AUCs {cost['auc']}; pca keeps "
+                    f"{cfg.inference.pca_dims} of 150 dims.",
+            "bytes_per_ad": "serving-file bytes per ad: stored row + int64 ad id + int32 category",
+            "build_ads_per_s": f"embed_images on {n} random {cfg.world.image_size}x{cfg.world.image_size} images, "
+                               "cscnn light tower (image decoding and Spark I/O not included)",
+            "predictor": "batch*_ms: score_columns (validated request columns -> encode -> table lookup -> head); "
+                         "batch100_records_*: score_records from request dicts, validation included",
+            "quick": bool(args.quick),
+        },
+    }
+    write_result("lookup_serving.json", result)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

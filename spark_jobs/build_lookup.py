@@ -1,0 +1,263 @@
+"""Offline inference: run date D's trained visual tower -> the ad_id -> x_v lookup table.
+
+    python spark_jobs/build_lookup.py --date 2026-02-02 [--config FILE | --config-json JSON] [--set k=v]
+
+Candidates are the ads with a bronze image, each with its latest catalog category (catalog days
+<= D) and its impressions in the training window (features/ad_window_counts of D; 0 for ads not
+seen in the window, e.g. ads born on D). Frequency control keeps the most-shown ads first (ties by
+ad id) within inference.budget_ads rows and inference.budget_bytes bytes (serving.lookup.select_ads).
+The kept ads' images are embedded by the trained tower (models.train.embed_images, category-aware
+for CSCNN), reduced (inference.reduction: none, float16 or pca to inference.pca_dims) and written:
+
+  <warehouse>/lookup_table            Delta: run_date, ad_id, category_id (raw), category_idx
+                                      (encoded), embedding array<float> (the stored row; for pca the
+                                      k-dim z), partitioned by run_date, replaced per date
+  <artifacts>/runs/D/lookup/          the memory-mappable serving files + encoder.npz + manifest.json
+                                      (serving.lookup module docstring)
+
+Images are decoded on the driver for the kept ads only, and embedded in inference.batch_size chunks.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import json
+import logging
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+if __package__ in (None, ""):  # spark-submit runs this file as a script
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import numpy as np
+
+from core.config import PipelineConfig
+from core.paths import Paths, local_path
+
+if TYPE_CHECKING:  # pragma: no cover
+    from pyspark.sql import DataFrame, SparkSession
+
+log = logging.getLogger("build_lookup")
+
+MODEL_FILE = "model.pt"
+MODEL_MANIFEST = "manifest.json"
+ENCODER_FILE = "encoder.npz"
+
+
+class BuildLookupError(RuntimeError):
+    """The lookup table cannot be built for a date (no model, no images, bad images)."""
+
+
+# --------------------------------------------------------------------------- pure transforms
+
+
+def with_latest_catalog(ads_df: "DataFrame", run_date: dt.date) -> Callable[["DataFrame"], "DataFrame"]:
+    """Add category_id from each ad's latest catalog row on a day <= run_date (inner join)."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    def inner(df: "DataFrame") -> "DataFrame":
+        latest_df = (ads_df.where(F.col("dt") <= F.lit(run_date)).where(F.col("ad_id").isNotNull())
+                     .withColumn("_rank", F.row_number().over(Window.partitionBy("ad_id").orderBy(F.col("dt").desc())))
+                     .where(F.col("_rank") == 1).select("ad_id", "category_id"))
+        return df.join(latest_df, on="ad_id", how="inner")
+    return inner
+
+
+def with_window_impressions(counts_df: "DataFrame") -> Callable[["DataFrame"], "DataFrame"]:
+    """Add impressions (in the training window; 0 when the ad was not shown there)."""
+    from pyspark.sql import functions as F
+
+    def inner(df: "DataFrame") -> "DataFrame":
+        return (df.join(counts_df.select("ad_id", "impressions"), on="ad_id", how="left")
+                .withColumn("impressions", F.coalesce(F.col("impressions"), F.lit(0)).cast("bigint")))
+    return inner
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def model_paths(cfg: PipelineConfig, run_date: dt.date) -> tuple[Path, Path]:
+    """(model.pt, its manifest.json) of run date D's trained model."""
+    folder = Path(local_path(Paths.of(cfg).run_model_dir(run_date)))
+    return folder / MODEL_FILE, folder / MODEL_MANIFEST
+
+
+def model_version(model_path: Path, manifest_path: Path, run_date: dt.date, model_sha256: str) -> str:
+    """The train stage's model_version when its manifest names one, else '<D>-<sha256 prefix>'."""
+    if manifest_path.is_file():
+        try:
+            name = json.loads(manifest_path.read_text()).get("model_version")
+            if name:
+                return str(name)
+        except (json.JSONDecodeError, AttributeError):
+            log.warning("model manifest %s is not a JSON object; deriving the model version", manifest_path)
+    return f"{run_date.isoformat()}-{model_sha256[:12]}"
+
+
+def decode_png(data: bytes, ad_id: int) -> np.ndarray:
+    """uint8 (H, W, 3) RGB pixels of an image file's bytes."""
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            return np.asarray(img.convert("RGB"), dtype=np.uint8)
+    except Exception as e:  # PIL raises several types for broken files
+        raise BuildLookupError(f"bronze image of ad {ad_id} cannot be decoded: {e}") from None
+
+
+def read_images(spark: "SparkSession", paths: Paths, ad_ids: np.ndarray) -> dict[int, np.ndarray]:
+    """Decoded bronze images (ad_id -> uint8 (H, W, 3)) of the given ads (absent ones are skipped)."""
+    from pyspark.sql import functions as F
+
+    wanted = np.unique(np.asarray(ad_ids, dtype=np.int64))
+    if wanted.size == 0:
+        return {}
+    ids_df = spark.createDataFrame([(int(a),) for a in wanted], "ad_id bigint")
+    tbl = (spark.read.format("delta").load(paths.bronze_images).join(F.broadcast(ids_df), "ad_id")
+           .select("ad_id", "image_bytes").toArrow())
+    ids = tbl.column("ad_id").to_pylist()
+    blobs = tbl.column("image_bytes").to_pylist()
+    return {int(a): decode_png(b, int(a)) for a, b in zip(ids, blobs)}
+
+
+def stack_images(images: dict[int, np.ndarray], ad_ids: np.ndarray, blank_missing: bool = False) -> np.ndarray:
+    """uint8 (n, H, W, 3) in the order of ``ad_ids``, all of one shape.
+
+    An ad without an image is an error, or with ``blank_missing`` gets the mid-grey image that
+    training and models.train.predict give it (models.batching.ImageTable)."""
+    ad_list = np.asarray(ad_ids).tolist()
+    shape = next((images[int(a)].shape for a in ad_list if int(a) in images), None)
+    arrays = []
+    for a in ad_list:
+        img = images.get(int(a))
+        if img is None:
+            if not blank_missing or shape is None:
+                raise BuildLookupError(f"ad {a} has no bronze image")
+            img = np.full(shape, 128, np.uint8)
+        if img.shape != shape:
+            raise BuildLookupError(f"image of ad {a} has shape {img.shape}, others {shape}; "
+                                   "the tower needs one image size (world.image_size)")
+        arrays.append(img)
+    return np.stack(arrays) if arrays else np.zeros((0, 1, 1, 3), np.uint8)  # (n, H, W, 3)
+
+
+def embed_ads(model: Any, images: np.ndarray, categories: np.ndarray, batch_size: int) -> np.ndarray:
+    """x_v (n, visual_dim) of uint8 images (n, H, W, 3) with encoded categories (n,)."""
+    from models.train import embed_images
+
+    return embed_images(model, images, categories, batch_size=batch_size)
+
+
+# --------------------------------------------------------------------------- the job
+
+
+def run(cfg: PipelineConfig, spark: "SparkSession", run_date: dt.date) -> dict[str, Any]:
+    """Embed the kept ads of run date D and write the lookup table and serving files; returns metadata."""
+    from pyspark.sql import functions as F
+
+    from models.train import load_model
+    from serving.lookup import bytes_per_ad, make_reduction, select_ads, sha256_file, write_lookup_files
+    from serving.requests import save_encoder
+    from spark_jobs import features
+
+    started = time.monotonic()
+    ic = cfg.inference
+    paths = Paths.of(cfg)
+    model_path, manifest_path = model_paths(cfg, run_date)
+    if not model_path.is_file():
+        raise BuildLookupError(f"no trained model for {run_date} at {model_path}; run the train stage first")
+    model = load_model(model_path)
+    if model.tower is None:
+        raise BuildLookupError(f"the model of {run_date} is variant {model.cfg.variant!r}, which has no visual "
+                               "tower; a lookup table needs a visual variant (cnn_fixed, cnn_finetune, cbam, cscnn)")
+    model_sha = sha256_file(model_path)
+    version = model_version(model_path, manifest_path, run_date, model_sha)
+    encoder = features.load_encoder(cfg, spark, run_date)
+
+    day = f"run_date = DATE'{run_date.isoformat()}'"
+    counts_df = spark.read.format("delta").load(paths.table(features.AD_COUNTS_TABLE)).where(day)
+    candidates_df = (spark.read.format("delta").load(paths.bronze_images).select("ad_id").distinct()
+                     .transform(with_latest_catalog(spark.read.format("delta").load(paths.bronze_ads), run_date))
+                     .transform(with_window_impressions(counts_df)))
+    cand = candidates_df.toArrow()
+    cand_ads = np.asarray(cand.column("ad_id").to_numpy(), dtype=np.int64)
+    cand_imps = np.asarray(cand.column("impressions").to_numpy(), dtype=np.int64)
+    cand_cat = cand.column("category_id")
+    if cand_ads.size == 0:
+        raise BuildLookupError(f"no ad has both a bronze image and a catalog row on or before {run_date}")
+    visual_dim = model.cfg.visual_dim
+    row_bytes = bytes_per_ad(visual_dim, ic.reduction, ic.pca_dims)
+    keep = select_ads(cand_ads, cand_imps, ic.budget_ads, ic.budget_bytes, row_bytes)
+    ad_ids = cand_ads[keep]
+    cat_valid = ~np.asarray(cand_cat.is_null().to_numpy(zero_copy_only=False), dtype=bool)[keep]
+    raw_cat = np.asarray(cand_cat.fill_null(0).to_numpy(zero_copy_only=False), dtype=np.int64)[keep]
+    category_idx = np.asarray(encoder.encode_single("category_id", raw_cat, cat_valid), dtype=np.int64)
+    log.info("build_lookup %s: %d candidate ads, keeping %d (budget_ads=%d, budget_bytes=%d, %d bytes/ad)",
+             run_date, len(cand_ads), len(ad_ids), ic.budget_ads, ic.budget_bytes, row_bytes)
+
+    images = stack_images(read_images(spark, paths, ad_ids), ad_ids)  # (n, H, W, 3)
+    t0 = time.monotonic()
+    x_v = embed_ads(model, images, category_idx, ic.batch_size)  # (n, visual_dim)
+    embed_s = time.monotonic() - t0
+    if not np.isfinite(x_v).all():
+        raise BuildLookupError(f"the tower of {run_date} produced NaN/Inf embeddings for "
+                               f"{int((~np.isfinite(x_v)).any(axis=1).sum())} ads; the model is broken")
+    reduction = make_reduction(x_v, ic.reduction, ic.pca_dims)
+
+    lookup_dir = Path(local_path(paths.run_lookup_dir(run_date)))
+    if lookup_dir.exists():  # a re-run replaces the date's folder whole (no stale files of another reduction)
+        shutil.rmtree(lookup_dir)
+    lookup_dir.mkdir(parents=True)
+    save_encoder(encoder, lookup_dir / ENCODER_FILE)
+    window_impressions = int(cand_imps.sum())
+    covered_impressions = int(cand_imps[keep].sum())
+    manifest = write_lookup_files(
+        lookup_dir, ad_ids, category_idx, x_v, reduction, run_date=run_date.isoformat(), model_version=version,
+        model_sha256=model_sha, extra_files={ENCODER_FILE: str(lookup_dir / ENCODER_FILE)},
+        extra={"candidates": int(len(cand_ads)), "budget_ads": ic.budget_ads, "budget_bytes": ic.budget_bytes,
+               "window_impression_share": covered_impressions / window_impressions if window_impressions else None})
+
+    stored = reduction.encode(x_v)  # (n, dims), the rows the serving file holds
+    rows = [(run_date, int(a), int(c) if v else None, int(ci), [float(x) for x in row])
+            for a, c, v, ci, row in zip(ad_ids.tolist(), raw_cat.tolist(), cat_valid.tolist(),
+                                        category_idx.tolist(), stored.astype(np.float32))]
+    table_df = spark.createDataFrame(
+        rows, "run_date date, ad_id bigint, category_id int, category_idx int, embedding array<float>")
+    (table_df.write.format("delta").mode("overwrite").partitionBy("run_date")
+     .option("replaceWhere", day).save(paths.lookup_table))
+    delta_version = int(spark.sql(f"DESCRIBE HISTORY delta.`{paths.lookup_table}` LIMIT 1")
+                        .select("version").collect()[0][0])
+    meta = {
+        "run_date": run_date.isoformat(), "rows": int(len(ad_ids)), "candidates": int(len(cand_ads)),
+        "reduction": reduction.method, "dims": manifest["dims"], "bytes_per_ad": manifest["bytes_per_ad"],
+        "model_version": version, "embed_seconds": embed_s,
+        "ads_per_second": len(ad_ids) / embed_s if embed_s > 0 else None,
+        "lookup_dir": str(lookup_dir), "lookup_table": paths.lookup_table, "lookup_table_version": delta_version,
+        "window_impression_share": manifest["window_impression_share"],
+        "seconds": time.monotonic() - started,
+    }
+    log.info("build_lookup %s: %d ads embedded (%.0f ads/s), %s, written to %s and %s", run_date, meta["rows"],
+             meta["ads_per_second"] or 0, reduction.method, lookup_dir, paths.lookup_table)
+    return meta
+
+
+def main(argv: list[str] | None = None) -> int:
+    from core.cli import config_from_args, parse_date, setup_logging, stage_parser
+    from core.spark import get_spark
+
+    setup_logging()
+    args = stage_parser("Embed the kept ads of a run date into the lookup table and serving files.").parse_args(argv)
+    cfg = config_from_args(args)
+    meta = run(cfg, get_spark(cfg.spark), parse_date(args.date))
+    print(json.dumps(meta, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

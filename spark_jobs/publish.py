@@ -1,0 +1,94 @@
+"""Publish run date D's model and lookup table, only when every gate passed.
+
+    python spark_jobs/publish.py --date 2026-02-02 [--config FILE | --config-json JSON] [--set k=v]
+
+Reads <artifacts>/runs/D/validation.json (written by validate) and refuses unless it passed and
+still describes the files on disk (model and lookup manifest checksums). Then, atomically
+(serving.registry): copies model/ and lookup/ into a new immutable <artifacts>/published/v<N>-<D>/,
+switches the `current` pointer, and appends a registry row (version, run date, metrics, gate
+verdicts, input Delta versions from the features run, config hash, code version, published_at).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if __package__ in (None, ""):  # spark-submit runs this file as a script
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from core.config import PipelineConfig
+from core.paths import Paths, local_path
+
+if TYPE_CHECKING:  # pragma: no cover
+    from pyspark.sql import SparkSession
+
+log = logging.getLogger("publish")
+
+
+def check_validation(record: dict[str, Any] | None, path: Path, model_sha256: str, manifest_sha256: str) -> None:
+    """Raise PublishError unless the record passed every gate and matches the files to publish."""
+    from serving.registry import PublishError
+
+    if record is None:
+        raise PublishError(f"no validation record at {path}; run the validate stage for this date first")
+    failed = [g["name"] for g in record.get("gates", []) if not g.get("passed")]
+    if failed or not record.get("passed") or not record.get("gates"):
+        raise PublishError(f"refusing to publish {record.get('run_date')}: gate(s) {failed or ['(none recorded)']} "
+                           f"did not pass (see {path})")
+    if record.get("model_sha256") != model_sha256 or record.get("lookup_manifest_sha256") != manifest_sha256:
+        raise PublishError(f"refusing to publish: the model or lookup files changed after validation ({path}); "
+                           "re-run validate for this date")
+
+
+def run(cfg: PipelineConfig, spark: "SparkSession", run_date: dt.date) -> dict[str, Any]:
+    """Publish D's model + lookup table as a new version and make it live; returns its pointer entry."""
+    from serving.lookup import sha256_file
+    from serving.registry import code_version, promote, stage_version
+    from spark_jobs import features
+    from spark_jobs.build_lookup import model_paths
+
+    paths = Paths.of(cfg)
+    record_path = Path(local_path(paths.validation_record(run_date)))
+    record = json.loads(record_path.read_text()) if record_path.is_file() else None
+    model_path, model_manifest = model_paths(cfg, run_date)
+    lookup_dir = Path(local_path(paths.run_lookup_dir(run_date)))
+    check_validation(record, record_path, sha256_file(model_path) if model_path.is_file() else "",
+                     sha256_file(lookup_dir / "manifest.json") if (lookup_dir / "manifest.json").is_file() else "")
+    try:
+        input_versions = features.load_run_metadata(cfg, spark, run_date).get("bronze_versions", {})
+    except features.FeaturesError as e:
+        log.warning("no features run metadata for %s (%s); publishing without input versions", run_date, e)
+        input_versions = {}
+    # model.pt and its manifest only: the training checkpoint beside them is not part of a version.
+    sources = {"model/model.pt": model_path, "lookup": lookup_dir, "validation.json": record_path}
+    if model_manifest.is_file():
+        sources["model/manifest.json"] = model_manifest
+    entry = stage_version(cfg, run_date, sources, {
+        "model_version": record.get("model_version"), "metrics": record.get("metrics", {}),
+        "gates": record.get("gates", []), "input_versions": input_versions, "config_hash": cfg.config_hash(),
+        "code_version": code_version(), "published_at": dt.datetime.now(dt.timezone.utc).isoformat(),
+    })
+    promote(spark, cfg, entry, "publish")
+    return entry
+
+
+def main(argv: list[str] | None = None) -> int:
+    from core.cli import config_from_args, parse_date, setup_logging, stage_parser
+    from core.spark import get_spark
+
+    setup_logging()
+    args = stage_parser("Publish a validated run date's model and lookup table.").parse_args(argv)
+    cfg = config_from_args(args)
+    entry = run(cfg, get_spark(cfg.spark), parse_date(args.date))
+    print(json.dumps({"version": entry["version"], "dir": entry["dir"], "run_date": entry["run_date"]}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

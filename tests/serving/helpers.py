@@ -1,0 +1,62 @@
+"""A tiny trained model over synthetic examples plus an encoder under which raw values equal ids,
+so raw contract requests and encoded examples describe the same impressions (no Spark needed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from core.config import load_config
+from core.feature_spec import MULTI_FIELDS, NUMERIC_FIELDS, SINGLE_FIELDS
+from models.synthetic import make_examples, make_spec
+from spark_jobs.feature_encoding import VOCAB_FIELDS, FeatureEncoder
+
+VOCAB = 13
+SMALL = {"model.deep_dims": [16, 8], "model.head_dims": [8], "model.visual_dim": 6,
+         "model.prior_channels": 3, "model.prior_spatial": 3, "model.attention_layers": 2,
+         "train.batch_size": 64, "train.lr": 0.01, "train.device": "cpu", "train.max_steps": 6,
+         "train.checkpoint_every": 0}
+
+
+def small_cfg(root: Path, **overrides):
+    return load_config(overrides={**SMALL, "storage.root": str(root), **overrides})
+
+
+def synthetic_world(seed: int = 1, n_ads: int = 16, vocab: int = VOCAB,
+                    impressions_per_ad: tuple[int, int] = (4, 10)):
+    """(spec, examples, images, ad id -> encoded ad id) with f_ad_id consistent per ad."""
+    spec = make_spec(n_categories=4, vocab=vocab)
+    df, images = make_examples(spec, n_ads=n_ads, impressions_per_ad=impressions_per_ad, image_size=32, seed=seed)
+    ads = np.unique(df["ad_id"].to_numpy())
+    ad_code = {int(a): 1 + i % (vocab - 1) for i, a in enumerate(ads)}
+    df["f_ad_id"] = df["ad_id"].map(ad_code).astype(np.int32)
+    return spec, df, images, ad_code
+
+
+def identity_encoder(ad_code: dict[int, int], vocab: int = VOCAB) -> FeatureEncoder:
+    """Raw value v -> id v for 1 <= v < vocab (ad ids through ``ad_code``); numeric k -> bin k."""
+    entries = {name: {v: v for v in range(1, vocab)} for name in VOCAB_FIELDS}
+    entries["ad_id"] = dict(ad_code)
+    edges = {name: [k + 0.5 for k in range(1, vocab - 1)] for name in NUMERIC_FIELDS}  # vocab = len + 2
+    return FeatureEncoder.from_entries(entries, edges)
+
+
+def requests_from_examples(df: pd.DataFrame) -> list[dict]:
+    """Raw contract requests that the identity encoder maps back to the examples' ids."""
+    out = []
+    for row in df.to_dict("records"):
+        req = {}
+        for name in SINGLE_FIELDS:
+            v = int(row[f"f_{name}"])
+            if name == "ad_id":
+                req[name] = int(row["ad_id"])
+            elif name in NUMERIC_FIELDS:
+                req[name] = None if v == 0 else float(v)
+            else:
+                req[name] = v
+        for name in MULTI_FIELDS:
+            req[name] = [int(x) for x in row[f"m_{name}"]]
+        out.append(req)
+    return out
