@@ -145,7 +145,10 @@ def _open_context(gx_root: str, docs_root: str) -> "FileDataContext":
     elif sites[SITE_NAME] != site_config:
         context.update_data_docs_site(SITE_NAME, site_config)
     changed = False
-    if context.variables.progress_bars is None or context.variables.progress_bars.globally is not False:
+    bars = context.variables.progress_bars
+    # A freshly scaffolded project holds a ProgressBarsConfig; one reopened from its YAML, a dict.
+    globally = bars.get("globally") if isinstance(bars, dict) else getattr(bars, "globally", None)
+    if globally is not False:
         context.variables.progress_bars = ProgressBarsConfig(globally=False)  # keep job logs readable
         changed = True
     if context.variables.analytics_enabled is not False:
