@@ -172,6 +172,10 @@ def _hadoop_fs(spark: "SparkSession", uri: str):
 
 def existing_files(spark: "SparkSession", uris: list[str]) -> set[str]:
     """Which of `uris` exist (through Hadoop's FileSystem, so s3a:// works too)."""
+    from core.paths import is_local, local_path
+
+    if all(is_local(u) for u in uris):  # one stat per file, without a JVM round trip each
+        return {u for u in uris if os.path.isfile(local_path(u))}
     found = set()
     for uri in uris:
         fs, path = _hadoop_fs(spark, uri)
