@@ -36,11 +36,11 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from scipy.stats import rankdata
 from torch import nn
 
 from core.config import ModelConfig, PipelineConfig, build
 from core.feature_spec import FeatureSpec
+from core.metrics import auc
 from models.batching import (EncodedData, ImageTable, encode_examples, make_batch, plan_batches,
                              preprocess_images, shard_range)
 from models.ctr import CTRModel
@@ -57,13 +57,10 @@ LOG_EVERY_S = 10.0  # seconds between progress lines
 
 def auc_score(labels: np.ndarray, scores: np.ndarray) -> float:
     """ROC AUC (ties count one half); NaN when only one class is present."""
-    labels = np.asarray(labels).astype(bool)
-    n_pos = int(labels.sum())
-    n_neg = len(labels) - n_pos
-    if n_pos == 0 or n_neg == 0:
+    labels = np.asarray(labels)
+    if labels.size == 0 or labels.astype(bool).all() or not labels.astype(bool).any():
         return float("nan")
-    ranks = rankdata(scores)
-    return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+    return auc(labels, scores)
 
 
 def compute_metrics(labels: np.ndarray, preds: np.ndarray, is_cold: np.ndarray | None = None) -> dict[str, float]:

@@ -12,7 +12,6 @@ Output: <artifacts>/runs/D/model/{model.pt, checkpoint.pt, metrics.json, manifes
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import io
 import json
 import logging
@@ -26,6 +25,7 @@ import numpy as np
 from core.cli import config_from_args, parse_date, setup_logging, stage_parser
 from core.config import PipelineConfig
 from core.feature_spec import FeatureSpec
+from core.files import sha256_file
 from core.paths import Paths, local_path
 
 log = logging.getLogger("train_job")
@@ -67,14 +67,6 @@ def live_model_path(cfg: PipelineConfig) -> str | None:
         return None
     path = version_dir(cfg, current) / "model" / "model.pt"
     return str(path) if path.exists() else None
-
-
-def sha256_file(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def run(cfg: PipelineConfig, run_date: dt.date) -> dict[str, Any]:

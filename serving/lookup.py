@@ -25,7 +25,6 @@ else the global mean, both reconstructed like any row; `LookupTable.lookup` repo
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -33,6 +32,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from core.files import sha256_file  # re-exported: serving.lookup.sha256_file
 
 REDUCTIONS = ("none", "float16", "pca")
 FORMAT_VERSION = 1
@@ -173,15 +174,6 @@ def _check_reduction(method: str) -> None:
 
 
 # --------------------------------------------------------------------------- files
-
-
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _save_npy(folder: Path, name: str, array: np.ndarray) -> None:

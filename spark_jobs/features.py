@@ -44,6 +44,7 @@ if __package__ in (None, ""):  # spark-submit runs this file as a script
 
 from core.config import FeaturesConfig, PipelineConfig
 from core.feature_spec import MULTI_FIELDS, NUMERIC_FIELDS, SINGLE_FIELDS, FeatureSpec
+from core.files import write_json_local
 from core.paths import Paths
 from spark_jobs.feature_encoding import (CATEGORICAL_SINGLE_FIELDS, ENCODED_BATCH_DDL, VOCAB_FIELDS,
                                          FeatureEncoder)
@@ -566,24 +567,11 @@ def run(cfg: PipelineConfig, spark: "SparkSession", run_date: dt.date,
         "run_date date, window_start date, window_end date, window_days array<date>, short_window boolean, "
         "bronze_versions map<string,bigint>, feature_spec string, metadata string, config string")
     _replace(runs_df, paths.table(RUNS_TABLE), ["run_date"], day)
-    _write_json_local(f"{paths.run_dir(run_date)}/features.json", metadata)  # for the run report, no Spark
+    write_json_local(f"{paths.run_dir(run_date)}/features.json", metadata)  # for the run report, no Spark
     log.info("features %s: done in %.1f s; train %d rows (label rate %.4f, %.2f per group), holdout %d rows",
              run_date, time.monotonic() - started, metadata["rows"]["train"], metadata["label_rate"]["train"],
              metadata["mean_impressions_per_group"]["train"], metadata["rows"]["holdout"])
     return metadata
-
-
-def _write_json_local(uri: str, data: dict[str, Any]) -> None:
-    """A JSON copy of a small record beside the run's artifacts (read by reports/), when storage is local."""
-    from core.paths import is_local, local_path
-
-    if not is_local(uri):
-        return
-    path = local_path(uri)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path + ".tmp", "w") as f:
-        json.dump(data, f, indent=2, sort_keys=True, default=str)
-    os.replace(path + ".tmp", path)
 
 
 # --------------------------------------------------------------------------- readers

@@ -31,6 +31,7 @@ if __package__ in (None, ""):  # spark-submit runs this file as a script
 
 from core import contract
 from core.config import PipelineConfig
+from core.files import write_json_local
 from core.paths import Paths
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -350,7 +351,7 @@ def run(cfg: PipelineConfig, spark: "SparkSession", day: dt.date) -> dict[str, A
                                f"bronze {bronze} + quarantine {quarantined}")
     runs_df = spark.createDataFrame([(day, json.dumps(record, sort_keys=True))], "dt date, record string")
     _replace_partition(runs_df, paths.ingest_runs, day)
-    _write_json_local(f"{paths.run_dir(day)}/ingest.json", record)
+    write_json_local(f"{paths.run_dir(day)}/ingest.json", record)
     for df in (ads_df, new_images_df, ads_reason_df, imp_reason_df):
         df.unpersist()
     log.info("ingested %s: impressions %d = bronze %d + quarantine %d; ads %d = %d + %d; %.1f s", day,
@@ -382,19 +383,6 @@ def _merge_images(spark: "SparkSession", paths: Paths, new_images_df: "DataFrame
      .whenNotMatchedInsertAll()
      .execute())
     return n
-
-
-def _write_json_local(uri: str, data: dict) -> None:
-    """A copy of a small record beside the run's artifacts (for reports), when storage is local."""
-    from core.paths import is_local, local_path
-
-    if not is_local(uri):
-        return
-    path = local_path(uri)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path + ".tmp", "w") as f:
-        json.dump(data, f, indent=2, sort_keys=True)
-    os.replace(path + ".tmp", path)
 
 
 def main(argv: list[str] | None = None) -> int:
