@@ -18,6 +18,8 @@ Environment (all optional):
     CSCNN_SPARK_DRIVER_MEMORY  spark-submit --driver-memory (default 4g)
     CSCNN_SPARK_PY_FILES       comma-separated .zip/.py files shipped to executors (cluster mode)
     CSCNN_SPARK_IVY_DIR        ivy cache for the Delta jars (default ~/.cache/cscnn-pipeline/ivy)
+    CSCNN_TASK_RETRIES         retries of every task (default 2)
+    CSCNN_RETRY_DELAY_S        first retry delay in seconds, growing exponentially (default 300)
 
 Imports: `airflow.sdk`, the Spark provider operator (via dags.cscnn_links), the project's Asset
 declarations and the standard library only; pyspark, torch and great_expectations are loaded
@@ -218,8 +220,8 @@ def train_command(config_path: str) -> str:
 
 default_args = {
     "owner": "ctr-pipeline",
-    "retries": 2,
-    "retry_delay": dt.timedelta(minutes=5),
+    "retries": _env_int("CSCNN_TASK_RETRIES", 2, 0),
+    "retry_delay": dt.timedelta(seconds=_env_int("CSCNN_RETRY_DELAY_S", 300, 1)),
     "retry_exponential_backoff": True,
     "execution_timeout": dt.timedelta(hours=2),
 }
