@@ -1,0 +1,106 @@
+"""The whole daily DAG on tiny simulated days, through real Airflow (`airflow dags test`).
+
+Run 1 (day D): every stage runs (spark-submit, torchrun, GX) and the model and lookup table are
+published. Run 2 (day D+1, an empty landing day): the bronze quality check fails, the run fails
+before `publish`, what is live stays live, and the run report and Data Docs page it links exist.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import re
+import subprocess
+import tempfile
+
+from pyspark.sql import functions as F
+
+from core.config import load_config
+from core.paths import Paths
+from serving.registry import read_current
+from simworld.generate import generate_day
+from spark_jobs import ingest
+from tests.dags.conftest import REPO_ROOT
+
+EPOCH = dt.date(2026, 1, 1)
+DAY = EPOCH + dt.timedelta(days=2)
+
+CONFIG = """
+[storage]
+root = "{root}"
+[spark]
+master = "local[2]"
+shuffle_partitions = 2
+[world]
+impressions_per_day = 2500
+n_users = 600
+initial_ads = 300
+new_ads_per_day = 30
+n_categories = 6
+n_top_categories = 2
+image_size = 32
+[features]
+window_days = 2
+min_count = 2
+[train]
+batch_size = 256
+[gates]
+auc_floor = 0.0
+"""
+
+
+def _dags_test(env: dict[str, str], day: dt.date) -> tuple[str, str]:
+    """Run `airflow dags test cscnn_daily day`; return (the run's final state, the output)."""
+    proc = subprocess.run(
+        ["bash", "-c", ". scripts/airflow_env.sh && airflow db migrate >/dev/null && "
+                       f"airflow dags test cscnn_daily {day}"],
+        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=1500)
+    out = proc.stdout + proc.stderr
+    states = re.findall(r"DagRun Finished: dag_id=cscnn_daily.*?state=(\w+)", out)
+    assert states, f"no finished run in the output (exit {proc.returncode}):\n{out[-4000:]}"
+    return states[-1], out
+
+
+def test_daily_run_publishes_then_a_failed_check_stops_before_publish(spark, tmp_path):
+    root = tmp_path / "var"
+    config_file = tmp_path / "run.toml"
+    config_file.write_text(CONFIG.format(root=root))
+    cfg = load_config(config_file)
+    paths = Paths.of(cfg)
+    for i in range(3):
+        generate_day(cfg, EPOCH + dt.timedelta(days=i))
+    for i in range(2):  # the window's history; day D itself is ingested by the DAG
+        ingest.run(cfg, spark, EPOCH + dt.timedelta(days=i))
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
+    env.update(CSCNN_CONFIG=str(config_file), CSCNN_START_DATE=str(EPOCH), CSCNN_TASK_RETRIES="1",
+               CSCNN_RETRY_DELAY_S="1", CSCNN_SPARK_DRIVER_MEMORY="2g",
+               AIRFLOW_HOME=tempfile.mkdtemp(prefix="cscnn-dagrun-", dir=tmp_path))
+
+    state, out = _dags_test(env, DAY)
+    assert state == "success", out[-6000:]
+    current = read_current(cfg)
+    assert current is not None and current["run_date"] == str(DAY) and current["version"] == 1
+    assert all(g["passed"] for g in current["gates"])
+    table = spark.read.format("delta").load(paths.lookup_table).where(F.col("run_date") == F.lit(DAY))
+    assert table.count() > 0
+    assert table.select("ad_id").distinct().count() == table.count()
+    assert os.path.exists(paths.run_report(DAY))
+    with open(paths.validation_record(DAY)) as f:
+        assert json.load(f)["passed"] is True
+
+    # An empty landing day: the critical volume expectation fails, nothing is published.
+    bad_day = DAY + dt.timedelta(days=1)
+    generate_day(cfg.replace({"world.bad_data.empty_day": True}), bad_day)
+    state, out = _dags_test(env, bad_day)
+    assert state == "failed", out[-6000:]
+    assert read_current(cfg)["run_date"] == str(DAY), "the live version must not change"
+    assert not os.path.exists(paths.validation_record(bad_day))
+    with open(os.path.join(paths.reports, "quality", f"{bad_day}.json")) as f:
+        summary = json.load(f)
+    assert summary["success"] is False and summary["critical_failures"]
+    pages = [s["report_path"] for s in summary["suites"].values() if s.get("report_path")]
+    assert pages and all(os.path.exists(p) for p in pages)
+    report = open(paths.run_report(bad_day)).read()
+    assert "check_bronze_quality" in report or "quality" in report.lower()
