@@ -182,7 +182,6 @@ class FeaturesConfig:
     window_days: int = 32  # W: train on [D-W, D-1], hold out D
     allow_short_window: bool = False  # missing window days: error (False) or warning (True)
     n_bins: int = 16  # quantile bins per numeric field
-    quantile_rel_error: float = 0.001
     min_count: int = 5  # default frequency threshold for vocabularies
     min_count_per_field: dict[str, int] = field(default_factory=dict)  # field -> threshold
     group_size: int = 25  # at most this many impressions of one ad in a training group

@@ -20,8 +20,7 @@ Per run date D this job writes (Delta tables under the warehouse, all replaced p
 Numeric bins are exact weighted quantiles of the window's value counts, computed from the same
 daily counts as the vocabularies; that keeps the incremental run (sum the stored daily counts,
 count only new or changed days) and the full rebuild (recount every window day from the raw
-logs) identical, which an approximate sketch per day could not promise (so the quantiles are
-exact and features.quantile_rel_error is not used by this job).
+logs) identical, which an approximate sketch per day could not promise.
 
 Reproducible: the run records the Delta versions of the bronze tables it read; passing them back
 as `bronze_versions` re-reads those versions (time travel) and reproduces the outputs exactly.
