@@ -1,9 +1,11 @@
 """Lookup-table serving benchmark: build speed, bytes per ad, AUC cost of the reductions, coverage by
 budget, predictor latency against the compute floor, and the CNN-online alternative.
 
-    python -m bench.lookup_serving [--quick]
+    python -m bench.lookup_serving [--quick] [--rounds N]
+    python -m bench.lookup_serving --predictor-only      # predictor latency only (~1 min), printed
 
-Writes bench/results/lookup_serving.json. Everything runs on one core (torch.set_num_threads(1)).
+Writes bench/results/lookup_serving.json (not with --predictor-only). Everything runs on one core
+(torch.set_num_threads(1)).
 
 * coverage_curve: the simulated world itself (simworld, default WorldConfig): 32 window days of
   traffic rank the ads alive on day D (frequency control), coverage = share of day D's
@@ -14,14 +16,20 @@ Writes bench/results/lookup_serving.json. Everything runs on one core (torch.set
 * predictor / cnn_online: the paper's DCN dimensions (deep 1024-512-256, d_e 4, x_v 150, 18
   fields) with random weights (latency does not depend on the weights); the table holds 100k ads
   (float16). batch100_floor_ms = FLOPs of the head for 100 requests / this core's fp32 rate on a
-  2048x2048 matmul, measured in the same run. cnn_online runs the default visual tower (cscnn,
-  light backbone, 64x64 images) plus the head on the same batch.
+  2048x2048 matmul, measured in the same run. The top-level batch*_ms figures are the predictor's
+  default precision (serving.predictor.DEFAULT_PRECISION); precisions.<fp32|bf16|int8> time each
+  precision at batch 100 and record its max score difference to the fp32 model (on a
+  variance-preserving head, and in auc_precision_max_score_diff on the trained auc_cost model).
+  cnn_online runs the default visual tower (cscnn, light backbone, 64x64 images) plus the head on
+  the same batch.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import gc
+import json
 import tempfile
 import time
 from typing import Any
@@ -33,7 +41,7 @@ from bench.common import machine, write_result
 from core.config import load_config
 from core.feature_spec import MULTI_FIELDS, NUMERIC_FIELDS, SINGLE_FIELDS, FeatureSpec
 from serving.lookup import (LookupTable, Reduction, bytes_per_ad, coverage_curve, fallback_rows, make_reduction)
-from serving.predictor import ModelHead, Predictor
+from serving.predictor import DEFAULT_PRECISION, PRECISION_TOLERANCE, PRECISIONS, ModelHead, Predictor
 from serving.requests import columns_from_records
 from spark_jobs.feature_encoding import VOCAB_FIELDS, FeatureEncoder
 
@@ -130,6 +138,7 @@ def auc_cost(quick: bool) -> dict[str, Any]:
     enc = EncodedRequests(data.single, {k: v for k, (v, _) in data.multi.items()},
                           {k: o[:-1] for k, (_, o) in data.multi.items()}, data.ad_id, data.category)
     out: dict[str, Any] = {}
+    diffs: dict[str, float] = {}  # max |score - fp32 score| of each reduced precision, float32 table
     for method in ("none", "float16", "pca"):
         red = make_reduction(x_v, method, 32)
         stored = red.encode(x_v)
@@ -137,8 +146,11 @@ def auc_cost(quick: bool) -> dict[str, Any]:
         table = LookupTable(ads, stored, cats.astype(np.int32), fb_cats, fb_means, red)
         scores = Predictor(head.eval(), table, None).score_encoded(enc).scores
         out[method] = auc_score(data.label, scores)
+        if method == "none":  # reduced-precision heads against fp32 on a trained model
+            diffs = {p: float(np.abs(Predictor(head, table, None, precision=p).score_encoded(enc).scores
+                                     - scores).max()) for p in PRECISIONS if p != "fp32"}
     return {"auc": out, "cost": {"float16": out["none"] - out["float16"], "pca": out["none"] - out["pca"]},
-            "holdout_impressions": int(len(hold_df))}
+            "holdout_impressions": int(len(hold_df)), "precision_max_score_diff": diffs}
 
 
 # --------------------------------------------------------------------------- latency
@@ -184,24 +196,113 @@ def latency(fn, rounds: int) -> tuple[float, float]:
     return percentiles([_timed(fn) for _ in range(rounds)])
 
 
-def bench_predictor(quick: bool) -> dict[str, Any]:
+def interleaved_latency(fns: dict[str, Any], rounds: int, warmup: int = 50) -> dict[str, np.ndarray]:
+    """Per-call seconds of each of ``fns`` over ``rounds`` rounds, one call of each per round (so
+    load on a shared machine hits every variant alike); garbage collection is off while timing."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    samples = {name: np.empty(rounds) for name in fns}
+    gc.collect()
+    gc.disable()
+    try:
+        for i in range(rounds):
+            for name, fn in fns.items():
+                t = time.perf_counter()
+                fn()
+                samples[name][i] = time.perf_counter() - t
+    finally:
+        gc.enable()
+    return samples
+
+
+def _summary_ms(samples_s: np.ndarray) -> dict[str, float]:
+    ms = samples_s * 1000
+    return {"p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99)), "min_ms": float(ms.min())}
+
+
+def variance_preserving_head(head: ModelHead, seed: int = 0) -> ModelHead:
+    """A copy of ``head`` with He-initialised Linear weights, biases N(0, 0.1) and embeddings N(0, 0.5):
+    activations keep their scale through the layers (the default init shrinks them, which would make
+    any precision look exact), a harder case for reduced precision than the default init."""
+    scaled = ModelHead(head.spec, head.cfg)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in scaled.modules():
+            if isinstance(m, torch.nn.Linear):
+                m.weight.normal_(0, (2 / m.in_features) ** 0.5, generator=gen)
+                m.bias.normal_(0, 0.1, generator=gen)
+            elif isinstance(m, (torch.nn.Embedding, torch.nn.EmbeddingBag)):
+                m.weight.normal_(0, 0.5, generator=gen)
+        scaled.dcn.out.weight.mul_(0.1)  # logits of a CTR model's range, not hundreds
+    return scaled.eval()
+
+
+def precision_score_diffs(predictor: Predictor, encoded: list[Any]) -> dict[str, float]:
+    """Max |score - fp32 ModelHead score| of each precision over ``encoded`` request batches."""
+    reference = []
+    for enc in encoded:
+        x_v, _ = predictor.table.lookup(enc.ad_id, enc.category)
+        with torch.inference_mode():
+            logits = predictor.head(torch.from_numpy(enc.single),
+                                    {k: torch.from_numpy(v) for k, v in enc.multi_values.items()},
+                                    {k: torch.from_numpy(v) for k, v in enc.multi_offsets.items()},
+                                    torch.from_numpy(x_v))
+        reference.append(torch.sigmoid(logits).numpy())
+    out = {}
+    for precision in PRECISIONS:
+        variant = Predictor(predictor.head, predictor.table, predictor.encoder, precision=precision)
+        out[precision] = max(float(np.abs(variant.score_encoded(enc).scores - ref).max())
+                             for enc, ref in zip(encoded, reference))
+    return out
+
+
+def bench_predictor(quick: bool, rounds: int | None = None) -> dict[str, Any]:
+    """Latency of every precision at batch 100 (interleaved), batch 1 and the records path of the
+    default precision, the compute floor, and each precision's max score difference."""
     predictor, _, _ = paper_predictor(20_000 if quick else 100_000)
     rng = np.random.default_rng(1)
     ad_range = (10_000, 10_000 + len(predictor.table))
-    rounds = 100 if quick else 400
-    reqs1 = [random_requests(1, rng, ad_range) for _ in range(rounds + 5)]
-    reqs100 = [random_requests(100, rng, ad_range) for _ in range(20)]
+    rounds = rounds or (300 if quick else 2000)
+    reqs1 = [random_requests(1, rng, ad_range) for _ in range(200)]
+    reqs100 = [random_requests(100, rng, ad_range) for _ in range(50)]
     cols1 = [columns_from_records(r) for r in reqs1]
     cols100 = [columns_from_records(r) for r in reqs100]
-    it1, it100, itr = iter(range(10 ** 9)), iter(range(10 ** 9)), iter(range(10 ** 9))
-    b1 = latency(lambda: predictor.score_columns(cols1[next(it1) % len(cols1)]), rounds)
-    b100 = latency(lambda: predictor.score_columns(cols100[next(it100) % len(cols100)]), rounds)
-    rec100 = latency(lambda: predictor.score_records(reqs100[next(itr) % len(reqs100)]), rounds)
+    variants = {p: Predictor(predictor.head, predictor.table, predictor.encoder, precision=p) for p in PRECISIONS}
+    default = variants[DEFAULT_PRECISION]
+    counter = iter(range(10 ** 9))
+
+    def batch100(variant: Predictor):
+        return lambda: variant.score_columns(cols100[next(counter) % len(cols100)])
+
+    fns = {f"batch100_{p}": batch100(v) for p, v in variants.items()}
+    fns["batch1"] = lambda: default.score_columns(cols1[next(counter) % len(cols1)])
+    fns["batch100_records"] = lambda: default.score_records(reqs100[next(counter) % len(reqs100)])
+    samples = interleaved_latency(fns, rounds)
     gflops = matmul_gflops()
     floor_ms = head_flops(predictor.head, 100) / (gflops * 1e9) * 1000
-    return {"batch1_p50_ms": b1[0], "batch1_p99_ms": b1[1], "batch100_p50_ms": b100[0], "batch100_p99_ms": b100[1],
-            "batch100_floor_ms": floor_ms, "batch100_p99_over_floor": b100[1] / floor_ms,
-            "batch100_records_p50_ms": rec100[0], "batch100_records_p99_ms": rec100[1],
+
+    # Score differences on a head whose activations keep their scale (see variance_preserving_head).
+    scaled = Predictor(variance_preserving_head(predictor.head), predictor.table, predictor.encoder)
+    n_check = 1000 if quick else 5000
+    check_rng = np.random.default_rng(4)
+    encoded = [scaled.encode(columns_from_records(random_requests(100, check_rng, ad_range)))
+               for _ in range(n_check // 100)]
+    diffs = precision_score_diffs(scaled, encoded)
+
+    b1, b100, rec = (_summary_ms(samples[k]) for k in ("batch1", f"batch100_{DEFAULT_PRECISION}", "batch100_records"))
+    precisions = {}
+    for p in PRECISIONS:
+        stats = _summary_ms(samples[f"batch100_{p}"])
+        precisions[p] = {"batch100_p50_ms": stats["p50_ms"], "batch100_p99_ms": stats["p99_ms"],
+                         "batch100_min_ms": stats["min_ms"], "batch100_p99_over_floor": stats["p99_ms"] / floor_ms,
+                         "max_abs_score_diff_vs_fp32_model": diffs[p], "tolerance": PRECISION_TOLERANCE[p]}
+    return {"default_precision": DEFAULT_PRECISION,
+            "batch1_p50_ms": b1["p50_ms"], "batch1_p99_ms": b1["p99_ms"],
+            "batch100_p50_ms": b100["p50_ms"], "batch100_p99_ms": b100["p99_ms"], "batch100_min_ms": b100["min_ms"],
+            "batch100_floor_ms": floor_ms, "batch100_p99_over_floor": b100["p99_ms"] / floor_ms,
+            "batch100_records_p50_ms": rec["p50_ms"], "batch100_records_p99_ms": rec["p99_ms"],
+            "precisions": precisions, "rounds": rounds, "score_diff_requests": n_check,
             "matmul_2048_gflops": gflops, "head_mflops_per_request": head_flops(predictor.head, 1) / 1e6,
             "table_ads": len(predictor.table)}
 
@@ -237,8 +338,18 @@ def bench_cnn_online(quick: bool) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="smaller sizes (a smoke run, not for the record)")
+    ap.add_argument("--predictor-only", action="store_true",
+                    help="run only the predictor latency part and print it as JSON (writes no result file)")
+    ap.add_argument("--rounds", type=int, default=0,
+                    help="timed rounds per predictor variant (default 2000, 300 with --quick)")
     args = ap.parse_args(argv)
+    if args.rounds < 0:
+        ap.error(f"--rounds must be >= 0 (0 = the default), got {args.rounds}")
     torch.set_num_threads(1)
+    if args.predictor_only:
+        pred = bench_predictor(args.quick, args.rounds or None)
+        print(json.dumps({"machine": machine() + ", torch threads 1", "predictor": pred}, indent=2))
+        return 0
 
     cfg = load_config()
     # Build speed: the default tower embedding 64x64 images (what build_lookup runs per ad).
@@ -257,7 +368,7 @@ def main(argv: list[str] | None = None) -> int:
 
     coverage = simulated_coverage([250, 500, 1000, 2000, 4000], window_days=8 if args.quick else 32)
     cost = auc_cost(args.quick)
-    pred = bench_predictor(args.quick)
+    pred = bench_predictor(args.quick, args.rounds or None)
     cnn = bench_cnn_online(args.quick)
     result = {
         "machine": machine() + ", torch threads 1",
@@ -265,6 +376,7 @@ def main(argv: list[str] | None = None) -> int:
         "bytes_per_ad": {m: bytes_per_ad(150, r, cfg.inference.pca_dims)
                          for m, r in (("float32", "none"), ("float16", "float16"), ("pca", "pca"))},
         "auc_cost": cost["cost"],
+        "auc_precision_max_score_diff": cost["precision_max_score_diff"],
         "coverage_curve": coverage["curve"],
         "predictor": pred,
         "cnn_online": cnn,
@@ -280,8 +392,14 @@ def main(argv: list[str] | None = None) -> int:
             "bytes_per_ad": "serving-file bytes per ad: stored row + int64 ad id + int32 category",
             "build_ads_per_s": f"embed_images on {n} random {cfg.world.image_size}x{cfg.world.image_size} images, "
                                "cscnn light tower (image decoding and Spark I/O not included)",
-            "predictor": "batch*_ms: score_columns (validated request columns -> encode -> table lookup -> head); "
-                         "batch100_records_*: score_records from request dicts, validation included",
+            "predictor": "batch*_ms: score_columns (validated request columns -> encode -> table lookup -> head) "
+                         f"at the default precision ({DEFAULT_PRECISION}); precisions.<p>: the same at batch 100 per "
+                         "precision, max_abs_score_diff_vs_fp32_model over "
+                         f"{pred['score_diff_requests']} random requests on a variance-preserving head "
+                         "(He-initialised, see variance_preserving_head); batch100_records_*: score_records from "
+                         "request dicts, validation included; every variant timed interleaved, one call each per "
+                         f"round, {pred['rounds']} rounds after warm-up, gc disabled while timing. "
+                         "auc_precision_max_score_diff: the same difference on the trained auc_cost model's holdout",
             "quick": bool(args.quick),
         },
     }

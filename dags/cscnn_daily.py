@@ -9,6 +9,8 @@ Environment (all optional):
     CSCNN_CONFIG               base config file (.toml/.json) for every run
     CSCNN_CATCHUP              "true" to schedule missed days since CSCNN_START_DATE (default false)
     CSCNN_START_DATE           first logical date (default 2026-02-01)
+    CSCNN_END_DATE             last logical date the scheduler creates runs for (default: none),
+                               e.g. the last day of a simulated world
     CSCNN_MAX_ACTIVE_RUNS      concurrent runs (default 1: day D warm-starts from day D-1's model)
     CSCNN_GPU_QUEUE            executor queue of `train_model` (default "default"; compose: "gpu")
     CSCNN_GPU_POOL             pool of `train_model` (default "default_pool")
@@ -76,8 +78,10 @@ def _env_int(name: str, default: int, minimum: int) -> int:
     return value
 
 
-def _env_date(name: str, default: str) -> dt.datetime:
+def _env_date(name: str, default: str | None) -> dt.datetime | None:
     raw = os.environ.get(name, "").strip() or default
+    if raw is None:
+        return None
     try:
         day = dt.date.fromisoformat(raw)
     except ValueError:
@@ -232,6 +236,7 @@ default_args = {
     description="Daily CSCNN CTR model and ad visual-embedding lookup table (DESIGN.md section 3)",
     schedule="@daily",
     start_date=_env_date("CSCNN_START_DATE", "2026-02-01"),
+    end_date=_env_date("CSCNN_END_DATE", None),
     catchup=_env_bool("CSCNN_CATCHUP", False),
     max_active_runs=_env_int("CSCNN_MAX_ACTIVE_RUNS", 1, minimum=1),
     default_args=default_args,

@@ -1,6 +1,7 @@
 """Score requests with the published `current` version.
 
     python -m serving.predict --requests FILE.jsonl [--config FILE] [--set key=value] [--batch-size 1000]
+                             [--precision fp32|bf16|int8]
 
 FILE.jsonl holds one request per line: a JSON object of raw contract fields (serving.requests).
 Prints one JSON line per request, {"pctr": p, "in_table": bool}, in input order, then a summary
@@ -37,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from core.cli import setup_logging
     from core.config import load_config, parse_overrides
-    from serving.predictor import Predictor
+    from serving.predictor import DEFAULT_PRECISION, PRECISION_TOLERANCE, PRECISIONS, Predictor
 
     setup_logging()
     ap = argparse.ArgumentParser(description="Score raw contract requests with the current published version.")
@@ -45,13 +46,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--config", help="config file (.toml or .json)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="dotted config override")
     ap.add_argument("--batch-size", type=int, default=1000, help="requests per forward pass")
+    ap.add_argument("--precision", choices=PRECISIONS, default=DEFAULT_PRECISION,
+                    help="arithmetic of the model head: " + ", ".join(
+                        f"{p} (scores within {PRECISION_TOLERANCE[p]:g} of the model's)" for p in PRECISIONS)
+                    + f"; default {DEFAULT_PRECISION}")
     args = ap.parse_args(argv)
     if args.batch_size < 1:
         ap.error(f"--batch-size must be >= 1, got {args.batch_size}")
     torch.set_num_threads(1)
     try:
         cfg = load_config(args.config, parse_overrides(args.set))
-        predictor = Predictor.from_current(cfg)
+        predictor = Predictor.from_current(cfg, precision=args.precision)
         records = _read_jsonl(args.requests)
         out = sys.stdout
         for start in range(0, len(records), args.batch_size):

@@ -9,8 +9,24 @@ sha256 the lookup manifest recorded), refuses to load on a mismatch naming the f
 model with ``torch.load(weights_only=True)``; only the FieldEmbedding and DCN weights are built.
 
 The hot path is vectorised: encoding runs per field over the batch (numpy), the ad index is a
-numpy ``searchsorted`` over the sorted ad ids, and the head is one forward under
-``torch.inference_mode()``.
+numpy ``searchsorted`` over the sorted ad ids, and the head runs as an ``InferenceHead``: the
+``ModelHead``'s weights laid out once for inference (one concatenated table and one gather for the
+single-valued fields, one ``embedding_bag`` for all multi-valued fields, pre-transposed weights
+and ``addmm`` + in-place ReLU for every Linear).
+
+Precision (``Predictor(..., precision=...)``, default ``"fp32"``):
+  fp32  the model's arithmetic; scores equal ``ModelHead``'s within 1e-4 (the score_match gate).
+  bf16  the Linear layers of the DCN's MLPs in bfloat16 (inputs, weights and outputs rounded to
+        bfloat16, products accumulated in fp32); embeddings, cross net and output layer stay fp32.
+  int8  the Linear layers of the MLP over x_nv and of the deep MLP (over nine tenths of the FLOPs
+        at the paper's dims) as int8 x int8 -> int32 matmuls (``torch._int_mm``): weights quantised
+        per output channel once, activations per row and input part at each call; the head MLP,
+        embeddings, cross net and output layer stay fp32.
+Reduced precision is an explicit opt-in. bench/lookup_serving.py measures each precision's max
+|score - fp32 score| (paper dims, a variance-preserving random head and a trained model) against
+``PRECISION_TOLERANCE``; the tests check it on small models. Nothing bounds the error for an
+arbitrary trained model, and the validate stage's score_match gate runs the default (fp32), so
+serve a version in bf16 or int8 only after checking its scores in that precision.
 """
 
 from __future__ import annotations
@@ -25,18 +41,23 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from core.config import ModelConfig, PipelineConfig, build
 from core.feature_spec import FeatureSpec
 from models.layers import DCN, FieldEmbedding
 from serving.lookup import IntegrityError, LookupTable, read_manifest, sha256_file
-from serving.requests import (EncodedRequests, RequestColumns, columns_from_records, encode_requests,
+from serving.requests import (EncodedRequests, RequestColumns, RequestEncoder, columns_from_records,
                               load_encoder_file)
 
 log = logging.getLogger(__name__)
 
 ENCODER_FILE = "encoder.npz"
 MODEL_FILE = "model.pt"
+PRECISIONS = ("fp32", "bf16", "int8")
+DEFAULT_PRECISION = "fp32"
+# Max |score - fp32 model score| each precision is meant to keep (tests and the benchmark check it).
+PRECISION_TOLERANCE = {"fp32": 1e-4, "bf16": 1e-3, "int8": 1e-3}
 
 
 class ModelHead(nn.Module):
@@ -73,6 +94,168 @@ class ModelHead(nn.Module):
         return self.dcn(x_nv, x_v)
 
 
+class _Dense:
+    """One Linear (optionally followed by ReLU) with its weight laid out once for inference.
+
+    Called with the parts of its input (B, in_i) whose concatenation is the Linear's input.
+    fp32: ``addmm`` on the pre-transposed weight (in, out); bf16: the same in bfloat16 (output
+    bfloat16); int8: per part, ``torch._int_mm`` of the part quantised per row (so a part of small
+    values, such as x_v beside ReLU activations, keeps its own scale) and the matching rows of the
+    weight quantised per output channel; the parts' int32 products are rescaled to float32 and summed.
+    A part marked non-negative (a ReLU output) uses all 256 levels: q = round(x / s) - 128 with
+    s = max / 255, and q @ W8 is corrected by 128 * (column sums of W8).
+    """
+
+    def __init__(self, linear: nn.Linear, relu: bool, precision: str,
+                 parts: tuple[tuple[int, bool], ...] = ()) -> None:
+        weight = linear.weight.detach()  # (out, in)
+        parts = parts or ((weight.shape[1], False),)  # (width, non-negative) of each input part
+        part_dims = tuple(d for d, _ in parts)
+        if sum(part_dims) != weight.shape[1]:
+            raise ValueError(f"input parts {part_dims} do not add up to the layer's {weight.shape[1]} inputs")
+        self.relu = relu
+        self.precision = precision
+        self.bias = linear.bias.detach().clone()  # (out,)
+        if precision == "fp32":
+            self.weight_t = weight.t().contiguous()  # (in, out)
+        elif precision == "bf16":
+            self.weight_t = weight.t().contiguous().to(torch.bfloat16)  # (in, out)
+            self.bias = self.bias.to(torch.bfloat16)
+        elif precision == "int8":
+            self.weight_scale = weight.abs().amax(dim=1).clamp_min(1e-12) / 127  # (out,)
+            w8 = torch.round(weight / self.weight_scale[:, None]).to(torch.int8)  # (out, in)
+            self.weight_parts = [p.t().contiguous() for p in torch.split(w8, part_dims, dim=1)]  # each (in_i, out)
+            # 128 * column sums of each non-negative part's weight (the zero-point correction), else None.
+            self.offset_parts = [128 * w.sum(dim=0, dtype=torch.int32).float() if nonneg else None
+                                 for w, (_, nonneg) in zip(self.weight_parts, parts)]  # each (out,)
+        else:
+            raise ValueError(f"unknown precision {precision!r}; allowed: {', '.join(PRECISIONS)}")
+
+    def __call__(self, *parts: torch.Tensor) -> torch.Tensor:
+        if self.precision == "int8":
+            y = None
+            for x, w8, offset in zip(parts, self.weight_parts, self.offset_parts):
+                x = x.float()
+                if offset is None:
+                    row_scale = x.abs().amax(dim=1, keepdim=True).clamp_min_(1e-12).div_(127)  # (B, 1)
+                    x8 = torch.round(x / row_scale).to(torch.int8)  # (B, in_i) in [-127, 127]
+                    term = torch._int_mm(x8, w8).float()  # (B, out)
+                else:
+                    row_scale = x.amax(dim=1, keepdim=True).clamp_min_(1e-12).div_(255)  # (B, 1)
+                    x8 = torch.round(x / row_scale).sub_(128).to(torch.int8)  # (B, in_i) in [-128, 127]
+                    term = torch._int_mm(x8, w8).float().add_(offset)  # (B, out)
+                term = term.mul_(row_scale)
+                y = term if y is None else y.add_(term)
+            y = y.mul_(self.weight_scale).add_(self.bias)
+        else:
+            dtype = self.weight_t.dtype
+            x = parts[0].to(dtype) if len(parts) == 1 else torch.cat([p.to(dtype) for p in parts], dim=1)
+            y = torch.addmm(self.bias, x, self.weight_t)  # (B, out)
+        return y.relu_() if self.relu else y
+
+
+def _linears(mlp: nn.Module) -> list[nn.Linear]:
+    return [m for m in mlp if isinstance(m, nn.Linear)]
+
+
+class InferenceHead:
+    """A ``ModelHead`` laid out for scoring (no autograd, no module dispatch), at one precision.
+
+    Embeddings: the single-valued fields' tables concatenated into one (each field's ids shifted by
+    its table's start), gathered in one ``embedding``; the multi-valued fields' tables likewise,
+    pooled in one mean ``embedding_bag`` over all fields' bags. The Linear layers of the DCN's
+    MLPs run at ``precision``; the cross net and the output layer always run in float32.
+    Weights are copied at construction: later changes to the ``ModelHead`` are not seen.
+    """
+
+    def __init__(self, head: ModelHead, precision: str = DEFAULT_PRECISION) -> None:
+        if precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {precision!r}; allowed: {', '.join(PRECISIONS)}")
+        self.precision = precision
+        emb, dcn = head.embedding, head.dcn
+        self.single_names, self.multi_names, self.dim = emb.single_names, emb.multi_names, emb.dim
+        single = [emb.single[n].weight.detach() for n in self.single_names]
+        multi = [emb.multi[n].weight.detach() for n in self.multi_names]
+        self.single_sizes = np.array([len(w) for w in single], dtype=np.int64)  # (n_single,)
+        self.multi_sizes = np.array([len(w) for w in multi], dtype=np.int64)  # (n_multi,)
+        self.single_table = torch.cat(single) if single else torch.zeros(0, emb.dim)  # (sum V_f, d_e)
+        self.multi_table = torch.cat(multi) if multi else torch.zeros(0, emb.dim)  # (sum V_f, d_e)
+        self.single_base = torch.from_numpy(np.cumsum(self.single_sizes) - self.single_sizes)  # (n_single,)
+        self.multi_base = (np.cumsum(self.multi_sizes) - self.multi_sizes).tolist()
+        self.nv_mlp = [_Dense(m, True, precision, () if i == 0 else ((m.in_features, True),))
+                       for i, m in enumerate(_linears(dcn.nv_mlp))]
+        deep, head_mlp = _linears(dcn.deep), _linears(dcn.head)
+        # The first deep layer reads [x_v, h], the first head layer [h, z]: separate input parts.
+        self.deep = [_Dense(m, True, precision, ((dcn.visual_dim, False), (m.in_features - dcn.visual_dim, True))
+                            if i == 0 else ((m.in_features, True),)) for i, m in enumerate(deep)]
+        # int8 leaves the head MLP in float32: it feeds the logit directly and holds under a tenth
+        # of the FLOPs (at the paper's dims), while its int8 error dominated the score difference.
+        head_precision = "fp32" if precision == "int8" else precision
+        self.head_mlp = [_Dense(m, True, head_precision) for m in head_mlp]
+        self.out = _Dense(dcn.out, False, "fp32")
+        self.cross = [(w.detach().clone(), b.detach().clone()) for w, b in zip(dcn.cross.weights, dcn.cross.biases)]
+
+    def embed(self, single: np.ndarray, multi_values: Mapping[str, np.ndarray],
+              multi_offsets: Mapping[str, np.ndarray]) -> torch.Tensor:
+        """x_nv (B, n_fields * d_e) float32: FieldEmbedding's output for the same encoded inputs."""
+        b = int(single.shape[0])
+        if single.shape != (b, len(self.single_names)):
+            raise ValueError(f"encoded single-valued fields have shape {single.shape}, the model expects "
+                             f"(B, {len(self.single_names)}) in the order {self.single_names}")
+        parts = []
+        if self.single_names:
+            bad = (single < 0) | (single >= self.single_sizes)  # (B, n_single)
+            if bad.any():
+                j = int(np.argwhere(bad)[0, 1])
+                raise ValueError(f"encoded id {int(single[bad][0])} of field {self.single_names[j]!r} is outside "
+                                 f"the model's vocabulary (size {self.single_sizes[j]}): encoder and model differ")
+            ids = torch.from_numpy(single) + self.single_base  # (B, n_single)
+            gathered = F.embedding(ids, self.single_table)  # (B, n_single, d_e)
+            parts.append(gathered.view(b, len(self.single_names) * self.dim))  # (B, n_single * d_e)
+        if self.multi_names:
+            values, offsets, start = [], [], 0
+            for name, size, base in zip(self.multi_names, self.multi_sizes, self.multi_base):
+                v, o = multi_values[name], multi_offsets[name]
+                if o.shape != (b,) or (b and o[0] != 0):
+                    raise ValueError(f"offsets of field {name!r} must be (B,) = ({b},) starting at 0, got shape "
+                                     f"{o.shape}{' starting at ' + str(int(o[0])) if o.size else ''}")
+                if v.size and (v.min() < 0 or v.max() >= size):
+                    raise ValueError(f"an encoded id of field {name!r} is outside the model's vocabulary "
+                                     f"(size {size}, ids {int(v.min())}..{int(v.max())}): encoder and model differ")
+                values.append(v + base)
+                offsets.append(o + start)
+                start += len(v)
+            pooled = F.embedding_bag(torch.from_numpy(np.concatenate(values)), self.multi_table,
+                                     torch.from_numpy(np.concatenate(offsets)), mode="mean")  # (n_multi * B, d_e)
+            n_multi = len(self.multi_names)
+            pooled = pooled.view(n_multi, b, self.dim).transpose(0, 1)  # (B, n_multi, d_e)
+            parts.append(pooled.reshape(b, n_multi * self.dim))  # (B, n_multi * d_e)
+        return torch.cat(parts, dim=1)  # (B, n_fields * d_e), fields in FieldEmbedding's order
+
+    def logits(self, single: np.ndarray, multi_values: Mapping[str, np.ndarray],
+               multi_offsets: Mapping[str, np.ndarray], x_v: np.ndarray) -> torch.Tensor:
+        """Logits (B,) float32 of encoded requests and their visual inputs x_v (B, visual_dim);
+        call under ``torch.inference_mode()``."""
+        x_nv = self.embed(single, multi_values, multi_offsets)  # (B, D_nv)
+        if x_nv.shape[0] == 0:
+            return torch.zeros(0)
+        h = x_nv
+        for layer in self.nv_mlp:
+            h = layer(h)  # (B, deep_dims[0])
+        parts = (torch.from_numpy(x_v), h)  # the input [x_v, h] (B, visual_dim + deep_dims[0]) in parts
+        for layer in self.deep:
+            h = layer(*parts)  # (B, deep_dims[i])
+            parts = (h,)
+        z = x_nv
+        for w, bias in self.cross:
+            z = x_nv * (z @ w).unsqueeze(1) + bias + z  # (B, D_nv), as CrossNet
+        parts = (h, z)  # [h, z] (B, deep_dims[-1] + D_nv)
+        for layer in self.head_mlp:
+            h = layer(*parts)  # (B, head_dims[i])
+            parts = (h,)
+        return self.out(h.float()).squeeze(1)  # (B,)
+
+
 @dataclass
 class ScoreResult:
     scores: np.ndarray  # (B,) pCTR float32
@@ -86,21 +269,27 @@ class ScoreResult:
 class Predictor:
     """Scores raw contract requests with one version's encoder, model head and lookup table."""
 
-    def __init__(self, head: ModelHead, table: LookupTable, encoder: Any, version: Mapping[str, Any] | None = None):
+    def __init__(self, head: ModelHead, table: LookupTable, encoder: Any, version: Mapping[str, Any] | None = None,
+                 precision: str = DEFAULT_PRECISION):
         if table.visual_dim != head.cfg.visual_dim:
             raise IntegrityError(f"lookup table rows decode to {table.visual_dim} dims, the model expects "
                                  f"visual_dim={head.cfg.visual_dim}: table and model are from different runs")
-        self.head = head
+        self.head = head  # the reference module (its weights are what inference was built from)
+        self.inference = InferenceHead(head, precision)
+        self.precision = precision
         self.table = table
         self.encoder = encoder
+        self.request_encoder = None if encoder is None else RequestEncoder(
+            encoder, head.embedding.single_names, head.embedding.multi_names)
         self.version = dict(version or {})
         self.requests_scored = 0
         self.fallbacks = 0  # requests whose ad was missing from the table, since loading
 
     @classmethod
     def load(cls, model_path: str | os.PathLike, lookup_dir: str | os.PathLike,
-             version: Mapping[str, Any] | None = None) -> "Predictor":
-        """Verify the lookup folder's files and the model file against the lookup manifest, then load."""
+             version: Mapping[str, Any] | None = None, precision: str = DEFAULT_PRECISION) -> "Predictor":
+        """Verify the lookup folder's files and the model file against the lookup manifest, then load
+        (``precision``: one of PRECISIONS, see the module docstring)."""
         lookup_dir = Path(lookup_dir)
         manifest = read_manifest(lookup_dir)
         model_path = Path(model_path)
@@ -118,16 +307,17 @@ class Predictor:
         info = {"model_version": manifest.get("model_version"), "run_date": manifest.get("run_date"),
                 "reduction": manifest.get("reduction"), **(version or {})}
         log.info("predictor loaded: %s (%d ads, %s)", info, len(table), manifest.get("reduction"))
-        return cls(head, table, encoder, info)
+        return cls(head, table, encoder, info, precision)
 
     @classmethod
-    def load_version(cls, version_dir: str | os.PathLike, version: Mapping[str, Any] | None = None) -> "Predictor":
+    def load_version(cls, version_dir: str | os.PathLike, version: Mapping[str, Any] | None = None,
+                     precision: str = DEFAULT_PRECISION) -> "Predictor":
         """A published version folder v<N>-<D>/ (model/model.pt + lookup/)."""
         version_dir = Path(version_dir)
-        return cls.load(version_dir / "model" / MODEL_FILE, version_dir / "lookup", version)
+        return cls.load(version_dir / "model" / MODEL_FILE, version_dir / "lookup", version, precision)
 
     @classmethod
-    def from_current(cls, cfg: PipelineConfig) -> "Predictor":
+    def from_current(cls, cfg: PipelineConfig, precision: str = DEFAULT_PRECISION) -> "Predictor":
         """The version the `current` pointer names (serving.registry)."""
         from serving.registry import read_current, version_dir
 
@@ -135,23 +325,23 @@ class Predictor:
         if current is None:
             raise FileNotFoundError("nothing is published yet: no current pointer under the artifacts' "
                                     "published/ folder; run the publish stage first")
-        return cls.load_version(version_dir(cfg, current), current)
+        return cls.load_version(version_dir(cfg, current), current, precision)
 
     # ------------------------------------------------------------------ scoring
 
     def encode(self, cols: RequestColumns) -> EncodedRequests:
-        return encode_requests(self.encoder, cols, self.head.embedding.single_names,
-                               self.head.embedding.multi_names)
+        """Model inputs of validated request columns (the run's encoder, direct vocabulary lookups)."""
+        if self.request_encoder is None:
+            raise ValueError("this predictor has no feature encoder; score already encoded requests "
+                             "with score_encoded, or load a version (Predictor.load) to score raw requests")
+        return self.request_encoder.encode(cols)
 
     def score_encoded(self, enc: EncodedRequests) -> ScoreResult:
-        """pCTR of already encoded requests (table lookup + one head forward)."""
+        """pCTR of already encoded requests (table lookup + one InferenceHead pass)."""
         x_v, hit = self.table.lookup(enc.ad_id, enc.category)  # (B, visual_dim), (B,)
         with torch.inference_mode():
-            logits = self.head(torch.from_numpy(enc.single),
-                               {k: torch.from_numpy(v) for k, v in enc.multi_values.items()},
-                               {k: torch.from_numpy(v) for k, v in enc.multi_offsets.items()},
-                               torch.from_numpy(x_v))
-            scores = torch.sigmoid(logits).numpy()
+            logits = self.inference.logits(enc.single, enc.multi_values, enc.multi_offsets, x_v)  # (B,)
+            scores = logits.sigmoid_().numpy()
         self.requests_scored += len(scores)
         self.fallbacks += int((~hit).sum())
         return ScoreResult(scores, hit)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import io
 import os
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
 
@@ -172,18 +172,94 @@ class EncodedRequests:
 def encode_requests(encoder: FeatureEncoder, cols: RequestColumns,
                     single_names: tuple[str, ...], multi_names: tuple[str, ...]) -> EncodedRequests:
     """Encode request columns with the run's vocabularies and bin edges, vectorised per field."""
+    return _encode(encoder.encode_single, cols, single_names, multi_names)
+
+
+def _encode(ids_of: Callable[..., np.ndarray], cols: RequestColumns, single_names: tuple[str, ...],
+            multi_names: tuple[str, ...], single_ids: Mapping[str, np.ndarray] | None = None) -> EncodedRequests:
+    """encode_requests with ``ids_of(name, values, valid=None)`` giving one field's ids (except the
+    single-valued fields whose ids ``single_ids`` already holds)."""
     b = cols.size
+    single_ids = single_ids or {}
     single = np.empty((b, len(single_names)), np.int64)  # (B, n_single)
     for j, name in enumerate(single_names):
+        if name in single_ids:
+            single[:, j] = single_ids[name]
+            continue
         values, valid = cols.single[name]
-        single[:, j] = encoder.encode_single(name, values, None if name in NUMERIC_FIELDS else valid)
+        single[:, j] = ids_of(name, values, None if name in NUMERIC_FIELDS else valid)
     values_out, offsets_out = {}, {}
     for name in multi_names:
         flat, lengths = cols.multi[name]
-        values_out[name] = np.asarray(encoder.encode_single(name, flat), dtype=np.int64)  # (N_f,)
+        values_out[name] = np.asarray(ids_of(name, flat), dtype=np.int64)  # (N_f,)
         offsets = np.zeros(b, np.int64)
         np.cumsum(lengths[:-1], out=offsets[1:])  # start of each request's list
         offsets_out[name] = offsets
     category = single[:, single_names.index("category_id")] if "category_id" in single_names else \
         np.zeros(b, np.int64)
     return EncodedRequests(single, values_out, offsets_out, cols.single["ad_id"][0], category)
+
+
+class RequestEncoder:
+    """``encode_requests`` for one encoder and model layout, with the vocabulary lookups direct.
+
+    A vocabulary whose raw values span at most ``max_span`` integers becomes a direct-address
+    array (raw value - lowest value + 1 -> id, 0 outside), so a lookup is one gather instead of a
+    binary search: ~14 dependent cache misses per value for a 10k vocabulary once the model's
+    weights have pushed it out of cache. Wider vocabularies, numeric binning and fields without a
+    vocabulary use ``FeatureEncoder.encode_single`` itself; the ids are the same either way
+    (tests/serving/test_requests_encoder.py). Arrays are built once, within ``max_bytes`` in all.
+    """
+
+    def __init__(self, encoder: FeatureEncoder, single_names: tuple[str, ...], multi_names: tuple[str, ...],
+                 max_span: int = 1 << 21, max_bytes: int = 64 << 20) -> None:
+        self.encoder = encoder
+        self.single_names, self.multi_names = tuple(single_names), tuple(multi_names)
+        self.direct: dict[str, tuple[int, np.ndarray]] = {}  # name -> (shift, ids (span + 2,) int32)
+        budget = max_bytes
+        for name in dict.fromkeys((*self.single_names, *self.multi_names)):
+            if name not in encoder.vocab or name in NUMERIC_FIELDS:
+                continue
+            values, ids = encoder.vocab[name]
+            # Values within +-2^62 keep raw - shift from wrapping into the table's range.
+            if values.size == 0 or values[0] <= -(1 << 62) or values[-1] >= (1 << 62):
+                continue
+            span = int(values[-1]) - int(values[0]) + 1
+            if span > max_span or 4 * (span + 2) > budget:
+                continue
+            shift = int(values[0]) - 1  # raw value v -> slot v - shift; slots 0 and span + 1 stay 0 (OOV)
+            table = np.zeros(span + 2, np.int32)
+            table[values - shift] = ids
+            self.direct[name] = (shift, table)
+            budget -= table.nbytes
+        # The single-valued fields with a direct array, looked up together: their arrays concatenated
+        # (field k's slots start at bases[k]), raw values shifted and clipped per field, one gather.
+        self._direct_names = [n for n in self.single_names if n in self.direct]
+        names = self._direct_names
+        sizes = np.array([len(self.direct[n][1]) for n in names], dtype=np.int64)
+        self._shifts = np.array([self.direct[n][0] for n in names], dtype=np.int64)[:, None]  # (k, 1)
+        self._last_slots = (sizes - 1)[:, None]  # (k, 1)
+        self._bases = (np.cumsum(sizes) - sizes)[:, None]  # (k, 1)
+        self._direct_table = np.concatenate([self.direct[n][1] for n in names]) if names else np.zeros(0, np.int32)
+
+    def ids(self, name: str, values: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
+        """Ids of one field's raw values (B,), as ``FeatureEncoder.encode_single`` gives them."""
+        direct = self.direct.get(name)
+        if direct is None:
+            return self.encoder.encode_single(name, values, valid)
+        shift, table = direct
+        out = table[np.clip(np.asarray(values, dtype=np.int64) - shift, 0, len(table) - 1)]  # (B,)
+        if valid is not None:
+            out[~valid] = 0
+        return out
+
+    def encode(self, cols: RequestColumns) -> EncodedRequests:
+        """Model inputs of validated request columns (``encode_requests``'s result)."""
+        direct_names = self._direct_names
+        if not direct_names:
+            return _encode(self.ids, cols, self.single_names, self.multi_names)
+        raw = np.stack([cols.single[n][0] for n in direct_names])  # (k, B) int64
+        slots = np.clip(raw - self._shifts, 0, self._last_slots)  # (k, B)
+        ids = self._direct_table[slots + self._bases]  # (k, B) int32
+        ids[~np.stack([cols.single[n][1] for n in direct_names])] = 0  # null values -> OOV id 0
+        return _encode(self.ids, cols, self.single_names, self.multi_names, dict(zip(direct_names, ids)))

@@ -1,19 +1,25 @@
-"""Ingest: landing day D -> bronze Delta tables, contract violations -> quarantine.
+"""Ingest: landing days -> bronze Delta tables, contract violations -> quarantine.
 
-    python spark_jobs/ingest.py --date 2026-02-02 [--config FILE] [--set k=v]
+    python spark_jobs/ingest.py --date 2026-02-02 [--end-date 2026-02-08] [--config FILE] [--set k=v]
 
 Bronze tables (Paths.bronze_*):
-  impressions  contract IMPRESSION_FIELDS + dt, partitioned by dt (replaceWhere dt = D)
-  ads          contract AD_FIELDS + dt: the day's catalog snapshot, partitioned by dt
+  impressions  contract IMPRESSION_FIELDS + dt, partitioned by dt (replaceWhere on the days ingested)
+  ads          contract AD_FIELDS + dt: each day's catalog snapshot, partitioned by dt
   images       IMAGE_FIELDS + image_uri + first_seen_dt, one row per ad (MERGE on ad_id)
 Quarantine (Paths.quarantine): dt, source, reason, key, record (the raw row as JSON),
-partitioned by dt (replaceWhere dt = D). Ingest runs (Paths.ingest_runs): one row per dt.
+partitioned by dt. Ingest runs (Paths.ingest_runs): one row per dt, the record `run` returns.
+
+`run` ingests one day (the DAG's daily task); `run_range` ingests a date range with one Delta
+commit per table (a history backfill), and gives exactly the tables and per-day records that
+running `run` day after day gives, apart from the Delta versions and seconds the records name.
+Every day is judged on its own: duplicates, the catalog an impression is checked against and
+"outside the day" all hold per dt. Images are decode-checked once per URI across the range.
 
 Idempotent per date: re-ingesting D replaces D's rows, never duplicates them. Each row that
-breaks the contract lands in quarantine with exactly one reason (the first that applies, in
-the order of RULE_ORDER), so landing rows = bronze rows + quarantined rows, per table; the
-job checks that equation and fails if it does not hold. Delta's atomic commits mean a crash
-mid-write leaves every table at its previous version.
+breaks the contract lands in quarantine with exactly one reason (the first that applies, in the
+order of IMPRESSION_RULES and AD_RULES), so landing rows = bronze rows + quarantined rows, per
+table and day; the job checks that equation and fails if it does not hold. Delta's atomic
+commits mean a crash mid-write leaves every table at its previous version.
 """
 
 from __future__ import annotations
@@ -24,6 +30,8 @@ import logging
 import os
 import sys
 import time
+from dataclasses import dataclass
+from functools import reduce
 from typing import TYPE_CHECKING, Any
 
 if __package__ in (None, ""):  # spark-submit runs this file as a script
@@ -103,11 +111,12 @@ def with_uri_escape_flag(ads_df: "DataFrame") -> "DataFrame":
 
 
 def with_ad_reason(ads_df: "DataFrame", image_status_df: "DataFrame") -> "DataFrame":
-    """Add `_reason` to catalog rows; `image_status_df` has (image_uri, _image_ok, _image_exists)."""
+    """Add `_reason` to catalog rows of one or more days (column `dt`, duplicates judged per day);
+    `image_status_df` has (image_uri, _image_ok, _image_exists)."""
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
-    w = Window.partitionBy("ad_id").orderBy(F.col("image_uri").asc_nulls_last(), F.col("category_id"))
+    w = Window.partitionBy("dt", "ad_id").orderBy(F.col("image_uri").asc_nulls_last(), F.col("category_id"))
     df = (ads_df.transform(with_uri_escape_flag)
           .join(image_status_df, on="image_uri", how="left")
           .withColumn("_dup_rank", F.when(F.col("ad_id").isNull(), F.lit(1)).otherwise(F.row_number().over(w))))
@@ -123,26 +132,26 @@ def with_ad_reason(ads_df: "DataFrame", image_status_df: "DataFrame") -> "DataFr
     return df.withColumn("_reason", _first_reason(checks)).drop("_uri_escapes", "_dup_rank")
 
 
-def with_impression_reason(imp_df: "DataFrame", ads_reason_df: "DataFrame", day: dt.date) -> "DataFrame":
-    """Add `_reason` to impression rows, judged against the day's catalog (with its reasons)."""
+def with_impression_reason(imp_df: "DataFrame", ads_reason_df: "DataFrame") -> "DataFrame":
+    """Add `_reason` to impression rows, each judged against its own day's (`dt`) catalog and reasons."""
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
     catalog = (ads_reason_df.where(F.col("ad_id").isNotNull())
-               .groupBy("ad_id")
+               .groupBy("dt", "ad_id")
                .agg(F.max(F.when(F.col("_reason").isNull(), 1).otherwise(0)).alias("_ad_ok"))
                .withColumn("_in_catalog", F.lit(True)))
     # Exact duplicates are kept once: the first by event time, then by the whole row's hash.
-    w = Window.partitionBy("impression_id").orderBy(F.col("event_ts").asc_nulls_last(),
+    w = Window.partitionBy("dt", "impression_id").orderBy(F.col("event_ts").asc_nulls_last(),
                                                     F.xxhash64(*contract.names(contract.IMPRESSION_FIELDS)))
-    df = (imp_df.join(F.broadcast(catalog), on="ad_id", how="left")
+    df = (imp_df.join(F.broadcast(catalog), on=["dt", "ad_id"], how="left")
           .withColumn("_dup_rank", F.when(F.col("impression_id").isNull(), F.lit(1))
                       .otherwise(F.row_number().over(w))))
     checks = [
         ("null_required", _any_null(contract.required(contract.IMPRESSION_FIELDS))),
         ("bad_label", ~F.col("click").isin(0, 1)),
         ("bad_time_fields", ~F.col("weekday").between(0, 6) | ~F.col("hour").between(0, 23)),
-        ("ts_outside_day", F.to_date(F.col("event_ts")) != F.lit(day)),
+        ("ts_outside_day", F.to_date(F.col("event_ts")) != F.col("dt")),
         ("unknown_ad", F.col("_in_catalog").isNull()),
         ("ad_of_bad_catalog_row", F.col("_ad_ok") == 0),
         ("duplicate_id", F.col("_dup_rank") > 1),
@@ -151,13 +160,12 @@ def with_impression_reason(imp_df: "DataFrame", ads_reason_df: "DataFrame", day:
             .drop("_in_catalog", "_ad_ok", "_dup_rank"))
 
 
-def to_quarantine(df: "DataFrame", source: str, key: str, fields: tuple[contract.Field, ...],
-                  day: dt.date) -> "DataFrame":
+def to_quarantine(df: "DataFrame", source: str, key: str, fields: tuple[contract.Field, ...]) -> "DataFrame":
     """Rows with a `_reason` as quarantine records (dt, source, reason, key, record JSON)."""
     from pyspark.sql import functions as F
 
     return (df.where(F.col("_reason").isNotNull())
-            .select(F.lit(day).alias("dt"), F.lit(source).alias("source"), F.col("_reason").alias("reason"),
+            .select(F.col("dt"), F.lit(source).alias("source"), F.col("_reason").alias("reason"),
                     F.col(key).cast("string").alias("key"),
                     F.to_json(F.struct(*[F.col(n) for n in contract.names(fields)])).alias("record")))
 
@@ -252,10 +260,17 @@ def _delta_exists(spark: "SparkSession", uri: str) -> bool:
     return DeltaTable.isDeltaTable(spark, uri)
 
 
-def _replace_partition(df: "DataFrame", uri: str, day: dt.date) -> None:
-    """Overwrite exactly the rows of dt = day (creating the table on first write)."""
+def _days_predicate(days: list[dt.date]) -> str:
+    """The replaceWhere predicate selecting exactly `days` (consecutive dates, in order)."""
+    if len(days) == 1:
+        return f"dt = '{days[0].isoformat()}'"
+    return f"dt >= '{days[0].isoformat()}' AND dt <= '{days[-1].isoformat()}'"
+
+
+def _replace_partitions(df: "DataFrame", uri: str, days: list[dt.date]) -> None:
+    """Overwrite exactly the rows of `days` in one commit (creating the table on first write)."""
     (df.write.format("delta").mode("overwrite").partitionBy("dt")
-     .option("replaceWhere", f"dt = '{day.isoformat()}'").save(uri))
+     .option("replaceWhere", _days_predicate(days)).save(uri))
 
 
 def table_version(spark: "SparkSession", uri: str) -> int | None:
@@ -266,36 +281,88 @@ def table_version(spark: "SparkSession", uri: str) -> int | None:
     return int(DeltaTable.forPath(spark, uri).history(1).select("version").collect()[0][0])
 
 
+def _require_complete(spark: "SparkSession", paths: Paths, days: list[dt.date]) -> None:
+    """Fail, naming the days, unless every day's landing drop carries its _SUCCESS marker."""
+    markers = {day: paths.landing_success(day) for day in days}
+    present = existing_files(spark, list(markers.values()))
+    missing = [day for day, marker in markers.items() if marker not in present]
+    if not missing:
+        return
+    first = missing[0]
+    also = f" (also incomplete: {', '.join(map(str, missing[1:]))})" if len(missing) > 1 else ""
+    raise LandingError(f"landing drop for {first} is not complete: {markers[first]} is missing{also} "
+                       f"(generate it with `python -m simworld --start {first} --end {missing[-1]}` "
+                       "or wait for upstream)")
+
+
 def read_landing(spark: "SparkSession", paths: Paths, day: dt.date) -> tuple["DataFrame", "DataFrame"]:
-    marker = paths.landing_success(day)
-    fs, p = _hadoop_fs(spark, marker)
-    if not fs.exists(p):
-        raise LandingError(f"landing drop for {day} is not complete: {marker} is missing "
-                           f"(generate it with `python -m simworld --start {day} --end {day}` or wait for upstream)")
+    """The raw (impressions, ads) landing files of `day`; fails if its drop is not complete."""
+    _require_complete(spark, paths, [day])
     return (spark.read.parquet(paths.landing_impressions(day)), spark.read.parquet(paths.landing_ads(day)))
 
 
-def run(cfg: PipelineConfig, spark: "SparkSession", day: dt.date) -> dict[str, Any]:
-    """Ingest one landing day; returns the run record (counts, reasons, drift, table versions)."""
+def read_landing_days(spark: "SparkSession", paths: Paths,
+                      days: list[dt.date]) -> tuple["DataFrame", "DataFrame", dict[dt.date, dict]]:
+    """Every day's drop projected onto the contract with its `dt`: (impressions_df, ads_df, drift).
+
+    drift[day] = {"impressions": {"extra": [...], "missing": [...]}, "ads": {...}}, per day because
+    each day's files may drift differently. All markers are checked before any file is read.
+    """
+    from pyspark.sql import DataFrame
     from pyspark.sql import functions as F
 
-    t0 = time.time()
-    paths = Paths.of(cfg)
-    raw_imp_df, raw_ads_df = read_landing(spark, paths, day)
-    imp_df, imp_drift = with_contract_columns(raw_imp_df, contract.IMPRESSION_FIELDS)
-    ads_df, ads_drift = with_contract_columns(raw_ads_df, contract.AD_FIELDS)
-    for name, drift in (("impressions", imp_drift), ("ads", ads_drift)):
-        if drift["extra"] or drift["missing"]:
-            log.warning("%s schema drift on %s: extra columns %s (not kept in bronze), missing optional %s "
-                        "(null in bronze)", name, day, drift["extra"], drift["missing"])
+    _require_complete(spark, paths, days)
+    parts: dict[str, list[DataFrame]] = {"impressions": [], "ads": []}
+    drift: dict[dt.date, dict] = {}
+    for day in days:
+        drift[day] = {}
+        for name, uri, fields in (("impressions", paths.landing_impressions(day), contract.IMPRESSION_FIELDS),
+                                  ("ads", paths.landing_ads(day), contract.AD_FIELDS)):
+            try:
+                df, found = with_contract_columns(spark.read.parquet(uri), fields)
+            except LandingError as err:
+                raise LandingError(f"{uri}: {err}") from None
+            if found["extra"] or found["missing"]:
+                log.warning("%s schema drift on %s: extra columns %s (not kept in bronze), missing optional %s "
+                            "(null in bronze)", name, day, found["extra"], found["missing"])
+            parts[name].append(df.withColumn("dt", F.lit(day)))
+            drift[day][name] = found
+    return reduce(DataFrame.unionByName, parts["impressions"]), reduce(DataFrame.unionByName, parts["ads"]), drift
 
-    # Images: decode-check only those not already in bronze with the same URI.
+
+@dataclass
+class _Batch:
+    """Consecutive landing days judged together; the frames are cached until the batch is written."""
+
+    days: list[dt.date]
+    drift: dict[dt.date, dict]
+    ads_df: "DataFrame"
+    new_images_df: "DataFrame"  # decode results of the URIs not in bronze images before the batch
+    ads_reason_df: "DataFrame"
+    imp_reason_df: "DataFrame"
+    known_ads_df: "DataFrame | None"  # ad_id of bronze images before the batch (None: no table yet)
+    started: float
+
+    def release(self) -> None:
+        for df in (self.ads_df, self.new_images_df, self.ads_reason_df, self.imp_reason_df):
+            df.unpersist()
+
+
+def _prepare(spark: "SparkSession", paths: Paths, days: list[dt.date]) -> _Batch:
+    """Read the days' drops and give every row its reason (null: it goes to bronze)."""
+    from pyspark.sql import functions as F
+
+    started = time.time()
+    imp_df, ads_df, drift = read_landing_days(spark, paths, days)
+
+    # Images: decode-check only those not already in bronze with the same URI, each URI once.
     ads_df = ads_df.cache()
     safe_df = ads_df.transform(with_uri_escape_flag).where(~F.col("_uri_escapes") & F.col("image_uri").isNotNull())
-    known_df = None
+    known_df = known_ads_df = None
     if _delta_exists(spark, paths.bronze_images):
-        known_df = spark.read.format("delta").load(paths.bronze_images).select("image_uri", "width", "height")
-        candidates_df = safe_df.join(known_df.select("image_uri"), on="image_uri", how="left_anti")
+        images_df = spark.read.format("delta").load(paths.bronze_images)
+        known_df, known_ads_df = images_df.select("image_uri"), images_df.select("ad_id")
+        candidates_df = safe_df.join(known_df, on="image_uri", how="left_anti")
     else:
         candidates_df = safe_df
     new_images_df = read_new_images(spark, paths.landing, candidates_df.select("ad_id", "image_uri")).cache()
@@ -304,85 +371,158 @@ def run(cfg: PipelineConfig, spark: "SparkSession", day: dt.date) -> dict[str, A
         status_df = status_df.unionByName(known_df.select("image_uri", F.lit(True).alias("_image_exists"),
                                                           F.lit(True).alias("_image_ok")).distinct())
     ads_reason_df = with_ad_reason(ads_df, status_df).cache()
-    imp_reason_df = with_impression_reason(imp_df, ads_reason_df, day).cache()
-
-    bronze_ads_df = (ads_reason_df.where(F.col("_reason").isNull())
-                     .select(*contract.names(contract.AD_FIELDS)).withColumn("dt", F.lit(day)))
-    bronze_imp_df = (imp_reason_df.where(F.col("_reason").isNull())
-                     .select(*contract.names(contract.IMPRESSION_FIELDS)).withColumn("dt", F.lit(day)))
-    quarantine_df = (to_quarantine(ads_reason_df, "ads", "ad_id", contract.AD_FIELDS, day)
-                     .unionByName(to_quarantine(imp_reason_df, "impressions", "impression_id",
-                                                contract.IMPRESSION_FIELDS, day)))
-
-    counts = {
-        "landing_impressions": imp_reason_df.count(),
-        "landing_ads": ads_reason_df.count(),
-    }
-    reason_rows = (quarantine_df.groupBy("source", "reason").count().collect())
-    reasons: dict[str, dict[str, int]] = {"impressions": {}, "ads": {}}
-    for r in reason_rows:
-        reasons[r["source"]][r["reason"]] = int(r["count"])
-
-    _replace_partition(bronze_imp_df, paths.bronze_impressions, day)
-    _replace_partition(bronze_ads_df, paths.bronze_ads, day)
-    _replace_partition(quarantine_df, paths.quarantine, day)
-    merged_images = _merge_images(spark, paths, new_images_df, ads_reason_df, day)
-
-    bronze_imp = spark.read.format("delta").load(paths.bronze_impressions).where(F.col("dt") == F.lit(day)).count()
-    bronze_ads = spark.read.format("delta").load(paths.bronze_ads).where(F.col("dt") == F.lit(day)).count()
-    q_imp, q_ads = sum(reasons["impressions"].values()), sum(reasons["ads"].values())
-    record = {
-        "dt": day.isoformat(),
-        "landing_impressions": counts["landing_impressions"], "bronze_impressions": bronze_imp,
-        "quarantined_impressions": q_imp,
-        "landing_ads": counts["landing_ads"], "bronze_ads": bronze_ads, "quarantined_ads": q_ads,
-        "new_images": merged_images,
-        "reasons": reasons, "schema_drift": {"impressions": imp_drift, "ads": ads_drift},
-        "versions": {name: table_version(spark, uri) for name, uri in
-                     (("impressions", paths.bronze_impressions), ("ads", paths.bronze_ads),
-                      ("images", paths.bronze_images), ("quarantine", paths.quarantine))},
-        "seconds": round(time.time() - t0, 2),
-    }
-    for table in ("impressions", "ads"):
-        landing, bronze, quarantined = (record[f"landing_{table}"], record[f"bronze_{table}"],
-                                        record[f"quarantined_{table}"])
-        if landing != bronze + quarantined:
-            raise RuntimeError(f"ingest of {day}: {table} do not reconcile: landing {landing} != "
-                               f"bronze {bronze} + quarantine {quarantined}")
-    runs_df = spark.createDataFrame([(day, json.dumps(record, sort_keys=True))], "dt date, record string")
-    _replace_partition(runs_df, paths.ingest_runs, day)
-    write_json_local(f"{paths.run_dir(day)}/ingest.json", record)
-    for df in (ads_df, new_images_df, ads_reason_df, imp_reason_df):
-        df.unpersist()
-    log.info("ingested %s: impressions %d = bronze %d + quarantine %d; ads %d = %d + %d; %.1f s", day,
-             record["landing_impressions"], bronze_imp, q_imp, record["landing_ads"], bronze_ads, q_ads,
-             record["seconds"])
-    return record
+    imp_reason_df = with_impression_reason(imp_df, ads_reason_df).cache()
+    return _Batch(days, drift, ads_df, new_images_df, ads_reason_df, imp_reason_df, known_ads_df, started)
 
 
-def _merge_images(spark: "SparkSession", paths: Paths, new_images_df: "DataFrame", ads_reason_df: "DataFrame",
-                  day: dt.date) -> int:
-    """Insert decodable images of accepted ads not yet in bronze images; returns rows inserted."""
+def _image_conflicts(batch: _Batch) -> list[str]:
+    """Why merging a multi-day batch's new images at once could differ from merging them day by day.
+
+    At once, a URI counts as known when bronze images held it before the batch, and each new
+    image is inserted once, first seen on the first day its ad was accepted with it. Day by day
+    gives the same unless an ad is accepted with several new URIs (its row would be updated and
+    the old URI forgotten), an ad already in bronze images gets a new URI, or a new URI belongs to
+    several ads (a later day would find it known). Returns up to three examples; empty: no conflict.
+    """
+    from pyspark.sql import DataFrame
+    from pyspark.sql import functions as F
+
+    accepted_new_df = (batch.ads_reason_df.where(F.col("_reason").isNull()).select("ad_id", "image_uri")
+                       .join(batch.new_images_df.select("image_uri"), on="image_uri", how="left_semi"))
+    checks = [
+        (accepted_new_df.groupBy("ad_id").agg(F.countDistinct("image_uri").alias("n")).where(F.col("n") > 1)
+         .select(F.format_string("ad %d is accepted with %d new image URIs", "ad_id", "n").alias("why"))),
+        (accepted_new_df.groupBy("image_uri").agg(F.countDistinct("ad_id").alias("n")).where(F.col("n") > 1)
+         .select(F.format_string("new image URI %s belongs to %d ads", "image_uri", "n").alias("why"))),
+    ]
+    if batch.known_ads_df is not None:
+        checks.append(accepted_new_df.join(batch.known_ads_df, on="ad_id", how="left_semi")
+                      .select(F.format_string("ad %d, already in bronze images, gets the new image URI %s",
+                                              "ad_id", "image_uri").alias("why")))
+    return [r.why for r in reduce(DataFrame.unionByName, checks).limit(3).collect()]
+
+
+def _counts_by_day(df: "DataFrame") -> dict[dt.date, int]:
+    return {r["dt"]: int(r["count"]) for r in df.groupBy("dt").count().collect()}
+
+
+def _commit(spark: "SparkSession", paths: Paths, batch: _Batch) -> list[dict[str, Any]]:
+    """Write a prepared batch (one commit per table) and its per-day ingest-run records."""
+    from pyspark.sql import functions as F
+
+    days, first, last = batch.days, batch.days[0], batch.days[-1]
+    try:
+        bronze_ads_df = (batch.ads_reason_df.where(F.col("_reason").isNull())
+                         .select(*contract.names(contract.AD_FIELDS), "dt"))
+        bronze_imp_df = (batch.imp_reason_df.where(F.col("_reason").isNull())
+                         .select(*contract.names(contract.IMPRESSION_FIELDS), "dt"))
+        quarantine_df = (to_quarantine(batch.ads_reason_df, "ads", "ad_id", contract.AD_FIELDS)
+                         .unionByName(to_quarantine(batch.imp_reason_df, "impressions", "impression_id",
+                                                    contract.IMPRESSION_FIELDS)))
+        landing_imp, landing_ads = _counts_by_day(batch.imp_reason_df), _counts_by_day(batch.ads_reason_df)
+        reasons: dict[dt.date, dict[str, dict[str, int]]] = {day: {"impressions": {}, "ads": {}} for day in days}
+        for r in quarantine_df.groupBy("dt", "source", "reason").count().collect():
+            reasons[r["dt"]][r["source"]][r["reason"]] = int(r["count"])
+
+        _replace_partitions(bronze_imp_df, paths.bronze_impressions, days)
+        _replace_partitions(bronze_ads_df, paths.bronze_ads, days)
+        _replace_partitions(quarantine_df, paths.quarantine, days)
+        merged_images = _merge_images(spark, paths, batch.new_images_df, batch.ads_reason_df)
+    finally:
+        batch.release()
+
+    in_batch = F.col("dt").between(F.lit(first), F.lit(last))
+    bronze_imp = _counts_by_day(spark.read.format("delta").load(paths.bronze_impressions).where(in_batch))
+    bronze_ads = _counts_by_day(spark.read.format("delta").load(paths.bronze_ads).where(in_batch))
+    versions = {name: table_version(spark, uri) for name, uri in
+                (("impressions", paths.bronze_impressions), ("ads", paths.bronze_ads),
+                 ("images", paths.bronze_images), ("quarantine", paths.quarantine))}
+    seconds = round(time.time() - batch.started, 2)
+    records = []
+    for day in days:
+        q_imp, q_ads = sum(reasons[day]["impressions"].values()), sum(reasons[day]["ads"].values())
+        record = {
+            "dt": day.isoformat(),
+            "landing_impressions": landing_imp.get(day, 0), "bronze_impressions": bronze_imp.get(day, 0),
+            "quarantined_impressions": q_imp,
+            "landing_ads": landing_ads.get(day, 0), "bronze_ads": bronze_ads.get(day, 0), "quarantined_ads": q_ads,
+            "new_images": merged_images.get(day, 0),
+            "reasons": reasons[day], "schema_drift": batch.drift[day],
+            "versions": versions, "range": [first.isoformat(), last.isoformat()], "seconds": seconds,
+        }
+        for table in ("impressions", "ads"):
+            landing, bronze, quarantined = (record[f"landing_{table}"], record[f"bronze_{table}"],
+                                            record[f"quarantined_{table}"])
+            if landing != bronze + quarantined:
+                raise RuntimeError(f"ingest of {day}: {table} do not reconcile: landing {landing} != "
+                                   f"bronze {bronze} + quarantine {quarantined}")
+        records.append(record)
+    runs_df = spark.createDataFrame([(dt.date.fromisoformat(r["dt"]), json.dumps(r, sort_keys=True))
+                                     for r in records], "dt date, record string")
+    _replace_partitions(runs_df, paths.ingest_runs, days)
+    for record in records:
+        write_json_local(f"{paths.run_dir(record['dt'])}/ingest.json", record)
+        log.info("ingested %s: impressions %d = bronze %d + quarantine %d; ads %d = %d + %d", record["dt"],
+                 record["landing_impressions"], record["bronze_impressions"], record["quarantined_impressions"],
+                 record["landing_ads"], record["bronze_ads"], record["quarantined_ads"])
+    log.info("ingested %s..%s (%d day(s)) in %.1f s", first, last, len(days), seconds)
+    return records
+
+
+def _merge_images(spark: "SparkSession", paths: Paths, new_images_df: "DataFrame",
+                  ads_reason_df: "DataFrame") -> dict[dt.date, int]:
+    """Insert decodable new images of accepted ads, first seen on the first day their ad was accepted
+    with them; an ad already in bronze images is updated when its image's sha256 differs.
+    Returns the rows merged per first-seen day."""
     from delta.tables import DeltaTable
     from pyspark.sql import functions as F
 
-    good_df = (ads_reason_df.where(F.col("_reason").isNull()).select("ad_id", "image_uri")
-               .join(new_images_df.where(F.col("_image_ok")), on="image_uri", how="inner")
-               .select("ad_id", "image_bytes", "width", "height", "sha256", "image_uri",
-                       F.lit(day).alias("first_seen_dt")))
-    n = good_df.count()
+    first_seen_df = (ads_reason_df.where(F.col("_reason").isNull()).select("ad_id", "image_uri", "dt")
+                     .groupBy("ad_id", "image_uri").agg(F.min("dt").alias("first_seen_dt")))
+    good_df = (first_seen_df.join(new_images_df.where(F.col("_image_ok")), on="image_uri", how="inner")
+               .select("ad_id", "image_bytes", "width", "height", "sha256", "image_uri", "first_seen_dt"))
+    per_day = {r["first_seen_dt"]: int(r["count"]) for r in good_df.groupBy("first_seen_dt").count().collect()}
     if not _delta_exists(spark, paths.bronze_images):
         good_df.write.format("delta").mode("overwrite").save(paths.bronze_images)
-        return n
-    if n == 0:
-        return 0
+        return per_day
+    if not per_day:
+        return per_day
     (DeltaTable.forPath(spark, paths.bronze_images).alias("t")
      .merge(good_df.alias("s"), "t.ad_id = s.ad_id")
      .whenMatchedUpdate(condition="t.sha256 <> s.sha256",
                         set={c: f"s.{c}" for c in ("image_bytes", "width", "height", "sha256", "image_uri")})
      .whenNotMatchedInsertAll()
      .execute())
-    return n
+    return per_day
+
+
+def run(cfg: PipelineConfig, spark: "SparkSession", day: dt.date) -> dict[str, Any]:
+    """Ingest one landing day; returns the run record (counts, reasons, drift, table versions)."""
+    paths = Paths.of(cfg)
+    return _commit(spark, paths, _prepare(spark, paths, [day]))[0]
+
+
+def run_range(cfg: PipelineConfig, spark: "SparkSession", first: dt.date, last: dt.date) -> list[dict[str, Any]]:
+    """Ingest every landing day in [first, last] with one Delta commit per table; the records in date order.
+
+    The tables and records equal those of `run` called day after day (only the records'
+    `versions`, `range` and `seconds` tell the difference). If the days' new images could merge
+    differently at once than day by day (see `_image_conflicts`), it says why and runs `run` per day.
+    A day without a complete drop fails before anything is written.
+    """
+    if last < first:
+        raise ValueError(f"end date {last} is before start date {first}")
+    paths = Paths.of(cfg)
+    days = [first + dt.timedelta(days=i) for i in range((last - first).days + 1)]
+    batch = _prepare(spark, paths, days)
+    if len(days) > 1:
+        conflicts = _image_conflicts(batch)
+        if conflicts:
+            log.warning("ingesting %s..%s one day at a time: its new images must merge in day order (%s)",
+                        first, last, "; ".join(conflicts))
+            batch.release()
+            return [run(cfg, spark, day) for day in days]
+    return _commit(spark, paths, batch)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -390,19 +530,17 @@ def main(argv: list[str] | None = None) -> int:
     from core.spark import get_spark
 
     setup_logging()
-    ap = stage_parser("Ingest one landing day into the bronze Delta tables.")
-    ap.add_argument("--end-date", help="ingest every day from --date to this date (inclusive), one session")
+    ap = stage_parser("Ingest landing days into the bronze Delta tables.")
+    ap.add_argument("--end-date", help="ingest every day from --date to this date (inclusive) with one Delta "
+                                       "commit per table")
     args = ap.parse_args(argv)
     cfg = config_from_args(args)
     start = parse_date(args.date)
-    end = parse_date(args.end_date) if args.end_date else start
     spark = get_spark(cfg.spark)
-    day = start
-    while day <= end:
-        record = run(cfg, spark, day)
+    records = run_range(cfg, spark, start, parse_date(args.end_date)) if args.end_date else [run(cfg, spark, start)]
+    for record in records:
         print(json.dumps({k: record[k] for k in ("dt", "landing_impressions", "bronze_impressions",
                                                  "quarantined_impressions", "seconds")}))
-        day += dt.timedelta(days=1)
     return 0
 
 

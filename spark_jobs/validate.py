@@ -213,7 +213,9 @@ def run(cfg: PipelineConfig, spark: "SparkSession", run_date: dt.date) -> dict[s
     model_path, _ = model_paths(cfg, run_date)
     lookup_dir = Path(local_path(paths.run_lookup_dir(run_date)))
     model = load_model(model_path)
-    predictor = Predictor.load(model_path, lookup_dir)  # verifies the files as serving will
+    # Verifies the files as serving will. The score-match gate compares the table path with the CNN
+    # in the model's own arithmetic (fp32); reduced serving precisions are checked in the benchmark.
+    predictor = Predictor.load(model_path, lookup_dir, precision="fp32")
     holdout = features.load_examples(cfg, spark, run_date, "holdout")
     if holdout.empty:
         raise RuntimeError(f"the holdout of {run_date} has no rows; nothing to validate against (no record written)")

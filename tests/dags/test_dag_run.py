@@ -22,32 +22,9 @@ from serving.registry import read_current
 from simworld.generate import generate_day
 from spark_jobs import ingest
 from tests.dags.conftest import REPO_ROOT
+from tests.dags.tiny_world import CONFIG, EPOCH
 
-EPOCH = dt.date(2026, 1, 1)
 DAY = EPOCH + dt.timedelta(days=2)
-
-CONFIG = """
-[storage]
-root = "{root}"
-[spark]
-master = "local[2]"
-shuffle_partitions = 2
-[world]
-impressions_per_day = 2500
-n_users = 600
-initial_ads = 300
-new_ads_per_day = 30
-n_categories = 6
-n_top_categories = 2
-image_size = 32
-[features]
-window_days = 2
-min_count = 2
-[train]
-batch_size = 256
-[gates]
-auc_floor = 0.0
-"""
 
 
 def _dags_test(env: dict[str, str], day: dt.date) -> tuple[str, str]:
@@ -70,8 +47,8 @@ def test_daily_run_publishes_then_a_failed_check_stops_before_publish(spark, tmp
     paths = Paths.of(cfg)
     for i in range(3):
         generate_day(cfg, EPOCH + dt.timedelta(days=i))
-    for i in range(2):  # the window's history; day D itself is ingested by the DAG
-        ingest.run(cfg, spark, EPOCH + dt.timedelta(days=i))
+    # the window's history; day D itself is ingested by the DAG
+    ingest.run_range(cfg, spark, EPOCH, EPOCH + dt.timedelta(days=1))
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
     env.update(CSCNN_CONFIG=str(config_file), CSCNN_START_DATE=str(EPOCH), CSCNN_TASK_RETRIES="1",

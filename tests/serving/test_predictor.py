@@ -8,11 +8,15 @@ import torch
 
 from models.train import embed_images, predict, train
 from serving.lookup import IntegrityError, make_reduction, sha256_file, write_lookup_files
-from serving.predictor import Predictor
+from core.config import load_config
+from core.feature_spec import FeatureSpec
+from serving.predictor import DEFAULT_PRECISION, PRECISION_TOLERANCE, InferenceHead, ModelHead, Predictor
 from serving.requests import RequestError, save_encoder
 from spark_jobs.build_lookup import stack_images
 
 from tests.serving.helpers import identity_encoder, requests_from_examples, small_cfg, synthetic_world
+
+REDUCED = [p for p in PRECISION_TOLERANCE if p != "fp32"]
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +44,7 @@ def served(tmp_path_factory):
 
 def test_predictor_scores_equal_model_scores_for_covered_ads(served):
     model, model_path, lookup, df, images = served
-    predictor = Predictor.load(model_path, lookup)
+    predictor = Predictor.load(model_path, lookup, precision="fp32")
     result = predictor.score_records(requests_from_examples(df))
     expected = predict(model, df, images)
     assert result.in_table.all() and result.fallbacks == 0
@@ -104,6 +108,86 @@ def test_predict_cli_scores_the_current_version(served, tmp_path, capsys):
     lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
     np.testing.assert_allclose([x["pctr"] for x in lines], predict(model, df.head(4), images), atol=1e-4)
 
+    assert predict_cli.main(argv + ["--precision", "bf16"]) == 0
+    lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    np.testing.assert_allclose([x["pctr"] for x in lines], predict(model, df.head(4), images),
+                               atol=PRECISION_TOLERANCE["bf16"])
+
     requests.write_text(json.dumps({**requests_from_examples(df.head(1))[0], "hour": 3.5}) + "\n")
     assert predict_cli.main(argv) == 2
     assert "field 'hour'" in capsys.readouterr().err
+
+
+def test_default_precision_matches_the_model_within_its_tolerance(served):
+    model, model_path, lookup, df, images = served
+    predictor = Predictor.load(model_path, lookup)
+    assert predictor.precision == DEFAULT_PRECISION
+    np.testing.assert_allclose(predictor.score_records(requests_from_examples(df)).scores, predict(model, df, images),
+                               atol=PRECISION_TOLERANCE[DEFAULT_PRECISION], rtol=0)
+
+
+@pytest.mark.parametrize("precision", REDUCED)
+def test_reduced_precision_scores_within_tolerance_of_the_fp32_model(served, precision):
+    model, model_path, lookup, df, images = served
+    reqs = requests_from_examples(df)
+    scores = Predictor.load(model_path, lookup, precision=precision).score_records(reqs).scores
+    fp32 = Predictor.load(model_path, lookup, precision="fp32").score_records(reqs).scores
+    np.testing.assert_allclose(scores, predict(model, df, images), atol=PRECISION_TOLERANCE[precision], rtol=0)
+    assert not np.array_equal(scores, fp32)  # the reduced arithmetic is really in use
+
+
+def test_unknown_precision_is_refused_by_name(served):
+    _, model_path, lookup, _, _ = served
+    with pytest.raises(ValueError, match="unknown precision 'fp8'"):
+        Predictor.load(model_path, lookup, precision="fp8")
+
+
+def _random_head(seed: int) -> tuple[ModelHead, dict]:
+    """A head over a few fields with variance-preserving weights and encoded inputs with empty bags."""
+    spec = FeatureSpec(single={"category_id": 5, "user_id": 30, "hour": 24}, multi={"title_words": 40, "hist_shops": 9})
+    cfg = load_config(overrides={"model.deep_dims": [64, 32], "model.head_dims": [16], "model.visual_dim": 12}).model
+    torch.manual_seed(seed)
+    head = ModelHead(spec, cfg).eval()
+    with torch.no_grad():
+        for m in head.modules():
+            if isinstance(m, torch.nn.Linear):
+                m.weight.normal_(0, (2 / m.in_features) ** 0.5)
+            elif isinstance(m, (torch.nn.Embedding, torch.nn.EmbeddingBag)):
+                m.weight.normal_(0, 0.5)
+        head.dcn.out.weight.mul_(0.1)
+    rng = np.random.default_rng(seed)
+    b = 64
+    single = np.stack([rng.integers(0, spec.single[n], b) for n in head.embedding.single_names], axis=1)
+    values, offsets = {}, {}
+    for n in head.embedding.multi_names:
+        lengths = rng.integers(0, 4, b)  # some requests have an empty list
+        values[n] = rng.integers(0, spec.multi[n], int(lengths.sum()))
+        offsets[n] = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+    x_v = rng.normal(size=(b, 12)).astype(np.float32)
+    return head, {"single": single, "multi_values": values, "multi_offsets": offsets, "x_v": x_v}
+
+
+@pytest.mark.parametrize("precision", ["fp32", *REDUCED])
+def test_inference_head_matches_model_head(precision):
+    head, inputs = _random_head(3)
+    with torch.inference_mode():
+        expected = torch.sigmoid(head(torch.from_numpy(inputs["single"]),
+                                      {k: torch.from_numpy(v) for k, v in inputs["multi_values"].items()},
+                                      {k: torch.from_numpy(v) for k, v in inputs["multi_offsets"].items()},
+                                      torch.from_numpy(inputs["x_v"]))).numpy()
+        got = torch.sigmoid(InferenceHead(head, precision).logits(**inputs)).numpy()
+    assert expected.std() > 0.003  # not a constant predictor
+    np.testing.assert_allclose(got, expected, atol=PRECISION_TOLERANCE[precision], rtol=0)
+
+
+def test_inference_head_refuses_ids_outside_the_vocabulary():
+    head, inputs = _random_head(4)
+    inference = InferenceHead(head)
+    bad_single = inputs["single"].copy()
+    bad_single[5, head.embedding.single_names.index("user_id")] = 30
+    with pytest.raises(ValueError, match="field 'user_id'"):
+        inference.logits(**{**inputs, "single": bad_single})
+    bad_values = dict(inputs["multi_values"], title_words=np.array([1, 40]))  # 40 = the vocabulary size
+    bad_offsets = dict(inputs["multi_offsets"], title_words=np.zeros(64, np.int64))
+    with pytest.raises(ValueError, match="field 'title_words'"):
+        inference.logits(**{**inputs, "multi_values": bad_values, "multi_offsets": bad_offsets})
