@@ -299,11 +299,13 @@ def test_browser_sees_the_successful_runs_and_opens_the_report_links(airflow_ui,
     browser.get(f"{url}/dags")
     browser.wait_for(f"a[href='/dags/{DAG_ID}']", timeout=60)
 
-    # The DAG's runs page lists the backfill's runs with their (successful) state.
+    # The DAG's runs page lists the backfill's runs; each run's page shows its state badge: Success.
     browser.get(f"{url}/dags/{DAG_ID}/runs")
     for run in backfill:
         browser.wait_for(f"a[href='/dags/{DAG_ID}/runs/{run['dag_run_id']}']", timeout=60)
-    _wait_for(lambda: browser.source.count("success") >= len(backfill), 30, "the runs' success states")
+    for run in backfill:
+        browser.get(f"{url}/dags/{DAG_ID}/runs/{run['dag_run_id']}")
+        browser.wait_for("[data-testid='state-badge']", text="Success", timeout=60)
 
     details = f"{url}/dags/{DAG_ID}/runs/{last['dag_run_id']}/tasks/{LINK_TASK}/details"
     expected = {"Data Docs": (f"{url}/cscnn-reports/data_docs/index.html", "bronze_impressions"),
