@@ -34,6 +34,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -116,11 +117,14 @@ class _Dense:
         self.relu = relu
         self.precision = precision
         self.bias = linear.bias.detach().clone()  # (out,)
-        if precision == "fp32":
-            self.weight_t = weight.t().contiguous()  # (in, out)
-        elif precision == "bf16":
-            self.weight_t = weight.t().contiguous().to(torch.bfloat16)  # (in, out)
-            self.bias = self.bias.to(torch.bfloat16)
+        self.out_features = weight.shape[0]
+        self.n_parts = len(parts)
+        self._buffers = threading.local()  # per thread: {(batch, dtype): output buffer}
+        if precision in ("fp32", "bf16"):
+            dtype = torch.float32 if precision == "fp32" else torch.bfloat16
+            # One pre-transposed weight block per input part: the parts are never concatenated.
+            self.weight_t_parts = [w.t().contiguous().to(dtype) for w in torch.split(weight, part_dims, dim=1)]  # each (in_i, out)
+            self.bias = self.bias.to(dtype)
         elif precision == "int8":
             self.weight_scale = weight.abs().amax(dim=1).clamp_min(1e-12) / 127  # (out,)
             w8 = torch.round(weight / self.weight_scale[:, None]).to(torch.int8)  # (out, in)
@@ -132,6 +136,8 @@ class _Dense:
             raise ValueError(f"unknown precision {precision!r}; allowed: {', '.join(PRECISIONS)}")
 
     def __call__(self, *parts: torch.Tensor) -> torch.Tensor:
+        if len(parts) != self.n_parts:
+            raise ValueError(f"this layer takes its input in {self.n_parts} part(s), got {len(parts)}")
         if self.precision == "int8":
             y = None
             for x, w8, offset in zip(parts, self.weight_parts, self.offset_parts):
@@ -148,10 +154,26 @@ class _Dense:
                 y = term if y is None else y.add_(term)
             y = y.mul_(self.weight_scale).add_(self.bias)
         else:
-            dtype = self.weight_t.dtype
-            x = parts[0].to(dtype) if len(parts) == 1 else torch.cat([p.to(dtype) for p in parts], dim=1)
-            y = torch.addmm(self.bias, x, self.weight_t)  # (B, out)
+            dtype = self.bias.dtype
+            first, *rest = zip(parts, self.weight_t_parts)
+            # Into a reused per-thread buffer, the input parts multiplied one by one (no concatenation):
+            # no (B, out) or (B, in) allocation per call.
+            y = torch.addmm(self.bias, first[0].to(dtype), first[1], out=self._output(first[0].shape[0], dtype))
+            for x, w in rest:
+                y.addmm_(x.to(dtype), w)  # (B, out) += part_i @ W_i
         return y.relu_() if self.relu else y
+
+    def _output(self, batch: int, dtype: torch.dtype) -> torch.Tensor:
+        """This thread's (batch, out) output buffer; valid until this layer's next call in the thread."""
+        cache = getattr(self._buffers, "by_shape", None)
+        if cache is None:
+            cache = self._buffers.by_shape = {}
+        buf = cache.get((batch, dtype))
+        if buf is None:
+            if len(cache) >= 8:  # a few batch sizes stay cached, not every size ever seen
+                cache.clear()
+            buf = cache[(batch, dtype)] = torch.empty(batch, self.out_features, dtype=dtype)
+        return buf
 
 
 def _linears(mlp: nn.Module) -> list[nn.Linear]:
@@ -191,7 +213,9 @@ class InferenceHead:
         # int8 leaves the head MLP in float32: it feeds the logit directly and holds under a tenth
         # of the FLOPs (at the paper's dims), while its int8 error dominated the score difference.
         head_precision = "fp32" if precision == "int8" else precision
-        self.head_mlp = [_Dense(m, True, head_precision) for m in head_mlp]
+        # The first head layer reads [h, z]: the deep output (ReLU, non-negative) and the cross net's.
+        self.head_mlp = [_Dense(m, True, head_precision, ((m.in_features - emb.out_dim, True), (emb.out_dim, False))
+                                if i == 0 else ()) for i, m in enumerate(head_mlp)]
         self.out = _Dense(dcn.out, False, "fp32")
         self.cross = [(w.detach().clone(), b.detach().clone()) for w, b in zip(dcn.cross.weights, dcn.cross.biases)]
 
@@ -253,7 +277,7 @@ class InferenceHead:
         for layer in self.head_mlp:
             h = layer(*parts)  # (B, head_dims[i])
             parts = (h,)
-        return self.out(h.float()).squeeze(1)  # (B,)
+        return self.out(h.float()).squeeze(1).clone()  # (B,), not a view of the reused output buffer
 
 
 @dataclass
