@@ -17,8 +17,8 @@ Writes bench/results/lookup_serving.json (not with --predictor-only). Everything
   fields) with random weights (latency does not depend on the weights); the table holds 100k ads
   (float16). batch100_floor_ms = FLOPs of the head for 100 requests / this core's fp32 rate on a
   2048x2048 matmul, measured in the same run. The top-level batch*_ms figures are the predictor's
-  default precision (serving.predictor.DEFAULT_PRECISION); precisions.<fp32|bf16|int8> time each
-  precision at batch 100 and record its max score difference to the fp32 model (on a
+  precision a version validated in every precision gets on this machine ("auto": bf16 where the CPU
+  has native bf16, else fp32); precisions.<fp32|bf16> time each precision at batch 100 and record its max score difference to the fp32 model (on a
   variance-preserving head, and in auc_precision_max_score_diff on the trained auc_cost model).
   cnn_online runs the default visual tower (cscnn, light backbone, 64x64 images) plus the head on
   the same batch.
@@ -41,7 +41,8 @@ from bench.common import machine, write_result
 from core.config import load_config
 from core.feature_spec import MULTI_FIELDS, NUMERIC_FIELDS, SINGLE_FIELDS, FeatureSpec
 from serving.lookup import (LookupTable, Reduction, bytes_per_ad, coverage_curve, fallback_rows, make_reduction)
-from serving.predictor import DEFAULT_PRECISION, PRECISION_TOLERANCE, PRECISIONS, ModelHead, Predictor
+from serving.predictor import (AUTO, PRECISION_TOLERANCE, PRECISIONS, ModelHead, Predictor, native_bf16,
+                               resolve_precision)
 from serving.requests import columns_from_records
 from spark_jobs.feature_encoding import VOCAB_FIELDS, FeatureEncoder
 
@@ -196,21 +197,26 @@ def latency(fn, rounds: int) -> tuple[float, float]:
     return percentiles([_timed(fn) for _ in range(rounds)])
 
 
-def interleaved_latency(fns: dict[str, Any], rounds: int, warmup: int = 50) -> dict[str, np.ndarray]:
-    """Per-call seconds of each of ``fns`` over ``rounds`` rounds, one call of each per round (so
-    load on a shared machine hits every variant alike); garbage collection is off while timing."""
-    for _ in range(warmup):
-        for fn in fns.values():
-            fn()
+def rotated_latency(fns: dict[str, Any], rounds: int, block: int = 100, warmup: int = 5) -> dict[str, np.ndarray]:
+    """Per-call seconds of each of ``fns``, ``rounds`` calls each, timed in blocks of ``block``
+    consecutive calls with the variants taking turns block by block, so that load on a shared
+    machine hits every variant alike while each block runs as a server would: one model whose
+    weights stay in cache (one call of each in turn would make every call evict the other
+    variants' weights first). Each block starts with ``warmup`` untimed calls; garbage collection
+    is off while timing."""
     samples = {name: np.empty(rounds) for name in fns}
     gc.collect()
     gc.disable()
     try:
-        for i in range(rounds):
+        for start in range(0, rounds, block):
+            stop = min(start + block, rounds)
             for name, fn in fns.items():
-                t = time.perf_counter()
-                fn()
-                samples[name][i] = time.perf_counter() - t
+                for _ in range(warmup):
+                    fn()
+                for i in range(start, stop):
+                    t = time.perf_counter()
+                    fn()
+                    samples[name][i] = time.perf_counter() - t
     finally:
         gc.enable()
     return samples
@@ -258,7 +264,7 @@ def precision_score_diffs(predictor: Predictor, encoded: list[Any]) -> dict[str,
 
 
 def bench_predictor(quick: bool, rounds: int | None = None) -> dict[str, Any]:
-    """Latency of every precision at batch 100 (interleaved), batch 1 and the records path of the
+    """Latency of every precision at batch 100 (rotated blocks), batch 1 and the records path of the
     default precision, the compute floor, and each precision's max score difference."""
     predictor, _, _ = paper_predictor(20_000 if quick else 100_000)
     rng = np.random.default_rng(1)
@@ -269,7 +275,8 @@ def bench_predictor(quick: bool, rounds: int | None = None) -> dict[str, Any]:
     cols1 = [columns_from_records(r) for r in reqs1]
     cols100 = [columns_from_records(r) for r in reqs100]
     variants = {p: Predictor(predictor.head, predictor.table, predictor.encoder, precision=p) for p in PRECISIONS}
-    default = variants[DEFAULT_PRECISION]
+    default_precision = resolve_precision(AUTO, PRECISIONS)  # what serving picks here for a version valid in all
+    default = variants[default_precision]
     counter = iter(range(10 ** 9))
 
     def batch100(variant: Predictor):
@@ -278,7 +285,7 @@ def bench_predictor(quick: bool, rounds: int | None = None) -> dict[str, Any]:
     fns = {f"batch100_{p}": batch100(v) for p, v in variants.items()}
     fns["batch1"] = lambda: default.score_columns(cols1[next(counter) % len(cols1)])
     fns["batch100_records"] = lambda: default.score_records(reqs100[next(counter) % len(reqs100)])
-    samples = interleaved_latency(fns, rounds)
+    samples = rotated_latency(fns, rounds)
     gflops = matmul_gflops()
     floor_ms = head_flops(predictor.head, 100) / (gflops * 1e9) * 1000
 
@@ -290,14 +297,14 @@ def bench_predictor(quick: bool, rounds: int | None = None) -> dict[str, Any]:
                for _ in range(n_check // 100)]
     diffs = precision_score_diffs(scaled, encoded)
 
-    b1, b100, rec = (_summary_ms(samples[k]) for k in ("batch1", f"batch100_{DEFAULT_PRECISION}", "batch100_records"))
+    b1, b100, rec = (_summary_ms(samples[k]) for k in ("batch1", f"batch100_{default_precision}", "batch100_records"))
     precisions = {}
     for p in PRECISIONS:
         stats = _summary_ms(samples[f"batch100_{p}"])
         precisions[p] = {"batch100_p50_ms": stats["p50_ms"], "batch100_p99_ms": stats["p99_ms"],
                          "batch100_min_ms": stats["min_ms"], "batch100_p99_over_floor": stats["p99_ms"] / floor_ms,
                          "max_abs_score_diff_vs_fp32_model": diffs[p], "tolerance": PRECISION_TOLERANCE[p]}
-    return {"default_precision": DEFAULT_PRECISION,
+    return {"default_precision": default_precision, "native_bf16": native_bf16(),
             "batch1_p50_ms": b1["p50_ms"], "batch1_p99_ms": b1["p99_ms"],
             "batch100_p50_ms": b100["p50_ms"], "batch100_p99_ms": b100["p99_ms"], "batch100_min_ms": b100["min_ms"],
             "batch100_floor_ms": floor_ms, "batch100_p99_over_floor": b100["p99_ms"] / floor_ms,
@@ -381,6 +388,7 @@ def main(argv: list[str] | None = None) -> int:
         "predictor": pred,
         "cnn_online": cnn,
         "table_vs_cnn_speedup_batch100_p50": cnn["batch100_p50_ms"] / pred["batch100_p50_ms"],
+        "table_vs_cnn_speedup_batch100_p50_fp32": cnn["batch100_p50_ms"] / pred["precisions"]["fp32"]["batch100_p50_ms"],
         "notes": {
             "data": "coverage_curve: the simulated world (simworld, default WorldConfig), window of "
                     f"{8 if args.quick else 32} days, candidates = {coverage['candidates']} ads alive on D, "
@@ -393,12 +401,14 @@ def main(argv: list[str] | None = None) -> int:
             "build_ads_per_s": f"embed_images on {n} random {cfg.world.image_size}x{cfg.world.image_size} images, "
                                "cscnn light tower (image decoding and Spark I/O not included)",
             "predictor": "batch*_ms: score_columns (validated request columns -> encode -> table lookup -> head) "
-                         f"at the default precision ({DEFAULT_PRECISION}); precisions.<p>: the same at batch 100 per "
+                         f"at the precision '{AUTO}' resolves to here ({pred['default_precision']}; native bf16: "
+                         f"{pred['native_bf16']}); precisions.<p>: the same at batch 100 per "
                          "precision, max_abs_score_diff_vs_fp32_model over "
                          f"{pred['score_diff_requests']} random requests on a variance-preserving head "
                          "(He-initialised, see variance_preserving_head); batch100_records_*: score_records from "
-                         "request dicts, validation included; every variant timed interleaved, one call each per "
-                         f"round, {pred['rounds']} rounds after warm-up, gc disabled while timing. "
+                         "request dicts, validation included; every variant timed for "
+                         f"{pred['rounds']} calls in blocks of 100 consecutive calls (5 untimed warm-up calls "
+                         "each), the variants taking turns block by block, gc disabled while timing. "
                          "auc_precision_max_score_diff: the same difference on the trained auc_cost model's holdout",
             "quick": bool(args.quick),
         },

@@ -370,6 +370,13 @@ def section_gates(inp: RunInputs) -> str:
     metrics = _get(rec.data, "metrics", default={})
     if isinstance(metrics, dict):
         extra.update({f"metrics.{k}": v for k, v in metrics.items() if not isinstance(v, (list, dict))})
+    served_in = _get(rec.data, "serving_precisions")
+    if isinstance(served_in, list):
+        extra["serving_precisions"] = ", ".join(map(str, served_in))
+    checks = _get(rec.data, "precision_check", default={})
+    if isinstance(checks, dict):
+        extra.update({f"precision_check.{p}.max_abs_score_diff": c.get("max_abs_score_diff")
+                      for p, c in checks.items() if isinstance(c, dict)})
     docs = _get(rec.data, "data_docs")
     if isinstance(docs, str) and docs:
         extra.pop("data_docs", None)

@@ -1,12 +1,14 @@
 """Score requests with the published `current` version.
 
     python -m serving.predict --requests FILE.jsonl [--config FILE] [--set key=value] [--batch-size 1000]
-                             [--precision fp32|bf16|int8]
+                             [--precision auto|fp32|bf16]
 
 FILE.jsonl holds one request per line: a JSON object of raw contract fields (serving.requests).
 Prints one JSON line per request, {"pctr": p, "in_table": bool}, in input order, then a summary
 line on stderr (requests, fallbacks, version). A malformed request stops the run with an error
-naming its line and field; a tampered version refuses to load, naming the file.
+naming its line and field; a tampered version refuses to load, naming the file. ``--precision``
+defaults to auto: bf16 where the version was validated in bf16 and the CPU computes bf16 natively,
+else fp32 (serving.predictor).
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from core.cli import setup_logging
     from core.config import load_config, parse_overrides
-    from serving.predictor import DEFAULT_PRECISION, PRECISION_TOLERANCE, PRECISIONS, Predictor
+    from serving.predictor import AUTO, DEFAULT_PRECISION, PRECISION_TOLERANCE, PRECISIONS, Predictor
 
     setup_logging()
     ap = argparse.ArgumentParser(description="Score raw contract requests with the current published version.")
@@ -46,10 +48,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--config", help="config file (.toml or .json)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="dotted config override")
     ap.add_argument("--batch-size", type=int, default=1000, help="requests per forward pass")
-    ap.add_argument("--precision", choices=PRECISIONS, default=DEFAULT_PRECISION,
+    ap.add_argument("--precision", choices=(AUTO, *PRECISIONS), default=DEFAULT_PRECISION,
                     help="arithmetic of the model head: " + ", ".join(
                         f"{p} (scores within {PRECISION_TOLERANCE[p]:g} of the model's)" for p in PRECISIONS)
-                    + f"; default {DEFAULT_PRECISION}")
+                    + f", or {AUTO} (bf16 if the version was validated in it and this CPU has native bf16, "
+                      f"else fp32); default {DEFAULT_PRECISION}")
     args = ap.parse_args(argv)
     if args.batch_size < 1:
         ap.error(f"--batch-size must be >= 1, got {args.batch_size}")
@@ -67,11 +70,12 @@ def main(argv: list[str] | None = None) -> int:
                 raise RequestError(f"{args.requests} (requests {start}..{start + len(chunk) - 1}): {e}") from None
             for p, hit in zip(result.scores.tolist(), result.in_table.tolist()):
                 out.write(json.dumps({"pctr": p, "in_table": hit}) + "\n")
-    except (RequestError, IntegrityError, FileNotFoundError) as e:
+    except (RequestError, IntegrityError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     version = {k: predictor.version.get(k) for k in ("version", "dir", "run_date", "model_version", "reduction")}
-    print(json.dumps({"requests": predictor.requests_scored, "fallbacks": predictor.fallbacks, **version}),
+    print(json.dumps({"requests": predictor.requests_scored, "fallbacks": predictor.fallbacks,
+                      "precision": predictor.precision, **version}),
           file=sys.stderr)
     return 0
 

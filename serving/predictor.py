@@ -14,19 +14,19 @@ numpy ``searchsorted`` over the sorted ad ids, and the head runs as an ``Inferen
 single-valued fields, one ``embedding_bag`` for all multi-valued fields, pre-transposed weights
 and ``addmm`` + in-place ReLU for every Linear).
 
-Precision (``Predictor(..., precision=...)``, default ``"fp32"``):
+Precision (``Predictor(..., precision=...)``, default ``"auto"``):
   fp32  the model's arithmetic; scores equal ``ModelHead``'s within 1e-4 (the score_match gate).
   bf16  the Linear layers of the DCN's MLPs in bfloat16 (inputs, weights and outputs rounded to
         bfloat16, products accumulated in fp32); embeddings, cross net and output layer stay fp32.
-  int8  the Linear layers of the MLP over x_nv and of the deep MLP (over nine tenths of the FLOPs
-        at the paper's dims) as int8 x int8 -> int32 matmuls (``torch._int_mm``): weights quantised
-        per output channel once, activations per row and input part at each call; the head MLP,
-        embeddings, cross net and output layer stay fp32.
-Reduced precision is an explicit opt-in. bench/lookup_serving.py measures each precision's max
-|score - fp32 score| (paper dims, a variance-preserving random head and a trained model) against
-``PRECISION_TOLERANCE``; the tests check it on small models. Nothing bounds the error for an
-arbitrary trained model, and the validate stage's score_match gate runs the default (fp32), so
-serve a version in bf16 or int8 only after checking its scores in that precision.
+        Meant to keep scores within 1e-3 of fp32 (``PRECISION_TOLERANCE``); about twice as fast
+        where the CPU has native bf16 dot products (AVX512-BF16 or AMX), slower where it has not.
+  auto  bf16 when the version was validated in bf16 and this CPU computes bf16 natively
+        (``native_bf16``), else fp32.
+The validate stage scores the holdout's covered ads in every precision and records those whose
+scores stay within their tolerance of fp32 as the version's ``serving_precisions`` (fp32 always:
+the score_match gate); ``Predictor.load_version`` refuses a precision the version was not validated
+in, and "auto" never picks one. ``Predictor.load`` of bare files knows no validation: "auto" is fp32
+there and an explicit precision is the caller's responsibility.
 """
 
 from __future__ import annotations
@@ -55,10 +55,54 @@ log = logging.getLogger(__name__)
 
 ENCODER_FILE = "encoder.npz"
 MODEL_FILE = "model.pt"
-PRECISIONS = ("fp32", "bf16", "int8")
-DEFAULT_PRECISION = "fp32"
-# Max |score - fp32 model score| each precision is meant to keep (tests and the benchmark check it).
-PRECISION_TOLERANCE = {"fp32": 1e-4, "bf16": 1e-3, "int8": 1e-3}
+PRECISIONS = ("fp32", "bf16")
+AUTO = "auto"  # see the module docstring and resolve_precision
+DEFAULT_PRECISION = AUTO
+# Max |score - fp32 model score| each precision is meant to keep (validate records it, tests check it).
+PRECISION_TOLERANCE = {"fp32": 1e-4, "bf16": 1e-3}
+VALIDATION_FILE = "validation.json"  # a published version's validation record (serving_precisions)
+
+
+def read_validated_precisions(record_path: str | os.PathLike) -> tuple[str, ...]:
+    """The precisions a validation record (spark_jobs/validate.py) allows serving in: its
+    ``serving_precisions``, or fp32 alone when the file or the field is missing."""
+    try:
+        record = json.loads(Path(record_path).read_text())
+    except FileNotFoundError:
+        return ("fp32",)
+    except (OSError, ValueError) as e:
+        raise IntegrityError(f"{record_path}: unreadable validation record ({e})") from None
+    allowed = tuple(p for p in record.get("serving_precisions", ["fp32"]) if p in PRECISIONS)
+    return allowed if "fp32" in allowed else ("fp32", *allowed)
+
+
+def native_bf16() -> bool:
+    """Whether this CPU has bfloat16 dot-product instructions (AVX512-BF16 or AMX-BF16, from
+    /proc/cpuinfo's flags; False where that file does not exist)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool(flags & {"avx512_bf16", "amx_bf16"})
+    except OSError:
+        pass
+    return False
+
+
+def resolve_precision(requested: str, validated: Iterable[str] | None = None) -> str:
+    """The arithmetic to serve in: ``requested`` ("auto" or one of PRECISIONS) given the precisions a
+    version was validated in (None: unknown, e.g. bare files). "auto" -> bf16 only if validated in bf16
+    and ``native_bf16()``, else fp32; an explicit precision outside ``validated`` is refused."""
+    if requested == AUTO:
+        return "bf16" if validated is not None and "bf16" in validated and native_bf16() else "fp32"
+    if requested not in PRECISIONS:
+        raise ValueError(f"unknown precision {requested!r}; allowed: {AUTO}, {', '.join(PRECISIONS)}")
+    if validated is not None and requested not in validated:
+        raise ValueError(f"precision {requested!r} was not validated for this version (its validation record "
+                         f"allows {', '.join(validated)}): its scores in {requested} were not checked or exceeded "
+                         f"{PRECISION_TOLERANCE[requested]:g}; serve it in fp32 or '{AUTO}'")
+    return requested
 
 
 class ModelHead(nn.Module):
@@ -98,69 +142,36 @@ class ModelHead(nn.Module):
 class _Dense:
     """One Linear (optionally followed by ReLU) with its weight laid out once for inference.
 
-    Called with the parts of its input (B, in_i) whose concatenation is the Linear's input.
-    fp32: ``addmm`` on the pre-transposed weight (in, out); bf16: the same in bfloat16 (output
-    bfloat16); int8: per part, ``torch._int_mm`` of the part quantised per row (so a part of small
-    values, such as x_v beside ReLU activations, keeps its own scale) and the matching rows of the
-    weight quantised per output channel; the parts' int32 products are rescaled to float32 and summed.
-    A part marked non-negative (a ReLU output) uses all 256 levels: q = round(x / s) - 128 with
-    s = max / 255, and q @ W8 is corrected by 128 * (column sums of W8).
+    Called with the parts of its input (B, in_i) whose concatenation is the Linear's input: one
+    pre-transposed weight block (in_i, out) per part, ``addmm`` of each part into a reused output
+    buffer, so the parts are never concatenated. bf16 runs the same in bfloat16 (output bfloat16).
     """
 
-    def __init__(self, linear: nn.Linear, relu: bool, precision: str,
-                 parts: tuple[tuple[int, bool], ...] = ()) -> None:
+    def __init__(self, linear: nn.Linear, relu: bool, precision: str, part_dims: tuple[int, ...] = ()) -> None:
+        if precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {precision!r}; allowed: {', '.join(PRECISIONS)}")
         weight = linear.weight.detach()  # (out, in)
-        parts = parts or ((weight.shape[1], False),)  # (width, non-negative) of each input part
-        part_dims = tuple(d for d, _ in parts)
+        part_dims = part_dims or (weight.shape[1],)
         if sum(part_dims) != weight.shape[1]:
             raise ValueError(f"input parts {part_dims} do not add up to the layer's {weight.shape[1]} inputs")
         self.relu = relu
-        self.precision = precision
-        self.bias = linear.bias.detach().clone()  # (out,)
         self.out_features = weight.shape[0]
-        self.n_parts = len(parts)
+        self.n_parts = len(part_dims)
         self._buffers = threading.local()  # per thread: {(batch, dtype): output buffer}
-        if precision in ("fp32", "bf16"):
-            dtype = torch.float32 if precision == "fp32" else torch.bfloat16
-            # One pre-transposed weight block per input part: the parts are never concatenated.
-            self.weight_t_parts = [w.t().contiguous().to(dtype) for w in torch.split(weight, part_dims, dim=1)]  # each (in_i, out)
-            self.bias = self.bias.to(dtype)
-        elif precision == "int8":
-            self.weight_scale = weight.abs().amax(dim=1).clamp_min(1e-12) / 127  # (out,)
-            w8 = torch.round(weight / self.weight_scale[:, None]).to(torch.int8)  # (out, in)
-            self.weight_parts = [p.t().contiguous() for p in torch.split(w8, part_dims, dim=1)]  # each (in_i, out)
-            # 128 * column sums of each non-negative part's weight (the zero-point correction), else None.
-            self.offset_parts = [128 * w.sum(dim=0, dtype=torch.int32).float() if nonneg else None
-                                 for w, (_, nonneg) in zip(self.weight_parts, parts)]  # each (out,)
-        else:
-            raise ValueError(f"unknown precision {precision!r}; allowed: {', '.join(PRECISIONS)}")
+        dtype = torch.float32 if precision == "fp32" else torch.bfloat16
+        self.weight_t_parts = [w.t().contiguous().to(dtype) for w in torch.split(weight, part_dims, dim=1)]  # each (in_i, out)
+        self.bias = linear.bias.detach().to(dtype)  # (out,)
 
     def __call__(self, *parts: torch.Tensor) -> torch.Tensor:
         if len(parts) != self.n_parts:
             raise ValueError(f"this layer takes its input in {self.n_parts} part(s), got {len(parts)}")
-        if self.precision == "int8":
-            y = None
-            for x, w8, offset in zip(parts, self.weight_parts, self.offset_parts):
-                x = x.float()
-                if offset is None:
-                    row_scale = x.abs().amax(dim=1, keepdim=True).clamp_min_(1e-12).div_(127)  # (B, 1)
-                    x8 = torch.round(x / row_scale).to(torch.int8)  # (B, in_i) in [-127, 127]
-                    term = torch._int_mm(x8, w8).float()  # (B, out)
-                else:
-                    row_scale = x.amax(dim=1, keepdim=True).clamp_min_(1e-12).div_(255)  # (B, 1)
-                    x8 = torch.round(x / row_scale).sub_(128).to(torch.int8)  # (B, in_i) in [-128, 127]
-                    term = torch._int_mm(x8, w8).float().add_(offset)  # (B, out)
-                term = term.mul_(row_scale)
-                y = term if y is None else y.add_(term)
-            y = y.mul_(self.weight_scale).add_(self.bias)
-        else:
-            dtype = self.bias.dtype
-            first, *rest = zip(parts, self.weight_t_parts)
-            # Into a reused per-thread buffer, the input parts multiplied one by one (no concatenation):
-            # no (B, out) or (B, in) allocation per call.
-            y = torch.addmm(self.bias, first[0].to(dtype), first[1], out=self._output(first[0].shape[0], dtype))
-            for x, w in rest:
-                y.addmm_(x.to(dtype), w)  # (B, out) += part_i @ W_i
+        dtype = self.bias.dtype
+        first, *rest = zip(parts, self.weight_t_parts)
+        # Into a reused per-thread buffer, the input parts multiplied one by one (no concatenation):
+        # no (B, out) or (B, in) allocation per call.
+        y = torch.addmm(self.bias, first[0].to(dtype), first[1], out=self._output(first[0].shape[0], dtype))
+        for x, w in rest:
+            y.addmm_(x.to(dtype), w)  # (B, out) += part_i @ W_i
         return y.relu_() if self.relu else y
 
     def _output(self, batch: int, dtype: torch.dtype) -> torch.Tensor:
@@ -190,7 +201,7 @@ class InferenceHead:
     Weights are copied at construction: later changes to the ``ModelHead`` are not seen.
     """
 
-    def __init__(self, head: ModelHead, precision: str = DEFAULT_PRECISION) -> None:
+    def __init__(self, head: ModelHead, precision: str = "fp32") -> None:
         if precision not in PRECISIONS:
             raise ValueError(f"unknown precision {precision!r}; allowed: {', '.join(PRECISIONS)}")
         self.precision = precision
@@ -204,18 +215,13 @@ class InferenceHead:
         self.multi_table = torch.cat(multi) if multi else torch.zeros(0, emb.dim)  # (sum V_f, d_e)
         self.single_base = torch.from_numpy(np.cumsum(self.single_sizes) - self.single_sizes)  # (n_single,)
         self.multi_base = (np.cumsum(self.multi_sizes) - self.multi_sizes).tolist()
-        self.nv_mlp = [_Dense(m, True, precision, () if i == 0 else ((m.in_features, True),))
-                       for i, m in enumerate(_linears(dcn.nv_mlp))]
+        self.nv_mlp = [_Dense(m, True, precision) for m in _linears(dcn.nv_mlp)]
         deep, head_mlp = _linears(dcn.deep), _linears(dcn.head)
         # The first deep layer reads [x_v, h], the first head layer [h, z]: separate input parts.
-        self.deep = [_Dense(m, True, precision, ((dcn.visual_dim, False), (m.in_features - dcn.visual_dim, True))
-                            if i == 0 else ((m.in_features, True),)) for i, m in enumerate(deep)]
-        # int8 leaves the head MLP in float32: it feeds the logit directly and holds under a tenth
-        # of the FLOPs (at the paper's dims), while its int8 error dominated the score difference.
-        head_precision = "fp32" if precision == "int8" else precision
-        # The first head layer reads [h, z]: the deep output (ReLU, non-negative) and the cross net's.
-        self.head_mlp = [_Dense(m, True, head_precision, ((m.in_features - emb.out_dim, True), (emb.out_dim, False))
-                                if i == 0 else ()) for i, m in enumerate(head_mlp)]
+        self.deep = [_Dense(m, True, precision, (dcn.visual_dim, m.in_features - dcn.visual_dim) if i == 0 else ())
+                     for i, m in enumerate(deep)]
+        self.head_mlp = [_Dense(m, True, precision, (m.in_features - emb.out_dim, emb.out_dim) if i == 0 else ())
+                         for i, m in enumerate(head_mlp)]
         self.out = _Dense(dcn.out, False, "fp32")
         self.cross = [(w.detach().clone(), b.detach().clone()) for w, b in zip(dcn.cross.weights, dcn.cross.biases)]
 
@@ -294,7 +300,10 @@ class Predictor:
     """Scores raw contract requests with one version's encoder, model head and lookup table."""
 
     def __init__(self, head: ModelHead, table: LookupTable, encoder: Any, version: Mapping[str, Any] | None = None,
-                 precision: str = DEFAULT_PRECISION):
+                 precision: str = DEFAULT_PRECISION, validated_precisions: Iterable[str] | None = None):
+        """``precision``: "auto" or one of PRECISIONS, resolved against ``validated_precisions`` (the
+        version's validation record; None for files without one) by ``resolve_precision``."""
+        precision = resolve_precision(precision, None if validated_precisions is None else tuple(validated_precisions))
         if table.visual_dim != head.cfg.visual_dim:
             raise IntegrityError(f"lookup table rows decode to {table.visual_dim} dims, the model expects "
                                  f"visual_dim={head.cfg.visual_dim}: table and model are from different runs")
@@ -311,9 +320,10 @@ class Predictor:
 
     @classmethod
     def load(cls, model_path: str | os.PathLike, lookup_dir: str | os.PathLike,
-             version: Mapping[str, Any] | None = None, precision: str = DEFAULT_PRECISION) -> "Predictor":
+             version: Mapping[str, Any] | None = None, precision: str = DEFAULT_PRECISION,
+             validated_precisions: Iterable[str] | None = None) -> "Predictor":
         """Verify the lookup folder's files and the model file against the lookup manifest, then load
-        (``precision``: one of PRECISIONS, see the module docstring)."""
+        (``precision`` and ``validated_precisions``: see ``Predictor``)."""
         lookup_dir = Path(lookup_dir)
         manifest = read_manifest(lookup_dir)
         model_path = Path(model_path)
@@ -331,14 +341,16 @@ class Predictor:
         info = {"model_version": manifest.get("model_version"), "run_date": manifest.get("run_date"),
                 "reduction": manifest.get("reduction"), **(version or {})}
         log.info("predictor loaded: %s (%d ads, %s)", info, len(table), manifest.get("reduction"))
-        return cls(head, table, encoder, info, precision)
+        return cls(head, table, encoder, info, precision, validated_precisions)
 
     @classmethod
     def load_version(cls, version_dir: str | os.PathLike, version: Mapping[str, Any] | None = None,
                      precision: str = DEFAULT_PRECISION) -> "Predictor":
-        """A published version folder v<N>-<D>/ (model/model.pt + lookup/)."""
+        """A published version folder v<N>-<D>/ (model/model.pt + lookup/ + validation.json), served
+        only in a precision its validation record allows (fp32 when the record names none)."""
         version_dir = Path(version_dir)
-        return cls.load(version_dir / "model" / MODEL_FILE, version_dir / "lookup", version, precision)
+        return cls.load(version_dir / "model" / MODEL_FILE, version_dir / "lookup", version, precision,
+                        read_validated_precisions(version_dir / VALIDATION_FILE))
 
     @classmethod
     def from_current(cls, cfg: PipelineConfig, precision: str = DEFAULT_PRECISION) -> "Predictor":

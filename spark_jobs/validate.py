@@ -21,6 +21,11 @@ Gates (each a verdict: name, passed, value, threshold, note), all on the holdout
                   unique ad ids, no NaN/Inf, `dims` values each, L2 norms in
                   [gates.norm_min, gates.norm_max]
 
+Not a gate, recorded beside them: ``precision_check``, per reduced serving precision (bf16) the max
+|score - fp32 serving score| over the covered holdout rows against its tolerance, and
+``serving_precisions``, fp32 plus those within tolerance; the predictor serves a published version
+only in those (serving.predictor).
+
 The record is written to <artifacts>/runs/D/validation.json before GateFailed is raised.
 """
 
@@ -142,17 +147,40 @@ def reference_scores(model: Any, holdout: "pd.DataFrame", images: dict[int, np.n
     return full, out
 
 
-def serving_scores(predictor: Any, model_spec: Any, holdout: "pd.DataFrame") -> tuple[np.ndarray, np.ndarray]:
-    """(pCTR, in-table mask) of holdout rows through the predictor's table + head (encoded inputs)."""
+def holdout_requests(model_spec: Any, holdout: "pd.DataFrame") -> Any:
+    """The holdout rows as the predictor's encoded requests (serving.requests.EncodedRequests)."""
     from models.batching import encode_examples
     from serving.requests import EncodedRequests
 
     data = encode_examples(holdout, model_spec, require_label=False)
     multi_values = {k: v for k, (v, _) in data.multi.items()}
     multi_offsets = {k: o[:-1] for k, (_, o) in data.multi.items()}
-    enc = EncodedRequests(data.single, multi_values, multi_offsets, data.ad_id, data.category)
-    res = predictor.score_encoded(enc)
+    return EncodedRequests(data.single, multi_values, multi_offsets, data.ad_id, data.category)
+
+
+def serving_scores(predictor: Any, requests: Any) -> tuple[np.ndarray, np.ndarray]:
+    """(pCTR, in-table mask) of encoded holdout requests through the predictor's table + head."""
+    res = predictor.score_encoded(requests)
     return res.scores.astype(np.float64), res.in_table
+
+
+def check_precisions(predictor: Any, requests: Any, fp32_scores: np.ndarray, in_table: np.ndarray
+                     ) -> dict[str, dict[str, Any]]:
+    """Per reduced serving precision: max |score - fp32 serving score| over the covered holdout rows
+    against its tolerance (serving.predictor.PRECISION_TOLERANCE). Not a gate: a version whose bf16
+    scores drift further is still served, in fp32."""
+    from serving.predictor import PRECISION_TOLERANCE, PRECISIONS, Predictor
+
+    out = {}
+    for precision in PRECISIONS:
+        if precision == "fp32":
+            continue
+        reduced = Predictor(predictor.head, predictor.table, None, precision=precision)
+        scores, _ = serving_scores(reduced, requests)
+        diff = float(np.max(np.abs(scores[in_table] - fp32_scores[in_table]))) if in_table.any() else float("nan")
+        tol = PRECISION_TOLERANCE[precision]
+        out[precision] = {"max_abs_score_diff": _num(diff), "tolerance": tol, "passed": bool(diff <= tol)}
+    return out
 
 
 def raw_holdout(cfg: PipelineConfig, spark: "SparkSession", run_date: dt.date) -> Any:
@@ -214,7 +242,7 @@ def run(cfg: PipelineConfig, spark: "SparkSession", run_date: dt.date) -> dict[s
     lookup_dir = Path(local_path(paths.run_lookup_dir(run_date)))
     model = load_model(model_path)
     # Verifies the files as serving will. The score-match gate compares the table path with the CNN
-    # in the model's own arithmetic (fp32); reduced serving precisions are checked in the benchmark.
+    # in the model's own arithmetic (fp32); reduced serving precisions are checked against fp32 below.
     predictor = Predictor.load(model_path, lookup_dir, precision="fp32")
     holdout = features.load_examples(cfg, spark, run_date, "holdout")
     if holdout.empty:
@@ -223,8 +251,10 @@ def run(cfg: PipelineConfig, spark: "SparkSession", run_date: dt.date) -> dict[s
 
     full, reference = reference_scores(model, holdout, images, predictor.table.reduction, bs)
     metrics = compute_metrics(holdout["label"].to_numpy(), full, holdout["is_cold"].to_numpy())
-    serving, in_table = serving_scores(predictor, model.spec, holdout)
+    requests = holdout_requests(model.spec, holdout)
+    serving, in_table = serving_scores(predictor, requests)
     table_metrics = compute_metrics(holdout["label"].to_numpy(), serving)
+    precision_check = check_precisions(predictor, requests, serving, in_table)
 
     live = read_current(cfg)
     live_auc = live_model_auc(cfg, spark, run_date, live, bs) if live is not None else None
@@ -262,6 +292,8 @@ def run(cfg: PipelineConfig, spark: "SparkSession", run_date: dt.date) -> dict[s
         "metrics": {**{k: _num(v) if isinstance(v, float) else v for k, v in metrics.items()},
                     "table_auc": _num(table_metrics["auc"]), "coverage": verdicts[3].value,
                     "live_auc": _num(live_auc) if live_auc is not None else None},
+        "precision_check": precision_check,
+        "serving_precisions": ["fp32", *(p for p, c in precision_check.items() if c["passed"])],
         "live_version": live, "model_sha256": sha256_file(model_path),
         "lookup_manifest_sha256": sha256_file(lookup_dir / "manifest.json"),
         "model_version": predictor.table.manifest.get("model_version"), "config_hash": cfg.config_hash(),
@@ -276,6 +308,9 @@ def run(cfg: PipelineConfig, spark: "SparkSession", run_date: dt.date) -> dict[s
     for v in verdicts:
         log.info("gate %-15s %s value=%s threshold=%s %s", v.name, "PASS" if v.passed else "FAIL", v.value,
                  v.threshold, v.note)
+    for p, c in precision_check.items():
+        log.info("serving precision %s: max score difference %s vs fp32 (tolerance %g): %s", p,
+                 c["max_abs_score_diff"], c["tolerance"], "allowed" if c["passed"] else "not allowed, fp32 only")
     failed = [v for v in verdicts if not v.passed]
     if failed:
         lines = "\n".join(f"  {v.name}: value {v.value} vs threshold {v.threshold} {v.note}" for v in failed)

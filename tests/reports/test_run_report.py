@@ -169,6 +169,8 @@ def fabricate_inputs(cfg) -> dict[str, str]:
         "gates": [{"name": "auc_floor", "passed": True, "value": 0.7311, "threshold": 0.55, "note": ""},
                   {"name": "coverage", "passed": False, "value": 0.8123, "threshold": 0.9,
                    "note": "table too small"}],
+        "precision_check": {"bf16": {"max_abs_score_diff": 0.000417, "tolerance": 0.001, "passed": True}},
+        "serving_precisions": ["fp32", "bf16"],
         "coverage_curve": [{"budget_ads": b, "coverage": c} for b, c in
                            ((10, 0.31), (100, 0.62), (1000, 0.88), (10000, 0.97))],
         "calibration_bins": calibration_bins(np.array([0, 0, 1, 0, 1, 1]), np.array([.1, .2, .3, .5, .6, .9]), 3)})
@@ -192,6 +194,8 @@ def test_fabricated_inputs_appear_in_the_report(tmp_path):
                      page)
     assert "gate(s) failed" in page and "table too small" in page
     assert 'Lookup-table quality checks: <a href="../../data_docs/lookup/v.html">Data Docs</a>' in page
+    assert "<td>serving_precisions</td><td class=\"num\">fp32, bf16</td>" in page
+    assert re.search(r"<td>precision_check.bf16.max_abs_score_diff</td><td class=\"num\">0.0004<", page)
     # quality: failed suite, its critical expectation and a relative link to its Data Docs page
     assert re.search(r"<td>bronze_impressions</td><td><span class=\"badge fail\">FAIL", page)
     assert re.search(r"<td>bronze_ads</td><td><span class=\"badge pass\">PASS", page)

@@ -61,7 +61,12 @@ def test_publish_crash_keeps_previous_version_and_rollback_restores(spark, base,
     gates = {g["name"]: g for g in record["gates"]}
     assert record["passed"] and gates["score_match"]["value"] <= 1e-4
     assert "nothing is live" in gates["auc_vs_live"]["note"]
+    bf16 = record["precision_check"]["bf16"]
+    assert 0 < bf16["max_abs_score_diff"] <= bf16["tolerance"] == 1e-3 and bf16["passed"]
+    assert record["serving_precisions"] == ["fp32", "bf16"]
     assert publish.run(cfg, spark, D)["version"] == 1 and live(cfg) == 1
+    # the published version is served in what its record allows: bf16 on request, fp32 always
+    assert Predictor.from_current(cfg, precision="bf16").precision == "bf16"
 
     # v2: the same model with a float16 table, validated against the live v1
     cfg16 = cfg.replace({"inference.reduction": "float16"})

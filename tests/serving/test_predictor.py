@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 import torch
@@ -10,7 +12,8 @@ from models.train import embed_images, predict, train
 from serving.lookup import IntegrityError, make_reduction, sha256_file, write_lookup_files
 from core.config import load_config
 from core.feature_spec import FeatureSpec
-from serving.predictor import DEFAULT_PRECISION, PRECISION_TOLERANCE, InferenceHead, ModelHead, Predictor
+from serving import predictor as predictor_module
+from serving.predictor import PRECISION_TOLERANCE, InferenceHead, ModelHead, Predictor
 from serving.requests import RequestError, save_encoder
 from spark_jobs.build_lookup import stack_images
 
@@ -99,7 +102,10 @@ def test_predict_cli_scores_the_current_version(served, tmp_path, capsys):
 
     model, model_path, lookup, df, images = served
     cfg = small_cfg(tmp_path / "var")
-    entry = registry.stage_version(cfg, dt.date(2026, 1, 3), {"model/model.pt": model_path, "lookup": lookup}, {})
+    record = tmp_path / "validation.json"
+    record.write_text(json.dumps({"serving_precisions": ["fp32", "bf16"]}))
+    entry = registry.stage_version(cfg, dt.date(2026, 1, 3), {"model/model.pt": model_path, "lookup": lookup,
+                                                               "validation.json": record}, {})
     registry.switch_current(cfg, entry)
     requests = tmp_path / "requests.jsonl"
     requests.write_text("\n".join(json.dumps(r) for r in requests_from_examples(df.head(4))) + "\n")
@@ -118,12 +124,43 @@ def test_predict_cli_scores_the_current_version(served, tmp_path, capsys):
     assert "field 'hour'" in capsys.readouterr().err
 
 
-def test_default_precision_matches_the_model_within_its_tolerance(served):
+def test_files_without_a_validation_record_are_served_in_fp32_by_default(served):
     model, model_path, lookup, df, images = served
     predictor = Predictor.load(model_path, lookup)
-    assert predictor.precision == DEFAULT_PRECISION
+    assert predictor.precision == "fp32"
     np.testing.assert_allclose(predictor.score_records(requests_from_examples(df)).scores, predict(model, df, images),
-                               atol=PRECISION_TOLERANCE[DEFAULT_PRECISION], rtol=0)
+                               atol=PRECISION_TOLERANCE["fp32"], rtol=0)
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_a_version_is_served_only_in_the_precisions_its_record_allows(served, tmp_path, monkeypatch, native):
+    import json
+
+    _, model_path, lookup, _, _ = served
+    monkeypatch.setattr(predictor_module, "native_bf16", lambda: native)
+    version = tmp_path / "v1-2026-01-03"
+    (version / "model").mkdir(parents=True)
+    shutil.copy(model_path, version / "model" / "model.pt")
+    shutil.copytree(lookup, version / "lookup")
+    record = version / "validation.json"
+
+    for content, allowed in [(None, ("fp32",)), ({"passed": True}, ("fp32",)),
+                             ({"serving_precisions": ["fp32"]}, ("fp32",)),
+                             ({"serving_precisions": ["fp32", "bf16"]}, ("fp32", "bf16"))]:
+        record.unlink(missing_ok=True)
+        if content is not None:
+            record.write_text(json.dumps(content))
+        assert predictor_module.read_validated_precisions(record) == allowed
+        auto = Predictor.load_version(version).precision
+        assert auto == ("bf16" if native and "bf16" in allowed else "fp32")
+        if "bf16" in allowed:
+            assert Predictor.load_version(version, precision="bf16").precision == "bf16"
+        else:
+            with pytest.raises(ValueError, match="precision 'bf16' was not validated for this version"):
+                Predictor.load_version(version, precision="bf16")
+    record.write_text("{not json")
+    with pytest.raises(IntegrityError, match="validation.json"):
+        Predictor.load_version(version)
 
 
 @pytest.mark.parametrize("precision", REDUCED)
