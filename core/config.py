@@ -240,7 +240,7 @@ class TrainConfig:
     amp: bool = True  # mixed precision on CUDA
     num_workers: int = 0
     grouped: bool = True  # embed each ad image once per batch
-    pretrain_steps: int = 300  # category-classification pretraining for the cnn_fixed backbone
+    pretrain_steps: int = 300  # pretraining steps of the cnn_fixed backbone (categories + colour statistics)
     warm_start: bool = True  # start from the last published model when shapes match
     seed: int = 1
 

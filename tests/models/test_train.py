@@ -154,3 +154,22 @@ def test_torchrun_two_processes_match_one_process(tmp_path):
     for name in one:
         assert torch.allclose(one[name], two[name], atol=2e-5, rtol=1e-4), name
     assert not torch.allclose(one["dcn.out.weight"], initial["dcn.out.weight"], atol=1e-3)  # it trained
+
+
+def test_pretraining_learns_the_colour_statistics_it_keeps_for_cnn_fixed():
+    from models.batching import preprocess_images
+    from models.train import image_statistics, pretrain_backbone
+    from models.visual import build_visual_tower
+
+    rng = np.random.default_rng(0)
+    n = 256
+    level = rng.random(n)  # each image's brightness, independent of its category
+    categories = rng.integers(0, 3, n)
+    images = np.clip(rng.normal(40 + 180 * level[:, None, None, None], 20, (n, 16, 16, 3)), 0, 255).astype(np.uint8)
+    torch.manual_seed(0)
+    tower = build_visual_tower(cfg_with(model__variant="cnn_fixed", model__backbone="light").model, 3)
+    stats = pretrain_backbone(tower, images, categories, steps=150, batch_size=32, lr=3e-3, seed=0)
+    targets = image_statistics(preprocess_images(images))  # (n, 6)
+    baseline = float(targets.var(dim=0, unbiased=False).mean())  # MSE of always predicting the mean
+    assert set(stats) == {"loss", "accuracy", "stats_loss"}
+    assert stats["stats_loss"] < 0.25 * baseline, (stats, baseline)
