@@ -15,9 +15,9 @@ Choices pinned here (public CBAM references disagree on them):
   * max pooling via ``max(...).values`` (index-based backward: a tie sends the gradient to one
     element) rather than ``amax`` (mask-based backward, measurably slower on CPU);
   * the spatial branch's 7x7 conv reads its few-channel input in channels-last layout: the same
-    convolution, but oneDNN's channels-last kernels run it forward + backward 1.3-2.7x faster on
-    CPU than the NCHW ones for 2-3 input channels and one output channel (the largest cost of
-    the attention at 16x16 maps).
+    convolution, but oneDNN's channels-last kernels ran it forward + backward 1.1-2.7x faster on
+    CPU than the NCHW ones for 2-3 input channels and one output channel (2.7x on 16x16 maps,
+    where it was the attention's largest single cost).
 The backbones (models.visual) apply the attention after a conv's BatchNorm so that the next
 conv's BatchNorm renormalises the gated map: stacked sigmoid gates (~0.5 at init) then cannot
 shrink the features layer after layer.

@@ -7,7 +7,8 @@
    like the default world: ad groups of 8..25 impressions.
 2. Visual-tower images/s (forward + backward, 64x64, batch 64) of ResNet18, +CBAM and +CSCNN
    (attention after all 16 conv layers, |K| = 3310 categories drawn at random per image, the
-   Table 2 setting), measured in interleaved rounds after warm-up; the median round counts.
+   Table 2 setting), measured in interleaved rounds after warm-up; the median round counts, and
+   the CSCNN ratios are also given per round (``*_paired``: median over rounds of the ratio).
 3. Table 2 parameters and GFLOPs (models.cost).
 """
 
@@ -78,10 +79,11 @@ def grouped_vs_per_impression(device: torch.device, batch_size: int, steps: int,
     return out
 
 
-def tower_images_per_s(device: torch.device, batch: int, rounds: int, warmup: int = 2, image_size: int = 64,
-                       attention_layers: int = RESNET18_ATTENTIVE_CONVS, n_categories: int = 3310,
-                       seed: int = 0) -> dict[str, float]:
-    """Forward+backward images/s of the ResNet18 tower with no attention, CBAM and CSCNN."""
+def tower_round_times(device: torch.device, batch: int, rounds: int, warmup: int = 2, image_size: int = 64,
+                      attention_layers: int = RESNET18_ATTENTIVE_CONVS, n_categories: int = 3310,
+                      seed: int = 0) -> dict[str, list[float]]:
+    """Seconds per forward+backward step of the ResNet18 tower with no attention, CBAM and CSCNN,
+    one step of each per round, ``rounds`` rounds."""
     torch.manual_seed(seed)
     cfg = ModelConfig(variant="cscnn", backbone="resnet18", attention_layers=attention_layers)
     towers = {name: build_visual_tower(cfg, n_categories, attention=att).to(device).train()
@@ -100,7 +102,19 @@ def tower_images_per_s(device: torch.device, batch: int, rounds: int, warmup: in
     for _ in range(rounds):  # interleaved, so load from other processes hits all variants alike
         for name, tower in towers.items():
             times[name].append(_timed(lambda t=tower: step(t), device))
+    return times
+
+
+def images_per_s(times: dict[str, list[float]], batch: int) -> dict[str, float]:
+    """images/s of each variant from its median step time."""
     return {name: batch / statistics.median(ts) for name, ts in times.items()}
+
+
+def paired_speed_ratio(times: dict[str, list[float]], variant: str, reference: str) -> float:
+    """images/s of ``variant`` over ``reference`` per round (time(reference) / time(variant)),
+    median over rounds: the steps of one round ran back to back, so a machine whose speed drifts
+    between rounds (other tenants) moves both alike and the ratio less than either median."""
+    return statistics.median(r / v for v, r in zip(times[variant], times[reference]))
 
 
 def machine(device: torch.device) -> str:
@@ -131,10 +145,11 @@ def main(argv: list[str] | None = None) -> dict:
     gpu = device.type == "cuda"
     batch_size = args.batch_size or (1024 if gpu else 512)
     speed = grouped_vs_per_impression(device, batch_size, args.steps or (20 if gpu else 3))
-    images = tower_images_per_s(device, 64, args.rounds or (30 if gpu else 9))
+    tower_times = tower_round_times(device, 64, args.rounds or (30 if gpu else 9))
+    images = images_per_s(tower_times, 64)
     costs = table2()
     # On a GPU, batch 64 of 64x64 images is bound by kernel launches; batch 256 shows the compute side.
-    images_256 = tower_images_per_s(device, 256, args.rounds or 30) if gpu else None
+    images_256 = images_per_s(tower_round_times(device, 256, args.rounds or 30), 256) if gpu else None
     result = {
         "machine": machine(device),
         "grouped_impressions_per_s": speed["grouped"],
@@ -148,6 +163,10 @@ def main(argv: list[str] | None = None) -> dict:
                               "|K|=3310, median of interleaved rounds after warm-up",
         "cscnn_vs_cbam": images["cscnn"] / images["cbam"],
         "cscnn_vs_resnet18": images["cscnn"] / images["resnet18"],
+        # The same ratios per round (steps of one round ran back to back), median over rounds.
+        "cscnn_vs_cbam_paired": paired_speed_ratio(tower_times, "cscnn", "cbam"),
+        "cscnn_vs_resnet18_paired": paired_speed_ratio(tower_times, "cscnn", "resnet18"),
+        "tower_rounds": len(tower_times["cscnn"]),
         **({"images_per_s_batch256": images_256} if images_256 else {}),
         "table2": {name: {"params_m": row["params_m"], "gflops": row["gflops"],
                           "paper_params_m": row["paper_params_m"], "paper_gflops": row["paper_gflops"]}

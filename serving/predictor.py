@@ -160,7 +160,7 @@ class _Dense:
         self._buffers = threading.local()  # per thread: {(batch, dtype): output buffer}
         dtype = torch.float32 if precision == "fp32" else torch.bfloat16
         self.weight_t_parts = [w.t().contiguous().to(dtype) for w in torch.split(weight, part_dims, dim=1)]  # each (in_i, out)
-        self.bias = linear.bias.detach().to(dtype)  # (out,)
+        self.bias = linear.bias.detach().to(dtype, copy=True)  # (out,), a copy: later module changes are not seen
 
     def __call__(self, *parts: torch.Tensor) -> torch.Tensor:
         if len(parts) != self.n_parts:
