@@ -18,7 +18,8 @@ Writes bench/results/lookup_serving.json (not with --predictor-only). Everything
   (float16). batch100_floor_ms = FLOPs of the head for 100 requests / this core's fp32 rate on a
   2048x2048 matmul, measured in the same run. The top-level batch*_ms figures are the predictor's
   precision a version validated in every precision gets on this machine ("auto": bf16 where the CPU
-  has native bf16, else fp32); precisions.<fp32|bf16> time each precision at batch 100 and record its max score difference to the fp32 model (on a
+  has native bf16, else fp32); precisions.<fp32|bf16> time each precision at batch 100 and record
+  its max score difference to the fp32 model (on a
   variance-preserving head, and in auc_precision_max_score_diff on the trained auc_cost model).
   cnn_online runs the default visual tower (cscnn, light backbone, 64x64 images) plus the head on
   the same batch.
