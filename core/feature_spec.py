@@ -6,7 +6,8 @@ Encoded examples are rows of integer ids. Id conventions, for every categorical 
 Multi-valued fields are arrays of such ids (possibly empty); numeric fields arrive as bin
 ids (0 = null, 1..n_bins = quantile bins).
 
-Encoded example columns (Delta table `features/examples`, partitioned by run_date and split):
+Encoded example columns (one Delta table per run date, `features/examples/<D>`, partitioned by
+split; see spark_jobs/examples.py):
   run_date date, split string ('train' | 'holdout'), row_idx bigint (training order: ad
   groups, shuffled deterministically), group_id bigint, impression_id string, ad_id bigint,
   category_idx int (= the encoded category_id, used by CSCNN to pick priors), label int,

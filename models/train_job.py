@@ -4,7 +4,8 @@
 
 Runs on CPU or on every visible GPU with the same code (torchrun sets RANK/WORLD_SIZE; one
 process is fine too: `python -m models.train_job ...`). Reads the plain-parquet snapshot that
-the features stage exported (spark_jobs/export_snapshot.py), so no Spark is needed here.
+the features stage exported (spark_jobs/export_snapshot.py) and the parquet files of the run
+date's examples table, so no Spark is needed here.
 Warm-starts from the live published model when `train.warm_start` and shapes match.
 Output: <artifacts>/runs/D/model/{model.pt, checkpoint.pt, metrics.json, manifest.json}.
 """
@@ -45,14 +46,21 @@ def decode_images(image_bytes: list[bytes], ad_ids: list[int]) -> dict[int, np.n
 def read_snapshot(cfg: PipelineConfig, run_date: dt.date) -> tuple[FeatureSpec, Any, Any, dict[int, np.ndarray]]:
     import pyarrow.parquet as pq
 
+    from spark_jobs.examples import read_example_files
+
     snap = local_path(Paths.of(cfg).snapshot(run_date))
     if not os.path.exists(os.path.join(snap, "_SUCCESS")):
         raise FileNotFoundError(f"no complete training snapshot for {run_date} at {snap}; "
                                 f"run the build_window stage (spark_jobs/features.py) for that date first")
+    with open(os.path.join(snap, "_SUCCESS")) as f:
+        examples = json.load(f).get("examples")
+    if not examples:
+        raise FileNotFoundError(f"the training snapshot at {snap} names no examples table; re-run the "
+                                f"build_window stage (spark_jobs/features.py) for {run_date}")
     with open(os.path.join(snap, "feature_spec.json")) as f:
         spec = FeatureSpec.from_json(f.read())
-    train = pq.read_table(os.path.join(snap, "train")).sort_by("row_idx")
-    holdout = pq.read_table(os.path.join(snap, "holdout"))
+    train = read_example_files(examples, "train")
+    holdout = read_example_files(examples, "holdout")
     img = pq.read_table(os.path.join(snap, "images"))
     images = decode_images(img.column("image_bytes").to_pylist(), img.column("ad_id").to_pylist())
     return spec, train, holdout, images

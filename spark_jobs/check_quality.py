@@ -148,11 +148,10 @@ def check_examples(cfg: PipelineConfig, spark: "SparkSession", run_date: dt.date
     from pyspark.sql import functions as F
 
     from expectations.examples import build_examples_suite, project_examples
-    from spark_jobs.features import load_feature_spec
+    from spark_jobs.features import load_feature_spec, read_examples
 
     spec = load_feature_spec(cfg, spark, run_date)
-    examples_df = (spark.read.format("delta").load(Paths.of(cfg).table("features/examples"))
-                   .where(F.col("run_date") == F.lit(run_date)))
+    examples_df = read_examples(cfg, spark, run_date)
     results = []
     for split in ("train", "holdout"):
         split_df = project_examples(examples_df.where(F.col("split") == split), spec)

@@ -30,6 +30,12 @@ CATEGORICAL_SINGLE_FIELDS: tuple[str, ...] = tuple(f for f in SINGLE_FIELDS if f
 # Every field with a vocabulary (single- and multi-valued).
 VOCAB_FIELDS: tuple[str, ...] = CATEGORICAL_SINGLE_FIELDS + MULTI_FIELDS
 
+# A vocabulary whose raw values are all in [0, max(DENSE_MIN_SPAN, DENSE_SPAN_PER_ENTRY * entries))
+# is looked up through a dense id-by-value array (at most 4 bytes x that span) instead of a
+# binary search.
+DENSE_MIN_SPAN = 1 << 20
+DENSE_SPAN_PER_ENTRY = 16
+
 # Raw columns (joined impression + catalog row) the encoder reads, besides the feature fields.
 PASSTHROUGH_COLUMNS: tuple[str, ...] = ("split", "impression_id", "event_ts")
 
@@ -122,6 +128,22 @@ class FeatureEncoder:
         ids = self.vocab[name][1]
         return int(ids.max()) + 1 if ids.size else 1
 
+    def _dense_table(self, name: str) -> np.ndarray | None:
+        """id by raw value (int32, 0 = OOV) for a vocabulary of small non-negative values, else None.
+
+        Built on first use and kept: indexing it is several times faster than a binary search
+        over the sorted values, with the same ids.
+        """
+        cache = self.__dict__.setdefault("_dense_tables", {})  # frozen fields; a private cache
+        if name not in cache:
+            values, ids = self.vocab[name]
+            table = None
+            if values.size and values[0] >= 0 and values[-1] < max(DENSE_MIN_SPAN, DENSE_SPAN_PER_ENTRY * values.size):
+                table = np.zeros(int(values[-1]) + 1, dtype=np.int32)
+                table[values] = ids
+            cache[name] = table
+        return cache[name]
+
     def encode_single(self, name: str, values, valid: np.ndarray | None = None):
         """Ids of one single-valued field's raw values (scalar or array)."""
         if name in NUMERIC_FIELDS:
@@ -129,7 +151,16 @@ class FeatureEncoder:
                 values = np.where(valid, np.asarray(values, dtype=np.float64), np.nan)
             return apply_bin_edges(self.bin_edges[name], values)
         vocab_values, vocab_ids = self.vocab[name]
-        return lookup_ids(vocab_values, vocab_ids, values, valid)
+        if values is None or np.isscalar(values):
+            return lookup_ids(vocab_values, vocab_ids, values, valid)
+        table = self._dense_table(name)
+        if table is None:
+            return lookup_ids(vocab_values, vocab_ids, values, valid)
+        x = np.asarray(values, dtype=np.int64)
+        hit = (x >= 0) & (x < table.size)
+        if valid is not None:
+            hit &= valid
+        return np.where(hit, table[np.where(hit, x, 0)], 0).astype(np.int32, copy=False)
 
     def is_cold(self, ad_ids: np.ndarray) -> np.ndarray:
         """True where the ad had fewer than COLD_MAX_IMPRESSIONS impressions in the window."""

@@ -6,16 +6,26 @@
 Every impression is joined to the ad catalog of its own day (bronze ads, dt = impression dt).
 Per run date D this job writes (Delta tables under the warehouse, all replaced per date):
 
+  features/day_rows      one bronze day's impressions joined to that day's catalog, with ad_pos (the
+                         row's position among its ad's rows of the day, by event_ts and
+                         impression_id) and source_fingerprint (partitioned by dt); written once
+                         per day and rewritten only when the day's bronze files change
   features/daily_counts  dt, field, value, num_value, count, source_fingerprint (partitioned by dt)
-                         raw value counts of one bronze day's joined rows; a day is counted once
-                         and recounted only when its bronze files change (the fingerprint)
+                         raw value counts of one day's rows, counted once like the day rows
   features/vocab         run_date, field, value, id, count: values seen >= min_count times in
                          the window, ids 1.. by descending count (0 = OOV)
   features/bins          run_date, field, edges: exact quantile edges of the window's values
   features/ad_window_counts  run_date, ad_id, impressions: every ad's impressions in the window
                          (is_cold = impressions < COLD_MAX_IMPRESSIONS, also for serving)
-  features/examples      the encoded examples of core/feature_spec.py (partitioned by run_date, split)
+  features/examples/<D>  the run date's encoded examples of core/feature_spec.py, one Delta table per
+                         run date (partitioned by split), assembled from the day rows outside Spark
+                         (spark_jobs/examples.py)
   features/runs          run_date, the feature spec, bronze versions read, window and metadata
+
+A daily run therefore does Spark work for its new day only (join, count, write its rows) and
+sums stored counts; the window's rows are encoded, grouped and written by one pyarrow/numpy
+pass over the stored day rows. The full rebuild (features.incremental=false) recounts and
+rewrites every day from the raw logs and then runs the same assembly.
 
 Numeric bins are exact weighted quantiles of the window's value counts, computed from the same
 daily counts as the vocabularies; that keeps the incremental run (sum the stored daily counts,
@@ -45,8 +55,9 @@ from core.config import FeaturesConfig, PipelineConfig
 from core.feature_spec import MULTI_FIELDS, NUMERIC_FIELDS, SINGLE_FIELDS, FeatureSpec
 from core.files import write_json_local
 from core.paths import Paths
-from spark_jobs.feature_encoding import (CATEGORICAL_SINGLE_FIELDS, ENCODED_BATCH_DDL, VOCAB_FIELDS,
-                                         FeatureEncoder)
+from spark_jobs.examples import (DAY_ROW_READ_COLUMNS, EXAMPLE_COLUMNS, NULL_AD_KEY, SPLITS, examples_location,
+                                 read_example_files)
+from spark_jobs.feature_encoding import CATEGORICAL_SINGLE_FIELDS, VOCAB_FIELDS, FeatureEncoder
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -54,6 +65,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 log = logging.getLogger("features")
 
+DAY_ROWS_TABLE = "features/day_rows"
 DAILY_COUNTS_TABLE = "features/daily_counts"
 VOCAB_TABLE = "features/vocab"
 BINS_TABLE = "features/bins"
@@ -61,15 +73,9 @@ AD_COUNTS_TABLE = "features/ad_window_counts"
 EXAMPLES_TABLE = "features/examples"
 RUNS_TABLE = "features/runs"
 
-# Bumped whenever the meaning of a daily count changes, so that stored counts are recounted.
-COUNTS_FORMAT_VERSION = "1"
-SPLITS = ("train", "holdout")
-NULL_AD_KEY = -(2**63)  # groups impressions whose ad_id is null (never a real id)
-
-EXAMPLE_COLUMNS: tuple[str, ...] = (
-    "run_date", "split", "row_idx", "group_id", "impression_id", "ad_id", "category_idx", "label", "is_cold",
-    *[f"f_{n}" for n in SINGLE_FIELDS], *[f"m_{n}" for n in MULTI_FIELDS],
-)
+# Bumped whenever the meaning of a stored day (its rows or counts) changes, so that it is redone.
+COUNTS_FORMAT_VERSION = "2"
+DAY_ROW_COLUMNS: tuple[str, ...] = ("dt", *DAY_ROW_READ_COLUMNS)
 COUNT_COLUMNS: tuple[str, ...] = ("field", "value", "num_value", "count")
 
 
@@ -110,16 +116,6 @@ def with_catalog(ads_df: "DataFrame") -> Callable[["DataFrame"], "DataFrame"]:
         catalog_df = ads_df.select("dt", "ad_id", "category_id", "parent_category_id", "brand_id", "shop_id",
                                    "price", "review_count", "title_words")
         return imp_df.join(catalog_df, on=["dt", "ad_id"], how="left")
-
-    return inner
-
-
-def with_split(run_date: dt.date) -> Callable[["DataFrame"], "DataFrame"]:
-    """Add `split`: 'holdout' for rows of the run date, 'train' for the window days."""
-    from pyspark.sql import functions as F
-
-    def inner(df: "DataFrame") -> "DataFrame":
-        return df.withColumn("split", F.when(F.col("dt") == F.lit(run_date), "holdout").otherwise("train"))
 
     return inner
 
@@ -212,78 +208,16 @@ def agg_bin_edges(n_bins: int) -> Callable[["DataFrame"], "DataFrame"]:
     return inner
 
 
-def with_encoded_features(encoder: FeatureEncoder, spark: "SparkSession | None" = None,
-                          keep: tuple[str, ...] = ()) -> Callable[["DataFrame"], "DataFrame"]:
-    """Replace raw feature columns by ids (FeatureEncoder, vectorised in Arrow batches).
-
-    Input: joined rows with split, impression_id, event_ts, click and the raw SINGLE/MULTI
-    fields. Output columns: feature_encoding.ENCODED_BATCH_FIELDS, then the `keep` columns
-    unchanged. When `spark` is given the encoder travels as a broadcast variable (large
-    vocabularies), else inside the closure.
-    """
-
-    def inner(df: "DataFrame") -> "DataFrame":
-        ddl = ", ".join([ENCODED_BATCH_DDL, *[f"{c} {df.schema[c].dataType.simpleString()}" for c in keep]])
-        if spark is None:
-            return df.mapInArrow(lambda batches: encoder.encode_batches(batches, keep), ddl)
-        shared = spark.sparkContext.broadcast(encoder)
-        return df.mapInArrow(lambda batches: shared.value.encode_batches(batches, keep), ddl)
-
-    return inner
-
-
-def with_ad_groups(group_size: int, seed: int, run_date: dt.date) -> Callable[["DataFrame"], "DataFrame"]:
-    """Order each split in ad groups: `group_id` (0.. per split) and `row_idx` (0.. per split).
-
-    The impressions of an ad (ordered by event_ts, impression_id) are cut into consecutive
-    groups of at most `group_size`; groups are shuffled by a hash of (seed, run date, ad, group
-    number), so the order is deterministic and rows of one group are contiguous in row_idx.
-    """
+def with_ad_positions(df: "DataFrame") -> "DataFrame":
+    """Add `ad_pos` (int, 0..): each row's position among the rows of its ad and dt, ordered by
+    (event_ts, impression_id). Rows with a null ad_id are ordered as one more ad."""
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
-    if group_size < 1:
-        raise FeaturesError(f"group_size must be >= 1, got {group_size}")
-
-    def inner(df: "DataFrame") -> "DataFrame":
-        # ad_id is required by the contract; a null one still gets grouped (as its own "ad").
-        ad_key = F.coalesce(F.col("ad_id"), F.lit(NULL_AD_KEY))
-        within_ad = Window.partitionBy("split", "_ad_key").orderBy("event_ts", "impression_id")
-        ranked_df = (df.withColumn("_ad_key", ad_key)
-                     .withColumn("_pos", F.row_number().over(within_ad) - 1)
-                     .withColumn("_group_no", F.floor(F.col("_pos") / group_size).cast("bigint"))
-                     .withColumn("_pos_in_group", (F.col("_pos") % group_size).cast("bigint")))
-        group_order = Window.partitionBy("split").orderBy("_key", "_ad_key", "_group_no")
-        groups_df = (ranked_df.groupBy("split", "_ad_key", "_group_no").agg(F.count(F.lit(1)).alias("_n"))
-                     .withColumn("_key", F.xxhash64(F.lit(seed), F.lit(run_date.isoformat()), "_ad_key", "_group_no"))
-                     .withColumn("group_id", (F.row_number().over(group_order) - 1).cast("bigint"))
-                     .withColumn("_offset", F.coalesce(F.sum("_n").over(
-                         group_order.rowsBetween(Window.unboundedPreceding, -1)), F.lit(0)).cast("bigint")))
-        # One row per (split, ad) with its groups in group_no order, so that the join back keys on
-        # the columns the window above already partitioned by (no second shuffle of the examples).
-        per_ad_df = (groups_df.groupBy("split", "_ad_key")
-                     .agg(F.array_sort(F.collect_list(F.struct("_group_no", "group_id", "_offset"))).alias("_groups")))
-        group = F.element_at(F.col("_groups"), (F.col("_group_no") + 1).cast("int"))
-        return (ranked_df.join(per_ad_df, on=["split", "_ad_key"], how="inner")
-                .withColumn("group_id", group["group_id"])
-                .withColumn("row_idx", group["_offset"] + F.col("_pos_in_group"))
-                .drop("_ad_key", "_pos", "_group_no", "_pos_in_group", "_groups"))
-
-    return inner
-
-
-def agg_example_stats(examples_df: "DataFrame") -> "DataFrame":
-    """Per split: rows, clicks, groups, cold rows and OOV (id 0) occurrences per field."""
-    from pyspark.sql import functions as F
-
-    aggs = [F.count(F.lit(1)).alias("rows"), F.sum("label").cast("bigint").alias("clicks"),
-            (F.max("group_id") + 1).alias("groups"), F.sum(F.col("is_cold").cast("int")).alias("cold_rows")]
-    for n in SINGLE_FIELDS:
-        aggs.append(F.sum((F.col(f"f_{n}") == 0).cast("int")).cast("bigint").alias(f"oov_{n}"))
-    for n in MULTI_FIELDS:
-        aggs.append(F.sum(F.size(F.filter(f"m_{n}", lambda x: x == 0))).cast("bigint").alias(f"oov_{n}"))
-        aggs.append(F.sum(F.size(f"m_{n}")).cast("bigint").alias(f"len_{n}"))
-    return examples_df.groupBy("split").agg(*aggs)
+    ad_key = F.coalesce(F.col("ad_id").cast("bigint"), F.lit(NULL_AD_KEY))
+    within_ad = Window.partitionBy("dt", "_ad_key").orderBy("event_ts", "impression_id")
+    return (df.withColumn("_ad_key", ad_key)
+            .withColumn("ad_pos", (F.row_number().over(within_ad) - 1).cast("int")).drop("_ad_key"))
 
 
 # --------------------------------------------------------------------------- I/O helpers
@@ -371,29 +305,80 @@ def source_fingerprints(imp_df: "DataFrame", ads_df: "DataFrame", days: list[dt.
     return out
 
 
-def update_daily_counts(spark: "SparkSession", paths: Paths, joined_df: "DataFrame", days: list[dt.date],
-                        fingerprints: dict[dt.date, str], incremental: bool) -> list[dt.date]:
-    """Count the days whose stored counts are missing or stale (all days when not incremental).
-
-    Returns the days counted now. Each counted day replaces its partition (replaceWhere), so
-    re-runs never duplicate counts.
-    """
-    from pyspark.sql import functions as F
-
-    uri = paths.table(DAILY_COUNTS_TABLE)
+def _stale_days(spark: "SparkSession", uri: str, days: list[dt.date], fingerprints: dict[dt.date, str],
+                incremental: bool) -> list[dt.date]:
+    """Days whose partition of the per-day table at `uri` is missing or was built from other bronze
+    files (every day when not incremental)."""
     stored: dict[dt.date, set[str]] = {}
-    if incremental and _delta_exists(spark, uri) and days:
+    if incremental and days and _delta_exists(spark, uri):
         for row in (spark.read.format("delta").load(uri).where(f"dt IN ({_date_list_sql(days)})")
                     .select("dt", "source_fingerprint").distinct().collect()):
             stored.setdefault(row["dt"], set()).add(row["source_fingerprint"])
-    to_count = [d for d in days if stored.get(d) != {fingerprints[d]}]
+    return [d for d in days if stored.get(d) != {fingerprints[d]}]
+
+
+def _with_fingerprints(df: "DataFrame", fingerprints: dict[dt.date, str], days: list[dt.date]) -> "DataFrame":
+    from pyspark.sql import functions as F
+
+    fingerprint_of = F.create_map(*[x for d in days for x in (F.lit(d), F.lit(fingerprints[d]))])
+    return df.withColumn("source_fingerprint", fingerprint_of[F.col("dt")])
+
+
+def update_day_rows(spark: "SparkSession", paths: Paths, joined_df: "DataFrame", days: list[dt.date],
+                    fingerprints: dict[dt.date, str], incremental: bool) -> list[dt.date]:
+    """Write the joined rows (DAY_ROW_COLUMNS) of the days whose stored rows are missing or stale.
+
+    Returns the days written now; each replaces its dt partition (replaceWhere), so re-runs
+    never duplicate rows.
+    """
+    uri = paths.table(DAY_ROWS_TABLE)
+    to_write = _stale_days(spark, uri, days, fingerprints, incremental)
+    if to_write:
+        from pyspark.sql import functions as F
+
+        rows_df = (joined_df.where(F.col("dt").isin(to_write)).transform(with_ad_positions)
+                   .select(*DAY_ROW_COLUMNS).transform(lambda df: _with_fingerprints(df, fingerprints, to_write)))
+        _replace(rows_df, uri, ["dt"], f"dt IN ({_date_list_sql(to_write)})")
+    return to_write
+
+
+def update_daily_counts(spark: "SparkSession", paths: Paths, days: list[dt.date],
+                        fingerprints: dict[dt.date, str], incremental: bool) -> list[dt.date]:
+    """Count, from the stored day rows, the days whose stored counts are missing or stale (all
+    days when not incremental). Returns the days counted now (each replaces its partition)."""
+    from pyspark.sql import functions as F
+
+    uri = paths.table(DAILY_COUNTS_TABLE)
+    to_count = _stale_days(spark, uri, days, fingerprints, incremental)
     if to_count:
-        fingerprint_of = F.create_map(*[x for d in to_count for x in (F.lit(d), F.lit(fingerprints[d]))])
-        counts_df = (joined_df.where(F.col("dt").isin(to_count)).transform(agg_daily_value_counts)
-                     .withColumn("source_fingerprint", fingerprint_of[F.col("dt")])
+        rows_df = spark.read.format("delta").load(paths.table(DAY_ROWS_TABLE)).where(F.col("dt").isin(to_count))
+        counts_df = (rows_df.transform(agg_daily_value_counts)
+                     .transform(lambda df: _with_fingerprints(df, fingerprints, to_count))
                      .repartition("dt"))  # one file per day, not one per day and task
         _replace(counts_df, uri, ["dt"], f"dt IN ({_date_list_sql(to_count)})")
     return to_count
+
+
+_FILE_DT = re.compile(r"/dt=(\d{4}-\d{2}-\d{2})/[^/]+$")
+
+
+def day_row_files(spark: "SparkSession", paths: Paths, days: list[dt.date]) -> list[tuple[dt.date, str]]:
+    """(day, local parquet path) of the stored day rows of `days` (the table's current files)."""
+    from urllib.parse import unquote, urlparse
+
+    wanted = {d.isoformat(): d for d in days}
+    out = []
+    for uri in spark.read.format("delta").load(paths.table(DAY_ROWS_TABLE)).inputFiles():
+        m = _FILE_DT.search(uri)
+        if m is None:
+            raise FeaturesError(f"day-rows file {uri} is not inside a dt= partition folder")
+        if m.group(1) in wanted:
+            parsed = urlparse(uri)
+            if parsed.scheme not in ("", "file"):
+                raise FeaturesError(f"day-rows file {uri} is not on a local filesystem; the examples assembly "
+                                    "reads local files only")
+            out.append((wanted[m.group(1)], unquote(parsed.path)))
+    return sorted(out)
 
 
 def read_encoder(spark: "SparkSession", paths: Paths, run_date: dt.date) -> FeatureEncoder:
@@ -449,7 +434,7 @@ def _field_rates(numerators: dict[str, int], denominators: dict[str, int]) -> di
 
 
 def _split_summary(stats: dict[str, Any] | None) -> dict[str, Any]:
-    """Rows, label rate, groups, cold and OOV rates of one split from agg_example_stats' row."""
+    """Rows, label rate, groups, cold and OOV rates of one split (examples.split_stats)."""
     if stats is None:
         return {"rows": 0, "label_rate": None, "groups": 0, "mean_impressions_per_group": None,
                 "cold_rate": None, "oov_rate": {}}
@@ -499,10 +484,11 @@ def run(cfg: PipelineConfig, spark: "SparkSession", run_date: dt.date,
         log.warning("features %s: short window, %d missing day(s): %s", run_date, len(missing), listed)
 
     joined_df = imp_df.where(F.col("dt").isin([*read_days, run_date])).transform(with_catalog(ads_df))
-    fingerprints = source_fingerprints(imp_df, ads_df, read_days)
-    counted = update_daily_counts(spark, paths, joined_df, read_days, fingerprints, fc.incremental)
-    log.info("features %s: counted %d day(s) from bronze, reused %d", run_date, len(counted),
-             len(read_days) - len(counted))
+    fingerprints = source_fingerprints(imp_df, ads_df, [*read_days, run_date])
+    written = update_day_rows(spark, paths, joined_df, [*read_days, run_date], fingerprints, fc.incremental)
+    counted = update_daily_counts(spark, paths, read_days, fingerprints, fc.incremental)
+    log.info("features %s: wrote the rows of %d day(s) and counted %d from bronze; reused %d day(s) of counts",
+             run_date, len(written), len(counted), len(read_days) - len(counted))
 
     window_counts_df = (spark.read.format("delta").load(paths.table(DAILY_COUNTS_TABLE))
                         .where(F.col("dt").isin(read_days)).transform(agg_window_counts).cache())
@@ -520,16 +506,13 @@ def run(cfg: PipelineConfig, spark: "SparkSession", run_date: dt.date,
     encoder = read_encoder(spark, paths, run_date)
     log.info("features %s: vocabularies and bins stored; encoding examples", run_date)
 
-    # Group before encoding: the group sizes and the rows both derive from joined_df, and only
-    # the cheap raw scan (not the Python encoder) is evaluated for both.
-    examples_df = (joined_df.transform(with_split(run_date))
-                   .transform(with_ad_groups(fc.group_size, fc.seed, run_date))
-                   .transform(with_encoded_features(encoder, spark, keep=("group_id", "row_idx")))
-                   .select(F.lit(run_date).alias("run_date"), *EXAMPLE_COLUMNS[1:]))
-    examples_uri = paths.table(EXAMPLES_TABLE)
-    _replace(examples_df, examples_uri, ["run_date", "split"], day)
-    stats = {r["split"]: r.asDict() for r in
-             spark.read.format("delta").load(examples_uri).where(day).transform(agg_example_stats).collect()}
+    from spark_jobs import examples as assembly
+
+    files = day_row_files(spark, paths, [*read_days, run_date])
+    split_files = {"train": [f for f in files if f[0] != run_date], "holdout": [f for f in files if f[0] == run_date]}
+    examples_uri = examples_location(paths.table(EXAMPLES_TABLE), run_date)
+    assembled = assembly.assemble(spark, encoder, split_files, examples_uri, run_date, fc.group_size, fc.seed)
+    stats = assembled["stats"]
 
     spec = FeatureSpec(single={n: encoder.vocab_size(n) for n in SINGLE_FIELDS},
                        multi={n: encoder.vocab_size(n) for n in MULTI_FIELDS})
@@ -545,6 +528,7 @@ def run(cfg: PipelineConfig, spark: "SparkSession", run_date: dt.date,
         "window_days": [d.isoformat() for d in read_days], "missing_days": [d.isoformat() for d in missing],
         "short_window": bool(missing), "bronze_versions": versions,
         "incremental": fc.incremental, "counted_days": [d.isoformat() for d in counted],
+        "row_days_written": [d.isoformat() for d in written],
         "bronze_rows": {d.isoformat(): n for d, n in sorted(rows_per_day.items())},
         "rows": {k: v["rows"] for k, v in split_meta.items()},
         "label_rate": {k: v["label_rate"] for k, v in split_meta.items()},
@@ -556,7 +540,9 @@ def run(cfg: PipelineConfig, spark: "SparkSession", run_date: dt.date,
         "bin_edges": {n: encoder.bin_edges[n].tolist() for n in NUMERIC_FIELDS},
         "min_count": thresholds, "feature_spec": json.loads(spec.to_json()),
         "config_hash": cfg.config_hash(),
-        "tables": {"examples": examples_uri, "vocab": paths.table(VOCAB_TABLE), "bins": paths.table(BINS_TABLE),
+        "examples_seconds": assembled["seconds"],
+        "tables": {"examples": examples_uri, "day_rows": paths.table(DAY_ROWS_TABLE),
+                   "vocab": paths.table(VOCAB_TABLE), "bins": paths.table(BINS_TABLE),
                    "ad_window_counts": paths.table(AD_COUNTS_TABLE),
                    "daily_counts": paths.table(DAILY_COUNTS_TABLE), "runs": paths.table(RUNS_TABLE)},
     }
@@ -600,17 +586,25 @@ def load_encoder(cfg: PipelineConfig, spark: "SparkSession", run_date: dt.date) 
     return read_encoder(spark, Paths.of(cfg), run_date)
 
 
+def examples_uri(cfg: PipelineConfig, run_date: dt.date) -> str:
+    """The Delta table of a run date's encoded examples (partitioned by split)."""
+    return examples_location(Paths.of(cfg).table(EXAMPLES_TABLE), run_date)
+
+
+def read_examples(cfg: PipelineConfig, spark: "SparkSession", run_date: dt.date) -> "DataFrame":
+    """A run date's encoded examples (both splits) as a Spark DataFrame of EXAMPLE_COLUMNS."""
+    _run_row(cfg, spark, run_date)  # a clear error when the date was never built
+    return spark.read.format("delta").load(examples_uri(cfg, run_date)).select(*EXAMPLE_COLUMNS)
+
+
 def load_examples(cfg: PipelineConfig, spark: "SparkSession", run_date: dt.date, split: str) -> "pd.DataFrame":
-    """A split's encoded examples of a run date as pandas, in training order (row_idx)."""
+    """A split's encoded examples of a run date as pandas (EXAMPLE_COLUMNS), in training order (row_idx)."""
     if split not in SPLITS:
         raise FeaturesError(f"unknown split {split!r}; allowed: {', '.join(SPLITS)}")
     _run_row(cfg, spark, run_date)  # a clear error when the date was never built
-    from pyspark.sql import functions as F
-
-    df = (spark.read.format("delta").load(Paths.of(cfg).table(EXAMPLES_TABLE))
-          .where((F.col("run_date") == F.lit(run_date)) & (F.col("split") == split))
-          .orderBy("row_idx").select(*EXAMPLE_COLUMNS))
-    return df.toArrow().to_pandas()
+    df = read_example_files(examples_uri(cfg, run_date), split).to_pandas()
+    df.insert(1, "split", split)
+    return df[list(EXAMPLE_COLUMNS)]
 
 
 # --------------------------------------------------------------------------- command line

@@ -37,7 +37,7 @@ from core.paths import Paths
 from serving.registry import read_current
 from simworld.generate import generate_day
 from spark_jobs import ingest
-from spark_jobs.features import EXAMPLES_TABLE
+from spark_jobs.features import read_examples
 from tests.dags.conftest import REPO_ROOT
 from tests.dags.tiny_world import CONFIG, EPOCH
 
@@ -241,10 +241,9 @@ def test_backfill_three_days_under_the_scheduler(world, backfill, spark):
         assert rows.select("impression_id").distinct().count() == kept, f"duplicated bronze rows on {day}"
 
     # Features and lookup table: unique per run date.
-    examples = spark.read.format("delta").load(paths.table(EXAMPLES_TABLE))
     lookup = spark.read.format("delta").load(paths.lookup_table)
     for day in BACKFILL_DAYS:
-        ex = examples.where(F.col("run_date") == F.lit(day))
+        ex = read_examples(cfg, spark, day)
         assert ex.count() > 0 and ex.select("split", "impression_id").distinct().count() == ex.count()
         table = lookup.where(F.col("run_date") == F.lit(day))
         assert table.count() > 0 and table.select("ad_id").distinct().count() == table.count()

@@ -66,3 +66,17 @@ def test_encode_batch_single_multi_numeric_and_cold():
     assert out["is_cold"] == [False, True, True]
     assert out["label"] == [1, 0, 0]
     assert enc.vocab_size("title_words") == 3 and enc.vocab_size("price") == 3 and enc.vocab_size("brand_id") == 1
+
+
+@pytest.mark.parametrize("span", [50, 10**12])  # a dense id table, and a binary search over huge ids
+def test_encode_single_arrays_equal_the_binary_search(span):
+    rng = np.random.default_rng(5)
+    entries = {int(v): i + 1 for i, v in enumerate(rng.choice(span, 40, replace=False))}
+    encoder = FeatureEncoder.from_entries({"user_id": entries}, {"price": [1.0], "review_count": [1.0]})
+    values = np.concatenate([rng.integers(-5, span + 5, 500), np.array(list(entries)), [-(2**63), 2**63 - 1]])
+    valid = rng.random(values.size) > 0.2
+    got = encoder.encode_single("user_id", values, valid)
+    assert got.dtype == np.int32
+    np.testing.assert_array_equal(got, lookup_ids(*encoder.vocab["user_id"], values, valid))
+    assert (encoder._dense_table("user_id") is None) == (span > 10**6)
+    assert encoder.encode_single("user_id", next(iter(entries))) == 1  # scalars take the same ids

@@ -30,7 +30,7 @@ def test_simworld_ingest_features(spark, tmp_cfg):
     spec = features.load_feature_spec(cfg, spark, days[-1])
     assert 2 <= spec.n_categories <= cfg.world.n_categories + 1
 
-    examples = spark.read.format("delta").load(paths.table(features.EXAMPLES_TABLE))
+    examples = features.read_examples(cfg, spark, days[-1])
     groups = examples.groupBy("split", "group_id").agg(F.count(F.lit(1)).alias("n"),
                                                         F.countDistinct("ad_id").alias("ads"))
     assert groups.where((F.col("n") > cfg.features.group_size) | (F.col("ads") != 1)).count() == 0
@@ -43,4 +43,5 @@ def test_simworld_ingest_features(spark, tmp_cfg):
 
     again = features.run(cfg, spark, days[-1])  # idempotent: same outputs, nothing recounted
     assert again["counted_days"] == [] and again["rows"] == meta["rows"]
-    assert examples.where(F.col("run_date") == F.lit(days[-1])).count() == sum(meta["rows"].values())
+    assert again["row_days_written"] == []
+    assert features.read_examples(cfg, spark, days[-1]).count() == sum(meta["rows"].values())

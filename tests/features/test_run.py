@@ -75,8 +75,9 @@ def test_full_rebuild_gives_identical_outputs(spark, built, tmp_path):
     write_days(spark, full_cfg, range(5))
     full = features.run(full_cfg, spark, DAYS[4])
     assert full["counted_days"] == [d.isoformat() for d in DAYS[1:4]]
-    for name in (features.VOCAB_TABLE, features.BINS_TABLE, features.AD_COUNTS_TABLE, features.EXAMPLES_TABLE):
+    for name in (features.VOCAB_TABLE, features.BINS_TABLE, features.AD_COUNTS_TABLE):
         assertDataFrameEqual(table(spark, full_cfg, name, DAYS[4]), table(spark, cfg, name, DAYS[4]))
+    assertDataFrameEqual(features.read_examples(full_cfg, spark, DAYS[4]), features.read_examples(cfg, spark, DAYS[4]))
     for key in ("feature_spec", "vocab_sizes", "bin_edges", "rows", "oov_rate", "oov_rate_window"):
         assert full[key] == incremental[key], key
 
@@ -101,14 +102,14 @@ def test_vocabulary_bins_and_oov_of_a_run(spark, built):
     assert second["oov_rate_window"]["user_location"] == pytest.approx(3 / 24)
     assert second["oov_rate"]["holdout"]["user_id"] == pytest.approx(1 / 9)  # user 999 is unseen
     assert second["vocab_sizes"]["price"] == 6 and second["vocab_sizes"]["ad_id"] == 4
-    holdout = table(spark, cfg, features.EXAMPLES_TABLE, DAYS[4]).where("split = 'holdout' AND ad_id = 9")
+    holdout = features.read_examples(cfg, spark, DAYS[4]).where("split = 'holdout' AND ad_id = 9")
     row = holdout.select("f_user_id", "f_ad_id", "f_price", "is_cold").collect()
     assert [tuple(r) for r in row] == [(0, 0, 5, True)]  # unseen user and ad -> OOV; 99.0 above all edges
 
 
 def test_groups_and_row_order(spark, built):
     cfg, _first, _second = built
-    examples = table(spark, cfg, features.EXAMPLES_TABLE, DAYS[4])
+    examples = features.read_examples(cfg, spark, DAYS[4])
     per_group = examples.groupBy("split", "group_id").agg(F.count(F.lit(1)).alias("n"),
                                                           F.countDistinct("ad_id").alias("ads"))
     assert per_group.where((F.col("n") > 2) | (F.col("ads") != 1)).count() == 0
@@ -158,19 +159,16 @@ def test_rerun_replaces_and_pinned_versions_reproduce(spark, tmp_path):
     cfg = make_cfg(tmp_path / "rerun")
     write_days(spark, cfg, range(4))
     first = features.run(cfg, spark, DAYS[3])
-    examples_uri = Paths.of(cfg).table(features.EXAMPLES_TABLE)
-    first_version = features._latest_version(spark, examples_uri)
+    first_examples = features.read_examples(cfg, spark, DAYS[3]).toPandas()
 
     replace_bronze_day(spark, cfg, DAYS[1], day_impressions(1, salt=1)[:6])  # late correction of a window day
     second = features.run(cfg, spark, DAYS[3])
     assert second["counted_days"] == [DAYS[1].isoformat()]  # only the changed day is recounted
     assert second["rows"]["train"] == 22
-    assert table(spark, cfg, features.EXAMPLES_TABLE, DAYS[3]).count() == 22 + 8  # replaced, not appended
+    assert features.read_examples(cfg, spark, DAYS[3]).count() == 22 + 8  # replaced, not appended
 
     again = features.run(cfg, spark, DAYS[3], bronze_versions=first["bronze_versions"])
     assert again["bronze_versions"] == first["bronze_versions"] and again["rows"] == first["rows"]
-    before = (spark.read.format("delta").option("versionAsOf", first_version).load(examples_uri)
-              .where(F.col("run_date") == F.lit(DAYS[3])))
-    assertDataFrameEqual(table(spark, cfg, features.EXAMPLES_TABLE, DAYS[3]), before)
+    assertDataFrameEqual(features.read_examples(cfg, spark, DAYS[3]), spark.createDataFrame(first_examples))
     with pytest.raises(FeaturesError, match=r"bronze_versions\['ads'\] = 99"):
         features.run(cfg, spark, DAYS[3], bronze_versions={"ads": 99})

@@ -11,9 +11,9 @@ from pyspark.testing import assertDataFrameEqual
 
 from core.config import FeaturesConfig
 from spark_jobs.feature_encoding import FeatureEncoder
+from spark_jobs.examples import NULL_AD_KEY, ad_group_layout, encode_day_rows, within_ad_keys
 from spark_jobs.features import (FeaturesError, agg_bin_edges, agg_daily_value_counts, agg_vocabulary,
-                                 agg_window_counts, min_count_thresholds, with_ad_groups, with_encoded_features,
-                                 with_split)
+                                 agg_window_counts, min_count_thresholds, with_ad_positions)
 from tests.features.bronze_fixture import D0, JOINED_DDL, ad, as_tuples, impression
 
 COUNTS_DDL = "field string, value bigint, num_value double, count bigint"
@@ -93,7 +93,7 @@ def test_agg_bin_edges_exact_weighted_quantiles(spark):
     assertDataFrameEqual(counts.transform(agg_bin_edges(4)), expected)
 
 
-def test_with_encoded_features_oov_and_bins(spark):
+def test_encode_day_rows_oov_and_bins(spark):
     encoder = FeatureEncoder.from_entries(
         {"user_id": {100: 1, 101: 2}, "ad_id": {1: 1}, "category_id": {11: 1}, "title_words": {7: 1}},
         {"price": [10.0, 20.0], "review_count": [1.0]}, ad_window_counts={1: 30, 2: 2})
@@ -102,67 +102,82 @@ def test_with_encoded_features_oov_and_bins(spark):
                    impression(2, D0, ad_id=3, user_id=None,  # null user, ad unseen in the window
                               _catalog={"price": None, "review_count": None, "title_words": None,
                                         "category_id": None}),
-                   impression(3, D0 + dt.timedelta(days=1), ad_id=1, user_id=101,
-                              _catalog={"price": 99.0, "title_words": [None, 7, 8]})])
-    df = (spark.createDataFrame(as_tuples(rows, JOINED_DDL), JOINED_DDL)
-          .transform(with_split(D0 + dt.timedelta(days=1))).transform(with_encoded_features(encoder)))
-    got = df.select("split", "impression_id", "ad_id", "label", "is_cold", "category_idx", "f_user_id", "f_ad_id",
-                    "f_price", "f_review_count", "m_title_words", "m_hist_shops")
+                   impression(3, D0, ad_id=1, user_id=101, _catalog={"price": 99.0, "title_words": [None, 7, 8]})])
+    day_rows = spark.createDataFrame(as_tuples(rows, JOINED_DDL), JOINED_DDL).transform(with_ad_positions)
+    encoded, ad_key, _within = encode_day_rows(encoder, day_rows.toArrow(), D0, "train")
+    got = spark.createDataFrame(encoded.select(["impression_id", "ad_id", "label", "is_cold", "category_idx",
+                                                "f_user_id", "f_ad_id", "f_price", "f_review_count",
+                                                "m_title_words", "m_hist_shops"]))
     expected = spark.createDataFrame([
-        ("train", "0301-0", 1, 1, False, 1, 1, 1, 1, 1, [1, 0], []),
-        ("train", "0301-1", 2, 0, True, 0, 0, 0, 2, 2, [1, 0], []),  # category 10 is not in the vocabulary
-        ("train", "0301-2", 3, 0, True, 0, 0, 0, 0, 0, [], []),
-        ("holdout", "0302-3", 1, 0, False, 1, 2, 1, 3, 1, [0, 1, 0], []),
-    ], "split string, impression_id string, ad_id bigint, label int, is_cold boolean, category_idx int, "
+        ("0301-0", 1, 1, False, 1, 1, 1, 1, 1, [1, 0], []),
+        ("0301-1", 2, 0, True, 0, 0, 0, 2, 2, [1, 0], []),  # category 10 is not in the vocabulary
+        ("0301-2", 3, 0, True, 0, 0, 0, 0, 0, [], []),
+        ("0301-3", 1, 0, False, 1, 2, 1, 3, 1, [0, 1, 0], []),
+    ], "impression_id string, ad_id bigint, label int, is_cold boolean, category_idx int, "
        "f_user_id int, f_ad_id int, f_price int, f_review_count int, m_title_words array<int>, "
        "m_hist_shops array<int>")
     assertDataFrameEqual(got, expected)
+    assert sorted(ad_key.tolist()) == [1, 1, 2, 3]
+
+
+def laid_out(spark, df, group_size: int, seed: int, run_date: dt.date):
+    """df (impression_id, event_ts, ad_id, dt) with the group_id and row_idx ad_group_layout gives it."""
+    import numpy as np
+    import pyarrow as pa
+
+    tbl = df.transform(with_ad_positions).toArrow()
+    ad_key = np.asarray(tbl.column("ad_id").fill_null(NULL_AD_KEY).to_numpy(), np.int64)
+    days = np.asarray(tbl.column("dt").cast(pa.int32()).to_numpy(), np.int64)
+    group_id, row_idx = ad_group_layout(ad_key, within_ad_keys(days, tbl.column("ad_pos").to_numpy()),
+                                        group_size, seed, run_date)
+    return spark.createDataFrame(tbl.select(["impression_id", "ad_id"]).append_column("group_id", pa.array(group_id))
+                                 .append_column("row_idx", pa.array(row_idx)))
 
 
 def _grouping_input(spark):
-    rows = [impression(i, D0, ad_id=1) for i in range(5)] + [impression(5, D0, ad_id=2),
+    rows = [impression(i, D0, ad_id=1) for i in range(4)] + [impression(5, D0, ad_id=2),
                                                               impression(6, D0, ad_id=None)]
-    rows += [impression(7, D0 + dt.timedelta(days=1), ad_id=1)]
+    rows += [impression(7, D0 + dt.timedelta(days=1), ad_id=1)]  # the ad's fifth row, on the next day
+    rows.reverse()  # input order must not matter
     ddl = "impression_id string, event_ts timestamp, ad_id bigint, dt date"
-    return spark.createDataFrame(as_tuples(rows, ddl), ddl).transform(with_split(D0 + dt.timedelta(days=1)))
+    return spark.createDataFrame(as_tuples(rows, ddl), ddl)
 
 
-def test_with_ad_groups_caps_groups_and_keeps_every_impression_once(spark):
-    grouped = _grouping_input(spark).transform(with_ad_groups(group_size=2, seed=17, run_date=D0))
-    by_group = Window.partitionBy("split", "group_id")
-    got = grouped.select("split", "impression_id", "ad_id",
+def test_ad_group_layout_caps_groups_and_keeps_every_impression_once(spark):
+    grouped = laid_out(spark, _grouping_input(spark), group_size=2, seed=17, run_date=D0)
+    by_group = Window.partitionBy("group_id")
+    got = grouped.select("impression_id", "ad_id",
                          (F.col("row_idx") - F.min("row_idx").over(by_group)).alias("pos_in_group"),
                          F.count(F.lit(1)).over(by_group).alias("group_rows"),
                          F.size(F.collect_set(F.coalesce("ad_id", F.lit(-1))).over(by_group)).alias("ads_in_group"))
     expected = spark.createDataFrame([
-        ("train", "0301-0", 1, 0, 2, 1), ("train", "0301-1", 1, 1, 2, 1),
-        ("train", "0301-2", 1, 0, 2, 1), ("train", "0301-3", 1, 1, 2, 1),
-        ("train", "0301-4", 1, 0, 1, 1), ("train", "0301-5", 2, 0, 1, 1), ("train", "0301-6", None, 0, 1, 1),
-        ("holdout", "0302-7", 1, 0, 1, 1),
-    ], "split string, impression_id string, ad_id bigint, pos_in_group bigint, group_rows bigint, ads_in_group int")
+        ("0301-0", 1, 0, 2, 1), ("0301-1", 1, 1, 2, 1),
+        ("0301-2", 1, 0, 2, 1), ("0301-3", 1, 1, 2, 1),
+        ("0302-7", 1, 0, 1, 1), ("0301-5", 2, 0, 1, 1), ("0301-6", None, 0, 1, 1),
+    ], "impression_id string, ad_id bigint, pos_in_group bigint, group_rows bigint, ads_in_group int")
     assertDataFrameEqual(got, expected)
-    # row_idx enumerates each split exactly once (0..n-1), group ids are 0..G-1, and every group
+    # row_idx enumerates the rows exactly once (0..n-1), group ids are 0..G-1, and every group
     # occupies a contiguous row range.
-    spans = (grouped.groupBy("split", "group_id")
+    spans = (grouped.groupBy("group_id")
              .agg(F.min("row_idx").alias("lo"), F.max("row_idx").alias("hi"), F.count(F.lit(1)).alias("n")))
     assert spans.where(F.col("hi") - F.col("lo") + 1 != F.col("n")).count() == 0
-    per_split = grouped.groupBy("split").agg(F.count(F.lit(1)).alias("n"), F.countDistinct("row_idx").alias("d"),
-                                             F.max("row_idx").alias("max_idx"), F.max("group_id").alias("max_g"),
-                                             F.countDistinct("group_id").alias("g"))
-    assertDataFrameEqual(per_split, spark.createDataFrame([("train", 7, 7, 6, 4, 5), ("holdout", 1, 1, 0, 0, 1)],
-                                                          "split string, n bigint, d bigint, max_idx bigint, "
-                                                          "max_g bigint, g bigint"))
+    totals = grouped.agg(F.count(F.lit(1)).alias("n"), F.countDistinct("row_idx").alias("d"),
+                         F.max("row_idx").alias("max_idx"), F.max("group_id").alias("max_g"),
+                         F.countDistinct("group_id").alias("g"))
+    assertDataFrameEqual(totals, spark.createDataFrame([(7, 7, 6, 4, 5)],
+                                                       "n bigint, d bigint, max_idx bigint, max_g bigint, g bigint"))
 
 
-def test_with_ad_groups_order_is_seeded(spark):
+def test_ad_group_layout_order_is_seeded(spark):
     rows = [impression(i, D0, ad_id=i) for i in range(10)]
     ddl = "impression_id string, event_ts timestamp, ad_id bigint, dt date"
-    df = spark.createDataFrame(as_tuples(rows, ddl), ddl).transform(with_split(D0 + dt.timedelta(days=1)))
+    df = spark.createDataFrame(as_tuples(rows, ddl), ddl)
 
-    def order(seed: int) -> list[int]:
-        out = df.transform(with_ad_groups(25, seed, D0)).orderBy("row_idx").select("ad_id").collect()
+    def order(seed: int, run_date: dt.date = D0) -> list[int]:
+        out = laid_out(spark, df, 25, seed, run_date).orderBy("row_idx").select("ad_id").collect()
         return [r.ad_id for r in out]
 
     assert order(17) == order(17)
     assert sorted(order(17)) == list(range(10))
     assert order(17) != order(18)
+    assert order(17) != order(17, D0 + dt.timedelta(days=1))

@@ -17,11 +17,12 @@ import json
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 from PIL import Image
 
 from core.feature_spec import MULTI_FIELDS, NUMERIC_FIELDS, SINGLE_FIELDS
 from core.paths import Paths
-from spark_jobs import features
+from spark_jobs import examples, features
 from tests.serving.helpers import identity_encoder, requests_from_examples, synthetic_world
 
 D = dt.date(2026, 3, 2)
@@ -87,15 +88,13 @@ def write_tables(spark, cfg, world, run_date: dt.date = D) -> None:
                                "impression_id string, click int, dt date, event_ts timestamp") \
         .write.format("delta").mode("overwrite").save(paths.bronze_impressions)
 
-    examples = pd.concat([train_df.assign(split="train"), hold_df.assign(split="holdout")], ignore_index=True)
-    examples = examples.assign(run_date=run_date)[list(features.EXAMPLE_COLUMNS)]
-    ddl = ", ".join(["run_date date", "split string", "row_idx bigint", "group_id bigint", "impression_id string",
-                     "ad_id bigint", "category_idx int", "label int", "is_cold boolean",
-                     *[f"f_{n} int" for n in SINGLE_FIELDS], *[f"m_{n} array<int>" for n in MULTI_FIELDS]])
-    for name in MULTI_FIELDS:
-        examples[f"m_{name}"] = examples[f"m_{name}"].map(lambda v: [int(x) for x in v])
-    spark.createDataFrame(examples, ddl).write.format("delta").mode("overwrite") \
-        .partitionBy("run_date", "split").save(paths.table(features.EXAMPLES_TABLE))
+    split_tables = {}
+    for split, df in (("train", train_df), ("holdout", hold_df)):
+        df = df.assign(run_date=run_date)
+        for name in MULTI_FIELDS:
+            df[f"m_{name}"] = df[f"m_{name}"].map(lambda v: [int(x) for x in v])
+        split_tables[split] = pa.Table.from_pandas(df[list(examples.FILE_COLUMNS)], preserve_index=False)
+    examples.write_examples_table(spark, features.examples_uri(cfg, run_date), split_tables)
 
     enc = identity_encoder(ad_code, VOCAB)
     vocab_rows = [(run_date, name, int(v), int(i), 10) for name, (vals, ids) in enc.vocab.items()
