@@ -359,9 +359,6 @@ def update_daily_counts(spark: "SparkSession", paths: Paths, days: list[dt.date]
     return to_count
 
 
-_FILE_DT = re.compile(r"/dt=(\d{4}-\d{2}-\d{2})/[^/]+$")
-
-
 def day_row_files(spark: "SparkSession", paths: Paths, days: list[dt.date]) -> list[tuple[dt.date, str]]:
     """(day, local parquet path) of the stored day rows of `days` (the table's current files)."""
     from urllib.parse import unquote, urlparse
@@ -369,7 +366,7 @@ def day_row_files(spark: "SparkSession", paths: Paths, days: list[dt.date]) -> l
     wanted = {d.isoformat(): d for d in days}
     out = []
     for uri in spark.read.format("delta").load(paths.table(DAY_ROWS_TABLE)).inputFiles():
-        m = _FILE_DT.search(uri)
+        m = _DT_DIR.search(uri)
         if m is None:
             raise FeaturesError(f"day-rows file {uri} is not inside a dt= partition folder")
         if m.group(1) in wanted:
