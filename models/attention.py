@@ -18,6 +18,13 @@ Choices pinned here (public CBAM references disagree on them):
     convolution, but oneDNN's channels-last kernels ran it forward + backward 1.1-2.7x faster on
     CPU than the NCHW ones for 2-3 input channels and one output channel (2.7x on 16x16 maps,
     where it was the attention's largest single cost).
+The work on the full (B, C, H, W) map is two autograd Functions with hand-written backward
+passes (``_ChannelPool``, ``_GatedMaps``): element-wise work on the full map is memory-bound, and
+autograd's generic backward of the same expressions makes about twice the full-size passes
+(zero-filled buffers for the two max reductions, the products x*m and (x*m)*s saved and re-read,
+a full-size sum per reduction). They compute exactly the expressions of ``reference_forward``
+(the readable form, kept for the tests), summation order aside.
+
 The backbones (models.visual) apply the attention after a conv's BatchNorm so that the next
 conv's BatchNorm renormalises the gated map: stacked sigmoid gates (~0.5 at init) then cannot
 shrink the features layer after layer.
@@ -44,6 +51,87 @@ def _spatial_gate(conv: nn.Conv2d, maps: torch.Tensor) -> torch.Tensor:
     return torch.sigmoid(conv(maps.contiguous(memory_format=torch.channels_last)))
 
 
+class _ChannelPool(torch.autograd.Function):
+    """x (B, C, H, W) -> (2, B, C): each channel's spatial mean and max (the channel branch's input).
+
+    Backward writes the full-size gradient once (the mean's share broadcast, then the max's share
+    added at the arg-max positions) instead of autograd's broadcast + zero-filled scatter + sum."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        flat = x.flatten(2)  # (B, C, HW)
+        mx, idx = flat.max(dim=2)
+        ctx.save_for_backward(idx)
+        ctx.shape = x.shape
+        return torch.stack([flat.mean(dim=2), mx])
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g: torch.Tensor) -> torch.Tensor:
+        (idx,) = ctx.saved_tensors
+        b, c, h, w = ctx.shape
+        gx = (g[0] / (h * w)).unsqueeze(2).expand(b, c, h * w).contiguous()
+        gx.scatter_add_(2, idx.unsqueeze(2), g[1].unsqueeze(2))
+        return gx.view(b, c, h, w)
+
+
+class _GatedMaps(torch.autograd.Function):
+    """y = r * sigmoid(conv([max_c r, mean_c r, extra])) with r = x * m (channel gate applied),
+    i.e. the channel refinement and the whole spatial branch of CBAM / CSCNN in one node.
+
+    x (B, C, H, W), m (B, C) channel gate, extra (B, k, H, W) or None (CSCNN's resized spatial
+    prior), weight (1, 2 + k, K, K) and bias (1,) of the spatial conv. Saves x, m and small maps
+    only (not r, not y); backward makes one full-size product gy * x, reduces it with two batched
+    matmuls to the gradients of the spatial gate and of m, and writes dL/dx in one pass plus a
+    scatter for the channel max. Runs autocast-free in x's dtype (under CUDA AMP: half, as
+    autocast would run the conv)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, m: torch.Tensor, extra: torch.Tensor | None, weight: torch.Tensor,
+                bias: torch.Tensor) -> torch.Tensor:
+        dt = x.dtype
+        ctx.dtypes = (m.dtype, None if extra is None else extra.dtype, weight.dtype, bias.dtype)
+        with torch.autocast(x.device.type, enabled=False):
+            m, weight, bias = m.to(dt), weight.to(dt), bias.to(dt)
+            r = x * m[:, :, None, None]  # (B, C, H, W)
+            mx, idx = r.max(dim=1, keepdim=True)  # (B, 1, H, W)
+            parts = [mx, r.mean(dim=1, keepdim=True)] + ([] if extra is None else [extra.to(dt)])
+            maps = torch.cat(parts, dim=1).contiguous(memory_format=torch.channels_last)
+            s = torch.sigmoid(F.conv2d(maps, weight, bias, padding=weight.shape[-1] // 2))  # (B, 1, H, W)
+            y = r.mul_(s)
+        ctx.save_for_backward(x, m, idx, maps, s, weight)
+        return y
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, gy: torch.Tensor):
+        x, m, idx, maps, s, weight = ctx.saved_tensors
+        b, c, h, w = x.shape
+        hw = h * w
+        gy = gy.to(x.dtype).contiguous()
+        s3 = s.reshape(b, 1, hw)
+        t = (gy * x).view(b, c, hw)  # the one full-size product
+        gs = torch.bmm(m.unsqueeze(1), t)  # (B, 1, HW): dL/ds = sum_c gy * x * m
+        gm = torch.bmm(t, s3.transpose(1, 2)).squeeze(2)  # (B, C): the direct share sum_hw gy * s * x
+        gz = (gs * s3 * (1 - s3)).view(b, 1, h, w).contiguous(memory_format=torch.channels_last)
+        pad = weight.shape[-1] // 2
+        gmaps, gw, gb = torch.ops.aten.convolution_backward(
+            gz, maps, weight, [weight.shape[0]], [1, 1], [pad, pad], [1, 1], False, [0, 0], 1, [True, True, True])
+        gmx = gmaps[:, 0].reshape(b, 1, hw)
+        gmn = gmaps[:, 1].reshape(b, hw, 1) / c
+        # dL/dr = gy * s + mean's share (broadcast over C) + max's share (at the arg-max channel)
+        gr = torch.addcmul(gmn.view(b, 1, h, w), gy, s).contiguous()
+        idx3 = idx.view(b, 1, hw)
+        gr.view(b, c, hw).scatter_add_(1, idx3, gmx)
+        x3 = x.view(b, c, hw)
+        gm += torch.bmm(x3, gmn).squeeze(2)  # mean's share of dL/dm
+        gm.scatter_add_(1, idx3.squeeze(1), (x3.gather(1, idx3) * gmx).squeeze(1))  # max's share
+        gx = gr.mul_(m[:, :, None, None])
+        m_dt, extra_dt, w_dt, b_dt = ctx.dtypes
+        gextra = None if extra_dt is None else gmaps[:, 2:].to(extra_dt)
+        return gx, gm.to(m_dt), gextra, gw.to(w_dt), gb.to(b_dt)
+
+
 def _shared_mlp(in_dim: int, channels: int, reduction: int) -> nn.Sequential:
     hidden = max(1, channels // reduction)
     return nn.Sequential(nn.Linear(in_dim, hidden, bias=False), nn.ReLU(inplace=True),
@@ -59,6 +147,12 @@ class CBAM(nn.Module):
         self.spatial = nn.Conv2d(2, 1, kernel_size, padding=kernel_size // 2, bias=True)
 
     def forward(self, feat: torch.Tensor, category: torch.Tensor) -> torch.Tensor:
+        feat = feat.contiguous()
+        m_c = torch.sigmoid(self.mlp(_ChannelPool.apply(feat)).sum(dim=0))  # (B, C); pooled (2, B, C): avg, max
+        return _GatedMaps.apply(feat, m_c, None, self.spatial.weight, self.spatial.bias)
+
+    def reference_forward(self, feat: torch.Tensor, category: torch.Tensor) -> torch.Tensor:
+        """forward() written with plain autograd ops (the specification of the fused path)."""
         pooled = torch.stack([feat.mean(dim=(2, 3)), feat.flatten(2).max(dim=2).values])  # (2, B, C): avg, max
         m_c = torch.sigmoid(self.mlp(pooled).sum(dim=0))  # (B, C)
         feat = feat * m_c[:, :, None, None]  # (B, C, H, W)
@@ -89,19 +183,37 @@ class CSCNNAttention(nn.Module):
         self.mlp = _shared_mlp(channels + prior_channels, channels, reduction)
         self.spatial = nn.Conv2d(3, 1, kernel_size, padding=kernel_size // 2, bias=True)
 
+    def _spatial_prior(self, category: torch.Tensor, b: int, h: int, w: int) -> torch.Tensor:
+        """The batch's spatial priors resized to the map: (B, 1, H, W), one bilinear call."""
+        p = self.prior_spatial
+        a_s = self.spatial_prior(category).view(b, 1, p, p)  # (B, 1, H', W')
+        return F.interpolate(a_s, size=(h, w), mode="bilinear", align_corners=False)
+
+    def _check(self, feat: torch.Tensor, category: torch.Tensor) -> None:
+        if category.shape != (feat.shape[0],):
+            raise ValueError(f"category must have shape ({feat.shape[0]},), got {tuple(category.shape)}")
+
     def forward(self, feat: torch.Tensor, category: torch.Tensor) -> torch.Tensor:
+        self._check(feat, category)
+        feat = feat.contiguous()
         b, c, h, w = feat.shape
-        if category.shape != (b,):
-            raise ValueError(f"category must have shape ({b},), got {tuple(category.shape)}")
+        pooled = _ChannelPool.apply(feat)  # (2, B, C): avg, max
+        a_c = self.channel_prior(category).to(pooled.dtype)  # (B, C')
+        mlp_in = torch.cat([pooled, a_c.unsqueeze(0).expand(2, -1, -1)], dim=2)  # (2, B, C + C')
+        m_c = torch.sigmoid(self.mlp(mlp_in).sum(dim=0))  # (B, C)
+        a_s = self._spatial_prior(category, b, h, w)
+        return _GatedMaps.apply(feat, m_c, a_s, self.spatial.weight, self.spatial.bias)
+
+    def reference_forward(self, feat: torch.Tensor, category: torch.Tensor) -> torch.Tensor:
+        """forward() written with plain autograd ops (the specification of the fused path)."""
+        self._check(feat, category)
+        b, c, h, w = feat.shape
         a_c = self.channel_prior(category)  # (B, C')
         pooled = torch.stack([feat.mean(dim=(2, 3)), feat.flatten(2).max(dim=2).values])  # (2, B, C): avg, max
         mlp_in = torch.cat([pooled, a_c.unsqueeze(0).expand(2, -1, -1)], dim=2)  # (2, B, C + C')
         m_c = torch.sigmoid(self.mlp(mlp_in).sum(dim=0))  # (B, C)
         feat = feat * m_c[:, :, None, None]  # (B, C, H, W)
-
-        p = self.prior_spatial
-        a_s = self.spatial_prior(category).view(b, 1, p, p)  # (B, 1, H', W')
-        a_s = F.interpolate(a_s, size=(h, w), mode="bilinear", align_corners=False)  # (B, 1, H, W)
+        a_s = self._spatial_prior(category, b, h, w)  # (B, 1, H, W)
         maps = torch.cat([feat.max(dim=1, keepdim=True).values, feat.mean(dim=1, keepdim=True), a_s], dim=1)  # (B, 3, H, W)
         return feat * _spatial_gate(self.spatial, maps)  # (B, 1, H, W) gate broadcast over C
 

@@ -84,6 +84,59 @@ def test_attention_types_and_bad_kind():
         make_attention("senet", 4)
 
 
+def _attention_pair(kind: str, dtype: torch.dtype) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """An attention module with non-zero priors and weights, and an identical copy."""
+    import copy
+
+    torch.manual_seed(1)
+    att = make_attention(kind, 12, n_categories=5, prior_channels=3, prior_spatial=4, reduction=4).to(dtype)
+    with torch.no_grad():
+        for p in att.parameters():
+            p.normal_()
+    return att, copy.deepcopy(att)
+
+
+@pytest.mark.parametrize("ties", [False, True], ids=["distinct", "ties"])
+@pytest.mark.parametrize("kind", ["cbam", "cscnn"])
+def test_fused_attention_matches_reference_forward_and_gradients(kind, ties):
+    att, ref = _attention_pair(kind, torch.float64)
+    gen = torch.Generator().manual_seed(2)
+    feat = torch.randn(5, 12, 7, 9, dtype=torch.float64, generator=gen)
+    if ties:  # flat regions, as on a uniform image background: the max reductions tie
+        feat = feat.round().clamp(-1, 1)
+    x, x_ref = feat.clone().requires_grad_(), feat.clone().requires_grad_()
+    cat = torch.tensor([0, 4, 4, 2, 1])
+    grad_out = torch.randn(5, 12, 7, 9, dtype=torch.float64, generator=gen)
+    y, y_ref = att(x, cat), ref.reference_forward(x_ref, cat)
+    y.backward(grad_out)
+    y_ref.backward(grad_out)
+    torch.testing.assert_close(y, y_ref, rtol=0, atol=1e-12)
+    torch.testing.assert_close(x.grad, x_ref.grad, rtol=0, atol=1e-12)
+    for (name, p), (_, p_ref) in zip(att.named_parameters(), ref.named_parameters(), strict=True):
+        torch.testing.assert_close(p.grad, p_ref.grad, rtol=0, atol=1e-11, msg=lambda m, n=name: f"{n}: {m}")
+
+
+def test_fused_attention_functions_pass_gradcheck():
+    from models.attention import _ChannelPool, _GatedMaps
+
+    gen = torch.Generator().manual_seed(3)
+
+    def leaf(*shape):
+        return torch.randn(*shape, dtype=torch.float64, generator=gen).requires_grad_()
+
+    x, m, extra, weight, bias = leaf(3, 5, 4, 6), leaf(3, 5), leaf(3, 1, 4, 6), leaf(1, 3, 7, 7), leaf(1)
+    assert torch.autograd.gradcheck(_ChannelPool.apply, (x,))
+    assert torch.autograd.gradcheck(_GatedMaps.apply, (x, m, extra, weight, bias))
+    assert torch.autograd.gradcheck(lambda x, m, w, b: _GatedMaps.apply(x, m, None, w, b), (x, m, leaf(1, 2, 7, 7), bias))
+
+
+def test_fused_attention_in_float32_and_on_a_non_contiguous_map():
+    att, ref = _attention_pair("cscnn", torch.float32)
+    feat = torch.randn(4, 12, 10, 8).transpose(2, 3)  # non-contiguous input
+    cat = torch.tensor([3, 0, 3, 1])
+    torch.testing.assert_close(att(feat, cat), ref.reference_forward(feat, cat), rtol=1e-5, atol=1e-5)
+
+
 def test_gradients_reach_cscnn_priors_of_batch_categories_only():
     torch.manual_seed(0)
     att = CSCNNAttention(8, n_categories=6, prior_channels=3, prior_spatial=4, reduction=2)
