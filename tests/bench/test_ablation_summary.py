@@ -66,3 +66,18 @@ def test_merge_of_seeds_run_apart_equals_one_summary(tmp_path):
         json.dump(summarize([seeds[1]], [3], {"world": {"image_size": 64}, "run": SETTINGS["run"]}), f)
     with pytest.raises(SystemExit, match="settings or world knobs differ"):
         merge_results(files, [1, 3])
+
+
+def test_markdown_shows_every_variant_gain_and_verdict():
+    from bench.ablation import markdown
+
+    seeds = [_seed(1, dict(zip(VARIANTS, (0.700, 0.705, 0.712, 0.713, 0.720)))),
+             _seed(2, dict(zip(VARIANTS, (0.690, 0.696, 0.701, 0.700, 0.711))))]
+    text = markdown(summarize(seeds, [1, 2], SETTINGS))
+    for v in VARIANTS:
+        assert f"| {v} | " in text
+    assert "| cbam-cnn_finetune | +0.0010, -0.0010 | +0.0000 |" in text
+    assert "| cscnn-cbam | +0.0070, +0.0110 | +0.0090 | 0.0028 | yes | yes |" in text
+    assert "cscnn>cbam: holds" in text and "cbam>=cnn_finetune (reported, not required): does not hold" in text
+    single = markdown(summarize(seeds[:1], [1, 2], SETTINGS))
+    assert "complete: false" in single and "| +0.0070 | +0.0070 | - |" in single  # no std from one seed
