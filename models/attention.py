@@ -80,24 +80,29 @@ class _GatedMaps(torch.autograd.Function):
     i.e. the channel refinement and the whole spatial branch of CBAM / CSCNN in one node.
 
     x (B, C, H, W), m (B, C) channel gate, extra (B, k, H, W) or None (CSCNN's resized spatial
-    prior), weight (1, 2 + k, K, K) and bias (1,) of the spatial conv. Saves x, m and small maps
-    only (not r, not y); backward makes one full-size product gy * x, reduces it with two batched
-    matmuls to the gradients of the spatial gate and of m, and writes dL/dx in one pass plus a
-    scatter for the channel max. Runs autocast-free in x's dtype (under CUDA AMP: half, as
-    autocast would run the conv)."""
+    prior), weight (1, 2 + k, K, K) and bias (1,) of ``conv``, the spatial conv module (called in
+    forward, so its forward hooks see the pre-sigmoid logit map, as reports.attention_maps uses).
+    Saves x, m and small maps only (not r, not y); backward makes one full-size product gy * x,
+    reduces it with two batched matmuls to the gradients of the spatial gate and of m, and writes
+    dL/dx in one pass plus a scatter for the channel max. Runs autocast-free: the full-size work in
+    x's dtype (half under CUDA AMP), the small spatial conv in its weight's dtype."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, m: torch.Tensor, extra: torch.Tensor | None, weight: torch.Tensor,
-                bias: torch.Tensor) -> torch.Tensor:
+                bias: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
         dt = x.dtype
-        ctx.dtypes = (m.dtype, None if extra is None else extra.dtype, weight.dtype, bias.dtype)
+        if conv.weight is not weight or conv.bias is not bias or conv.stride != (1, 1) or conv.groups != 1 \
+                or conv.padding != (weight.shape[-1] // 2,) * 2 or conv.dilation != (1, 1) \
+                or conv.padding_mode != "zeros":
+            raise ValueError("conv must be the stride-1, 'same'-padded conv whose weight and bias are given")
+        ctx.dtypes = (m.dtype, None if extra is None else extra.dtype)
         with torch.autocast(x.device.type, enabled=False):
-            m, weight, bias = m.to(dt), weight.to(dt), bias.to(dt)
+            m = m.to(dt)
             r = x * m[:, :, None, None]  # (B, C, H, W)
             mx, idx = r.max(dim=1, keepdim=True)  # (B, 1, H, W)
             parts = [mx, r.mean(dim=1, keepdim=True)] + ([] if extra is None else [extra.to(dt)])
-            maps = torch.cat(parts, dim=1).contiguous(memory_format=torch.channels_last)
-            s = torch.sigmoid(F.conv2d(maps, weight, bias, padding=weight.shape[-1] // 2))  # (B, 1, H, W)
+            maps = torch.cat(parts, dim=1).to(weight.dtype).contiguous(memory_format=torch.channels_last)
+            s = torch.sigmoid(conv(maps))  # (B, 1, H, W), weight's dtype
             y = r.mul_(s)
         ctx.save_for_backward(x, m, idx, maps, s, weight)
         return y
@@ -108,28 +113,31 @@ class _GatedMaps(torch.autograd.Function):
         x, m, idx, maps, s, weight = ctx.saved_tensors
         b, c, h, w = x.shape
         hw = h * w
-        gy = gy.to(x.dtype).contiguous()
+        dt = x.dtype
+        gy = gy.to(dt).contiguous()
         s3 = s.reshape(b, 1, hw)
+        s3_x = s3.to(dt)
         t = (gy * x).view(b, c, hw)  # the one full-size product
-        gs = torch.bmm(m.unsqueeze(1), t)  # (B, 1, HW): dL/ds = sum_c gy * x * m
-        gm = torch.bmm(t, s3.transpose(1, 2)).squeeze(2)  # (B, C): the direct share sum_hw gy * s * x
+        gs = torch.bmm(m.unsqueeze(1), t).to(s.dtype)  # (B, 1, HW): dL/ds = sum_c gy * x * m
+        gm = torch.bmm(t, s3_x.transpose(1, 2)).squeeze(2)  # (B, C): the direct share sum_hw gy * s * x
         gz = (gs * s3 * (1 - s3)).view(b, 1, h, w).contiguous(memory_format=torch.channels_last)
         pad = weight.shape[-1] // 2
         gmaps, gw, gb = torch.ops.aten.convolution_backward(
             gz, maps, weight, [weight.shape[0]], [1, 1], [pad, pad], [1, 1], False, [0, 0], 1, [True, True, True])
+        gmaps = gmaps.to(dt)
         gmx = gmaps[:, 0].reshape(b, 1, hw)
         gmn = gmaps[:, 1].reshape(b, hw, 1) / c
         # dL/dr = gy * s + mean's share (broadcast over C) + max's share (at the arg-max channel)
-        gr = torch.addcmul(gmn.view(b, 1, h, w), gy, s).contiguous()
+        gr = torch.addcmul(gmn.view(b, 1, h, w), gy, s3_x.view(b, 1, h, w)).contiguous()
         idx3 = idx.view(b, 1, hw)
         gr.view(b, c, hw).scatter_add_(1, idx3, gmx)
         x3 = x.view(b, c, hw)
         gm += torch.bmm(x3, gmn).squeeze(2)  # mean's share of dL/dm
         gm.scatter_add_(1, idx3.squeeze(1), (x3.gather(1, idx3) * gmx).squeeze(1))  # max's share
         gx = gr.mul_(m[:, :, None, None])
-        m_dt, extra_dt, w_dt, b_dt = ctx.dtypes
+        m_dt, extra_dt = ctx.dtypes
         gextra = None if extra_dt is None else gmaps[:, 2:].to(extra_dt)
-        return gx, gm.to(m_dt), gextra, gw.to(w_dt), gb.to(b_dt)
+        return gx, gm.to(m_dt), gextra, gw, gb, None
 
 
 def _shared_mlp(in_dim: int, channels: int, reduction: int) -> nn.Sequential:
@@ -149,7 +157,7 @@ class CBAM(nn.Module):
     def forward(self, feat: torch.Tensor, category: torch.Tensor) -> torch.Tensor:
         feat = feat.contiguous()
         m_c = torch.sigmoid(self.mlp(_ChannelPool.apply(feat)).sum(dim=0))  # (B, C); pooled (2, B, C): avg, max
-        return _GatedMaps.apply(feat, m_c, None, self.spatial.weight, self.spatial.bias)
+        return _GatedMaps.apply(feat, m_c, None, self.spatial.weight, self.spatial.bias, self.spatial)
 
     def reference_forward(self, feat: torch.Tensor, category: torch.Tensor) -> torch.Tensor:
         """forward() written with plain autograd ops (the specification of the fused path)."""
@@ -202,7 +210,7 @@ class CSCNNAttention(nn.Module):
         mlp_in = torch.cat([pooled, a_c.unsqueeze(0).expand(2, -1, -1)], dim=2)  # (2, B, C + C')
         m_c = torch.sigmoid(self.mlp(mlp_in).sum(dim=0))  # (B, C)
         a_s = self._spatial_prior(category, b, h, w)
-        return _GatedMaps.apply(feat, m_c, a_s, self.spatial.weight, self.spatial.bias)
+        return _GatedMaps.apply(feat, m_c, a_s, self.spatial.weight, self.spatial.bias, self.spatial)
 
     def reference_forward(self, feat: torch.Tensor, category: torch.Tensor) -> torch.Tensor:
         """forward() written with plain autograd ops (the specification of the fused path)."""

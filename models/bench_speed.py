@@ -9,6 +9,8 @@
    (attention after all 16 conv layers, |K| = 3310 categories drawn at random per image, the
    Table 2 setting), measured in interleaved rounds after warm-up; the median round counts, and
    the CSCNN ratios are also given per round (``*_paired``: median over rounds of the ratio).
+   The attention's plain-autograd form (``reference_forward``) runs in the same rounds
+   (``images_per_s_reference``), so the fused Functions' gain is measured, not assumed.
 3. Table 2 parameters and GFLOPs (models.cost).
 """
 
@@ -26,6 +28,7 @@ import numpy as np
 import torch
 
 from core.config import ModelConfig
+from models.attention import CBAM, CSCNNAttention
 from models.batching import ImageTable, encode_examples, make_batch, plan_batches
 from models.cost import table2
 from models.ctr import CTRModel
@@ -79,15 +82,28 @@ def grouped_vs_per_impression(device: torch.device, batch_size: int, steps: int,
     return out
 
 
+def _use_reference_forward(tower: torch.nn.Module) -> torch.nn.Module:
+    """``tower`` with every attention module running its plain-autograd ``reference_forward``."""
+    for module in tower.modules():
+        if isinstance(module, (CBAM, CSCNNAttention)):
+            module.forward = module.reference_forward
+    return tower
+
+
 def tower_round_times(device: torch.device, batch: int, rounds: int, warmup: int = 2, image_size: int = 64,
                       attention_layers: int = RESNET18_ATTENTIVE_CONVS, n_categories: int = 3310,
-                      seed: int = 0) -> dict[str, list[float]]:
-    """Seconds per forward+backward step of the ResNet18 tower with no attention, CBAM and CSCNN,
+                      seed: int = 0, reference: bool = False) -> dict[str, list[float]]:
+    """Seconds per forward+backward step of the ResNet18 tower with no attention, CBAM and CSCNN
+    (and with ``reference`` their plain-autograd forms, "cbam_reference" / "cscnn_reference"),
     one step of each per round, ``rounds`` rounds."""
     torch.manual_seed(seed)
     cfg = ModelConfig(variant="cscnn", backbone="resnet18", attention_layers=attention_layers)
-    towers = {name: build_visual_tower(cfg, n_categories, attention=att).to(device).train()
-              for name, att in (("resnet18", "none"), ("cbam", "cbam"), ("cscnn", "cscnn"))}
+    kinds = [("resnet18", "none"), ("cbam", "cbam"), ("cscnn", "cscnn")]
+    kinds += [("cbam_reference", "cbam"), ("cscnn_reference", "cscnn")] if reference else []
+    towers = {name: build_visual_tower(cfg, n_categories, attention=att).to(device).train() for name, att in kinds}
+    for name in towers:
+        if name.endswith("_reference"):
+            _use_reference_forward(towers[name])
     x = torch.randn(batch, 3, image_size, image_size, device=device)
     cats = torch.randint(n_categories, (batch,), device=device)
 
@@ -136,6 +152,9 @@ def main(argv: list[str] | None = None) -> dict:
                         help="torch CPU threads (default 1: on a shared 2-core machine OpenMP spin-waiting "
                              "under load made 2-thread timings 5-10x slower and erratic; 0 = torch's default)")
     parser.add_argument("--rounds", type=int, default=0, help="timed tower rounds (default 9 CPU, 30 CUDA)")
+    parser.add_argument("--no-reference", action="store_true",
+                        help="leave out the towers whose attention runs the plain-autograd reference_forward "
+                             "(measured by default beside the fused attention, images_per_s_reference)")
     args = parser.parse_args(argv)
     device = resolve_device(args.device)
     if args.threads:
@@ -145,8 +164,15 @@ def main(argv: list[str] | None = None) -> dict:
     gpu = device.type == "cuda"
     batch_size = args.batch_size or (1024 if gpu else 512)
     speed = grouped_vs_per_impression(device, batch_size, args.steps or (20 if gpu else 3))
-    tower_times = tower_round_times(device, 64, args.rounds or (30 if gpu else 9))
+    tower_times = tower_round_times(device, 64, args.rounds or (30 if gpu else 9), reference=not args.no_reference)
+    reference_times = {name: tower_times.pop(name) for name in list(tower_times) if name.endswith("_reference")}
     images = images_per_s(tower_times, 64)
+    reference = {}
+    if reference_times:
+        both = {**tower_times, **reference_times}
+        reference = {"images_per_s_reference": images_per_s(reference_times, 64),
+                     "cscnn_reference_vs_resnet18_paired": paired_speed_ratio(both, "cscnn_reference", "resnet18"),
+                     "cbam_reference_vs_resnet18_paired": paired_speed_ratio(both, "cbam_reference", "resnet18")}
     costs = table2()
     # On a GPU, batch 64 of 64x64 images is bound by kernel launches; batch 256 shows the compute side.
     images_256 = images_per_s(tower_round_times(device, 256, args.rounds or 30), 256) if gpu else None
@@ -167,6 +193,8 @@ def main(argv: list[str] | None = None) -> dict:
         "cscnn_vs_cbam_paired": paired_speed_ratio(tower_times, "cscnn", "cbam"),
         "cscnn_vs_resnet18_paired": paired_speed_ratio(tower_times, "cscnn", "resnet18"),
         "tower_rounds": len(tower_times["cscnn"]),
+        # The same towers with the attention's plain-autograd form (models.attention reference_forward).
+        **reference,
         **({"images_per_s_batch256": images_256} if images_256 else {}),
         "table2": {name: {"params_m": row["params_m"], "gflops": row["gflops"],
                           "paper_params_m": row["paper_params_m"], "paper_gflops": row["paper_gflops"]}

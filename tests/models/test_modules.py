@@ -124,10 +124,20 @@ def test_fused_attention_functions_pass_gradcheck():
     def leaf(*shape):
         return torch.randn(*shape, dtype=torch.float64, generator=gen).requires_grad_()
 
-    x, m, extra, weight, bias = leaf(3, 5, 4, 6), leaf(3, 5), leaf(3, 1, 4, 6), leaf(1, 3, 7, 7), leaf(1)
+    def conv(in_maps):
+        c = torch.nn.Conv2d(in_maps, 1, 7, padding=3).double()
+        with torch.no_grad():
+            c.weight.copy_(torch.randn(c.weight.shape, dtype=torch.float64, generator=gen))
+        return c
+
+    x, m, extra = leaf(3, 5, 4, 6), leaf(3, 5), leaf(3, 1, 4, 6)
     assert torch.autograd.gradcheck(_ChannelPool.apply, (x,))
-    assert torch.autograd.gradcheck(_GatedMaps.apply, (x, m, extra, weight, bias))
-    assert torch.autograd.gradcheck(lambda x, m, w, b: _GatedMaps.apply(x, m, None, w, b), (x, m, leaf(1, 2, 7, 7), bias))
+    c3, c2 = conv(3), conv(2)
+    assert torch.autograd.gradcheck(lambda x, m, e, w, b: _GatedMaps.apply(x, m, e, w, b, c3),
+                                    (x, m, extra, c3.weight, c3.bias))
+    assert torch.autograd.gradcheck(lambda x, m, w, b: _GatedMaps.apply(x, m, None, w, b, c2), (x, m, c2.weight, c2.bias))
+    with pytest.raises(ValueError, match="conv must be"):
+        _GatedMaps.apply(x, m, extra, c2.weight, c2.bias, c3)
 
 
 def test_fused_attention_in_float32_and_on_a_non_contiguous_map():
@@ -271,3 +281,21 @@ def test_plan_batches_keeps_groups_whole():
     plan = plan_batches(groups, batch_size=5)
     assert plan == [(0, 5), (5, 11), (11, 12)]
     assert plan_batches(np.array([], np.int64), 4) == []
+
+
+def test_speed_benchmark_times_fused_and_reference_towers_on_the_same_inputs():
+    from models.bench_speed import _use_reference_forward, tower_round_times
+
+    times = tower_round_times(torch.device("cpu"), batch=2, rounds=2, warmup=1, image_size=32, attention_layers=2,
+                              n_categories=7, reference=True)
+    assert sorted(times) == ["cbam", "cbam_reference", "cscnn", "cscnn_reference", "resnet18"]
+    assert all(len(ts) == 2 and min(ts) > 0 for ts in times.values())
+    import copy
+
+    torch.manual_seed(0)
+    tower = build_visual_tower(tiny_cfg(variant="cscnn", backbone="resnet18", attention_layers=4), n_categories=3)
+    reference = _use_reference_forward(copy.deepcopy(tower))
+    swapped = [m.forward.__func__ for m in reference.modules() if isinstance(m, CSCNNAttention)]
+    assert swapped == [CSCNNAttention.reference_forward] * 4
+    images, cats = torch.randn(2, 3, 32, 32), torch.tensor([2, 0])
+    torch.testing.assert_close(tower(images, cats), reference(images, cats), rtol=1e-5, atol=1e-5)
