@@ -206,7 +206,7 @@ class CSCNNAttention(nn.Module):
         feat = feat.contiguous()
         b, c, h, w = feat.shape
         pooled = _ChannelPool.apply(feat)  # (2, B, C): avg, max
-        a_c = self.channel_prior(category).to(pooled.dtype)  # (B, C')
+        a_c = self.channel_prior(category)  # (B, C')
         mlp_in = torch.cat([pooled, a_c.unsqueeze(0).expand(2, -1, -1)], dim=2)  # (2, B, C + C')
         m_c = torch.sigmoid(self.mlp(mlp_in).sum(dim=0))  # (B, C)
         a_s = self._spatial_prior(category, b, h, w)
