@@ -318,6 +318,12 @@ class PipelineConfig:
         return build(PipelineConfig, data, "")
 
 
+# What a DAG run's free `overrides` param may set: keys of these sections only, the knobs of one
+# model run; never where data lives (storage.*), how Spark and its JVM start (spark.*) or the
+# upstream stages. dags/cscnn_daily.py mirrors it without importing it (a test checks both agree).
+RUN_OVERRIDE_SECTIONS = ("model", "train", "gates")
+
+
 # --------------------------------------------------------------------------- building
 
 

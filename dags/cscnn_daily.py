@@ -33,6 +33,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import re
 import shlex
 import sys
 from pathlib import Path
@@ -48,6 +49,9 @@ SPARK_JOBS = REPO_ROOT / "spark_jobs"
 
 # Mirrors core.config.VARIANTS (a test checks it); not imported so that parsing stays stdlib-only.
 MODEL_VARIANTS = ("dcn", "cnn_fixed", "cnn_finetune", "cbam", "cscnn")
+# Mirrors core.config.RUN_OVERRIDE_SECTIONS: the free `overrides` param sets keys of these only.
+OVERRIDE_SECTIONS = ("model", "train", "gates")
+OVERRIDE_KEY_PATTERN = rf"^({'|'.join(OVERRIDE_SECTIONS)})\.[a-z0-9_]+$"
 # Mirrors core.spark.DEFAULT_IVY_DIR and SparkConfig.delta_package (a test checks both).
 DEFAULT_IVY_DIR = "~/.cache/cscnn-pipeline/ivy"
 # 4.4.1 is not on Maven Central; the 4.4.0 jar serves the 4.4.1 Python package (see core/config.py).
@@ -116,22 +120,27 @@ PARAMS: dict[str, Param] = {
                             description="Gate: at most this much AUC below the live model (gates.live_tolerance)."),
     "coverage_min": Param(None, type=["null", "number"], minimum=0, maximum=1,
                           description="Gate: share of holdout impressions covered by the table (gates.coverage_min)."),
-    "overrides": Param({}, type="object",
-                       description='Any further dotted config keys, e.g. {"train.batch_size": 512}; '
-                                   "unknown keys fail the run's first task."),
+    "overrides": Param({}, type="object", propertyNames={"pattern": OVERRIDE_KEY_PATTERN},
+                       description='Further dotted model.*, train.* or gates.* config keys, e.g. '
+                                   '{"train.batch_size": 512}; other keys are refused, unknown ones fail '
+                                   "the run's first task."),
 }
 
 
 def params_to_overrides(params: Mapping[str, Any]) -> dict[str, Any]:
     """Dotted config overrides from a run's params: the typed params set, then `overrides`.
 
-    A typed param and the same key in `overrides` must not disagree; that is an error naming both.
+    `overrides` may set keys of OVERRIDE_SECTIONS only (never storage paths or Spark/JVM options);
+    a typed param and the same key in `overrides` must not disagree. Either is an error naming the key.
     """
     out = {PARAM_CONFIG_KEYS[name]: params[name] for name in PARAM_CONFIG_KEYS if params.get(name) is not None}
     free = params.get("overrides") or {}
     if not isinstance(free, Mapping):
         raise ValueError(f"bad value for param 'overrides': {free!r}; allowed: an object of dotted key -> value")
     for key, value in free.items():
+        if not isinstance(key, str) or not re.fullmatch(OVERRIDE_KEY_PATTERN, key):
+            raise ValueError(f"param 'overrides' may not set {key!r}; allowed: keys of the sections "
+                             f"{', '.join(OVERRIDE_SECTIONS)} (e.g. 'train.batch_size')")
         if key in out and out[key] != value:
             param = next(p for p, k in PARAM_CONFIG_KEYS.items() if k == key)
             raise ValueError(f"param '{param}'={out[key]!r} and overrides['{key}']={value!r} disagree; set one")
@@ -206,16 +215,21 @@ else
   NPROC=0
 fi
 if [ "${NPROC:-0}" -lt 1 ]; then NPROC=1; fi
-echo "train_model: torchrun with --nproc_per_node=$NPROC"
+echo "train_model: $NPROC training process(es)"
 """.strip()
 
 
 def train_command(config_path: str) -> str:
-    """Bash for the training stage: one torchrun process per visible GPU, one on CPU."""
+    """Bash for the training stage: one process per visible GPU, one on CPU.
+
+    models.launch runs a single process without any distributed rendezvous and several around
+    a store on 127.0.0.1 (torchrun's stores would listen on every interface). The interpreter
+    is the one running this task, the worker's.
+    """
     return "\n".join([
         "set -euo pipefail",
         _NPROC_SNIPPET,
-        f"exec torchrun --standalone --nproc_per_node=\"$NPROC\" -m models.train_job"
+        f"exec {shlex.quote(sys.executable)} -m models.launch --nproc-per-node \"$NPROC\" -m models.train_job"
         f" --date {{{{ ds }}}} --config {shlex.quote(config_path)}",
     ])
 
@@ -278,7 +292,7 @@ def cscnn_daily():
         execution_timeout=dt.timedelta(hours=8),
     )
     def train_model(config_path: str) -> str:
-        """DCN + CSCNN training under torchrun (DistributedDataParallel across visible GPUs)."""
+        """DCN + CSCNN training (DistributedDataParallel across visible GPUs, loopback only)."""
         return train_command(config_path)
 
     @task(trigger_rule=TriggerRule.ALL_DONE)

@@ -9,7 +9,7 @@
 * A checkpoint (model, optimizer, AMP scaler, step, early-stopping state, RNG states) every
   train.checkpoint_every steps to <out_dir>/checkpoint.pt; with resume=True a killed run goes on
   from it and ends with the same weights as an uninterrupted run.
-* CUDA + AMP when present (train.device = auto), CPU otherwise. Under ``torchrun`` (env RANK and
+* CUDA + AMP when present (train.device = auto), CPU otherwise. Under ``models.launch`` (env RANK and
   WORLD_SIZE) it runs DistributedDataParallel (nccl on CUDA, gloo on CPU): every rank builds the
   same global batch plan and takes a disjoint contiguous share of each global batch's groups;
   the per-rank loss is scaled so that DDP's gradient average equals the single-process gradient

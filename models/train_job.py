@@ -1,9 +1,9 @@
 """The train stage: read the run date's snapshot, train, write the model and its manifest.
 
-    torchrun --standalone --nproc_per_node=N -m models.train_job --date 2026-02-02 --config FILE
+    python -m models.launch --nproc-per-node N -m models.train_job --date 2026-02-02 --config FILE
 
-Runs on CPU or on every visible GPU with the same code (torchrun sets RANK/WORLD_SIZE; one
-process is fine too: `python -m models.train_job ...`). Reads the plain-parquet snapshot that
+Runs on CPU or on every visible GPU with the same code (models.launch sets RANK/WORLD_SIZE for
+N > 1, around a store on 127.0.0.1; one process is `python -m models.train_job ...`). Reads the plain-parquet snapshot that
 the features stage exported (spark_jobs/export_snapshot.py) and the parquet files of the run
 date's examples table, so no Spark is needed here.
 Warm-starts from the live published model when `train.warm_start` and shapes match.

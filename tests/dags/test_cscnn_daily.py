@@ -128,14 +128,15 @@ def test_publish_emits_the_model_and_lookup_table_assets(dag):
     assert all(not dag.get_task(t).outlets for t in PIPELINE_ORDER if t != "publish")
 
 
-def test_train_model_runs_torchrun_on_the_configured_queue(dag):
+def test_train_model_runs_the_loopback_launcher_on_the_configured_queue(dag):
     task = dag.get_task("train_model")
     assert task.queue == "default"
     assert task.pool == "default_pool"
     from dags.cscnn_daily import train_command
 
     command = train_command("/runs/2026-02-02/config.json")
-    assert "torchrun --standalone --nproc_per_node=\"$NPROC\" -m models.train_job" in command
+    assert f"{sys.executable} -m models.launch --nproc-per-node \"$NPROC\" -m models.train_job" in command
+    assert "torchrun" not in command
     assert "--date {{ ds }} --config /runs/2026-02-02/config.json" in command
 
 
@@ -223,16 +224,43 @@ def test_unset_params_keep_the_config_values():
 def test_conflicting_param_and_override_is_an_error_naming_both():
     from dags.cscnn_daily import params_to_overrides
 
-    with pytest.raises(ValueError, match=r"window_days.*features\.window_days"):
-        params_to_overrides({"window_days": 8, "overrides": {"features.window_days": 16}})
+    with pytest.raises(ValueError, match=r"'epochs'=2 and overrides\['train\.epochs'\]=3 disagree"):
+        params_to_overrides({"epochs": 2, "overrides": {"train.epochs": 3}})
+
+
+@pytest.mark.parametrize("key", ["storage.root", "spark.extra_conf", "features.window_days", "storage",
+                                 "train.batch_size.x", "Train.batch_size"])
+def test_overrides_refuse_keys_outside_the_model_train_and_gates_sections(dag, key):
+    from airflow.sdk.definitions.param import ParamsDict
+
+    from dags.cscnn_daily import params_to_overrides
+
+    value = {"spark.driver.extraJavaOptions": "-Dx=1"} if key == "spark.extra_conf" else "/elsewhere"
+    with pytest.raises(ValueError) as err:
+        params_to_overrides({"overrides": {key: value}})
+    assert str(err.value) == (f"param 'overrides' may not set {key!r}; allowed: keys of the sections "
+                              "model, train, gates (e.g. 'train.batch_size')")
+    params = ParamsDict(dag.params)
+    with pytest.raises(ValueError, match="does not match"):  # the trigger form refuses it before a run exists
+        params["overrides"] = {key: value}
+
+
+def test_overrides_keys_match_whole():
+    from dags.cscnn_daily import params_to_overrides
+
+    assert params_to_overrides({"overrides": {"gates.auc_floor": 0.6}}) == {"gates.auc_floor": 0.6}
+    with pytest.raises(ValueError, match=r"may not set 'train\.lr\\n'"):
+        params_to_overrides({"overrides": {"train.lr\n": 0.1}})
 
 
 def test_dag_constants_mirror_the_shared_package():
-    from core.config import VARIANTS, SparkConfig
+    from core.config import RUN_OVERRIDE_SECTIONS, VARIANTS, PipelineConfig, SparkConfig
     from core.spark import DEFAULT_IVY_DIR
     from dags import cscnn_daily
 
     assert cscnn_daily.MODEL_VARIANTS == VARIANTS
+    assert cscnn_daily.OVERRIDE_SECTIONS == RUN_OVERRIDE_SECTIONS
+    assert set(RUN_OVERRIDE_SECTIONS) <= set(PipelineConfig().to_dict())
     assert cscnn_daily.DELTA_PACKAGE == SparkConfig().delta_package
     assert os.path.expanduser(cscnn_daily.DEFAULT_IVY_DIR) == DEFAULT_IVY_DIR
 
@@ -266,7 +294,10 @@ def test_build_config_rejects_unknown_keys_and_missing_dates(dag, tmp_path, monk
     monkeypatch.delenv("CSCNN_CONFIG", raising=False)
     build = dag.get_task("build_config").python_callable
     with pytest.raises(ConfigError, match="crossing_layers"):
-        build(params={"overrides": {"model.crossing_layers": 2, "storage.root": str(tmp_path)}}, ds="2026-02-02")
+        build(params={"overrides": {"model.crossing_layers": 2}}, ds="2026-02-02")
+    with pytest.raises(ValueError, match=r"may not set 'storage\.root'"):
+        build(params={"overrides": {"storage.root": str(tmp_path)}}, ds="2026-02-02")
+    assert not (tmp_path / "artifacts").exists()
     with pytest.raises(ValueError, match="logical date"):
         build(params={"overrides": {}}, ds=None)
 

@@ -1,4 +1,4 @@
-"""Run by test_train.py under ``torchrun --nproc_per_node 2``: trains the shared tiny setup."""
+"""Run by test_train.py under models.launch (1 or 2 processes): trains the shared tiny setup."""
 
 from __future__ import annotations
 

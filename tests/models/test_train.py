@@ -1,11 +1,13 @@
 """Training loop tests: metrics, model files, resume after a kill, warm start, cnn_fixed,
-torchrun with 2 processes."""
+1 and 2 processes under models.launch (and the sockets they listen on)."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -20,6 +22,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, HERE)
 from ddp_worker import DDP_OVERRIDES, ddp_data  # noqa: E402
+from listeners import is_loopback, listeners_while_running  # noqa: E402
 
 SMALL = {"model.deep_dims": [16, 8, 4], "model.head_dims": [8], "model.visual_dim": 6,
          "model.prior_channels": 3, "model.prior_spatial": 3, "model.attention_layers": 2,
@@ -131,16 +134,51 @@ def test_shards_are_disjoint_and_cover_the_batch():
     assert shard_range(groups, 0, 3, 0, 2) is None  # one group, two ranks
 
 
-def test_torchrun_two_processes_match_one_process(tmp_path):
+def launch(nproc, out_dir, log_path):
+    """Train the ddp_worker setup under models.launch; (exit status, every socket its tree listened on)."""
+    env = {**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "models.launch", "--nproc-per-node", str(nproc),
+           os.path.join(HERE, "ddp_worker.py"), str(out_dir)]
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            seen = listeners_while_running(proc)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait(timeout=300)
+    return proc.returncode, seen
+
+
+def test_the_socket_sampler_sees_a_grandchild_listening_on_every_interface(tmp_path):
+    listen = "import socket, time; s = socket.create_server(('0.0.0.0', 0)); time.sleep(1.5)"
+    parent = f"import subprocess, sys; subprocess.run([sys.executable, '-c', {listen!r}])"
+    proc = subprocess.Popen([sys.executable, "-c", parent])
+    seen = listeners_while_running(proc)
+    assert proc.returncode == 0
+    assert [addr for addr, _ in seen] == ["0.0.0.0"] and not is_loopback("0.0.0.0")
+    assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("::ffff:127.0.0.1")
+    assert not is_loopback("::")
+
+
+def test_one_process_trains_without_listening_at_all(tmp_path):
+    spec, df, holdout, images = ddp_data()
+    single = train(load_config(overrides=DDP_OVERRIDES), spec, df, holdout, images, tmp_path / "here", resume=False)
+    status, seen = launch(1, tmp_path / "one", tmp_path / "one.log")
+    assert status == 0, (tmp_path / "one.log").read_text()[-3000:]
+    assert seen == set()
+    metrics = json.loads((tmp_path / "one" / "metrics.json").read_text())
+    assert metrics["world_size"] == 1 and metrics["logloss"] == pytest.approx(single["logloss"], abs=1e-5)
+
+
+def test_two_processes_match_one_process_and_listen_on_loopback_only(tmp_path):
     spec, df, holdout, images = ddp_data()
     single = train(load_config(overrides=DDP_OVERRIDES), spec, df, holdout, images, tmp_path / "one", resume=False)
-    env = {**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           os.path.join(HERE, "ddp_worker.py"), str(tmp_path / "two")]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    status, seen = launch(2, tmp_path / "two", tmp_path / "two.log")
+    assert status == 0, (tmp_path / "two.log").read_text()[-3000:]
+    assert seen, "the launcher's store listens while the workers run"
+    assert all(is_loopback(addr) for addr, _ in seen), seen
     one, two = weights(tmp_path / "one" / "model.pt"), weights(tmp_path / "two" / "model.pt")
-    import json
     two_metrics = json.loads((tmp_path / "two" / "metrics.json").read_text())
     assert two_metrics["world_size"] == 2
     # each rank saw only its share: together exactly the single process's impressions
@@ -154,6 +192,20 @@ def test_torchrun_two_processes_match_one_process(tmp_path):
     for name in one:
         assert torch.allclose(one[name], two[name], atol=2e-5, rtol=1e-4), name
     assert not torch.allclose(one["dcn.out.weight"], initial["dcn.out.weight"], atol=1e-3)  # it trained
+
+
+def test_a_failing_worker_stops_the_other_and_fails_the_launch(tmp_path):
+    script = tmp_path / "worker.py"
+    script.write_text("import os, sys, time\n"
+                      "if os.environ['RANK'] == '1':\n    sys.exit(3)\n"
+                      "time.sleep(120)\n")
+    started = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "models.launch", "--nproc-per-node", "2", str(script)],
+                          env={**os.environ, "PYTHONPATH": ROOT}, cwd=ROOT, capture_output=True, text=True,
+                          timeout=100)
+    assert proc.returncode == 3, proc.stderr[-2000:]
+    assert "worker 1 exited with status 3" in proc.stderr
+    assert time.monotonic() - started < 60  # rank 0 was stopped, not waited for
 
 
 def test_pretraining_learns_the_colour_statistics_it_keeps_for_cnn_fixed():
