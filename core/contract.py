@@ -89,7 +89,7 @@ REASONS: dict[str, str] = {
     "duplicate_id": "impression_id seen earlier in the day (first one kept)",
     "image_missing": "image_uri points at no file",
     "image_corrupt": "image file cannot be decoded",
-    "image_uri_escapes": "image_uri leaves the landing area (absolute, '..' or a scheme)",
+    "image_uri_escapes": "image_uri leaves the landing area (absolute, '..', a scheme, or a symlink on its path)",
     "ad_of_bad_catalog_row": "the impression's ad was quarantined from the catalog",
 }
 

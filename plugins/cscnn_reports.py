@@ -6,7 +6,9 @@
 
 The tasks' "Data Docs" and "Run report" buttons (dags/cscnn_links.py) point here, and a
 "CSCNN reports" entry appears in the UI's navigation. Airflow does not authenticate plugin
-apps, so every route requires the caller's Airflow login (the UI's JWT cookie or a bearer token).
+apps, so every route requires the caller's Airflow login (the UI's JWT cookie or a bearer token);
+FastAPI's docs and OpenAPI routes are off. Files are served only when their real path (every
+symlink resolved) lies inside the folder; any other path is a 404.
 
 The folder is CSCNN_REPORTS_DIR when set, else `storage.reports_uri` of the config named by
 CSCNN_CONFIG (relative paths resolve against the API server's working directory, the repo root
@@ -46,15 +48,24 @@ def reports_dir() -> Path:
 
 
 def resolve_report_file(root: Path, relative: str) -> Path:
-    """The file `relative` names under `root` (a folder means its index.html); 404 outside or absent."""
-    root = root.resolve()
-    target = (root / relative).resolve()
-    if target != root and root not in target.parents:
-        raise HTTPException(status_code=404, detail=f"{relative!r} is outside the reports folder")
-    if target.is_dir():
-        target = target / "index.html"
-    if not target.is_file():
-        raise HTTPException(status_code=404, detail=f"no report at {relative!r} (looked in {root})")
+    """The regular file `relative` names under `root` (a folder means its index.html).
+
+    Every symlink is resolved after each join, the appended index.html included, and the final
+    path must lie inside `root`: anything else (absent, outside, a NUL byte, a name the OS
+    refuses) is the same 404, which says nothing about what exists outside the folder.
+    """
+    not_found = HTTPException(status_code=404, detail=f"no report at {relative!r}")
+    if "\x00" in relative:
+        raise not_found
+    try:
+        root = Path(os.path.realpath(root))
+        target = Path(os.path.realpath(root / relative))
+        if target.is_dir():
+            target = Path(os.path.realpath(target / "index.html"))
+        if not target.is_relative_to(root) or not target.is_file():
+            raise not_found
+    except (OSError, ValueError):  # e.g. a name too long for the file system
+        raise not_found from None
     return target
 
 
@@ -72,7 +83,10 @@ def render_index(root: Path) -> str:
             f"<p><small>{html.escape(str(root))}</small></p></body></html>")
 
 
-app = FastAPI(title="CSCNN reports", dependencies=[Depends(requires_authenticated())])
+# FastAPI's own docs and OpenAPI routes skip app-level dependencies, so they are off: every route
+# of this app is one of the two below, each behind the Airflow login.
+app = FastAPI(title="CSCNN reports", dependencies=[Depends(requires_authenticated())],
+              openapi_url=None, docs_url=None, redoc_url=None, swagger_ui_oauth2_redirect_url=None)
 
 
 @app.get("/", response_class=HTMLResponse)

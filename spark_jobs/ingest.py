@@ -112,7 +112,7 @@ def with_uri_escape_flag(ads_df: "DataFrame") -> "DataFrame":
 
 def with_ad_reason(ads_df: "DataFrame", image_status_df: "DataFrame") -> "DataFrame":
     """Add `_reason` to catalog rows of one or more days (column `dt`, duplicates judged per day);
-    `image_status_df` has (image_uri, _image_ok, _image_exists)."""
+    `image_status_df` has (image_uri, _image_ok, _image_exists, _image_escapes)."""
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
@@ -125,7 +125,7 @@ def with_ad_reason(ads_df: "DataFrame", image_status_df: "DataFrame") -> "DataFr
         ("duplicate_id", F.col("_dup_rank") > 1),
         ("negative_price", F.coalesce(F.col("price") < 0, F.lit(False))),
         ("review_count_negative", F.coalesce(F.col("review_count") < 0, F.lit(False))),
-        ("image_uri_escapes", F.col("_uri_escapes")),
+        ("image_uri_escapes", F.col("_uri_escapes") | F.coalesce(F.col("_image_escapes"), F.lit(False))),
         ("image_missing", ~F.coalesce(F.col("_image_exists"), F.lit(False))),
         ("image_corrupt", ~F.coalesce(F.col("_image_ok"), F.lit(False))),
     ]
@@ -197,58 +197,164 @@ def _image_uri_abs(landing: str, rel: str) -> str:
     return f"{landing.rstrip('/')}/{rel}"
 
 
+IMAGE_STATUS_SCHEMA = ("image_uri string, _image_exists boolean, _image_escapes boolean, _image_ok boolean, "
+                       "image_bytes binary, width int, height int, sha256 string")
+
+
+class _PathRefused(Exception):
+    """An image path that is not plainly below the landing root: a symlink (or '..') on it."""
+
+
+def read_inside(root_fd: int, rel: str) -> bytes | None:
+    """The bytes of the regular file `rel` below the open folder `root_fd`, following no symlink.
+
+    None when it is absent (or a part of its path is not a folder, or it is not a regular file);
+    _PathRefused when any part of the path is a symlink, wherever it points, or '..': a target is
+    never opened, so what a sender links to (an image, any other file, nothing) cannot change
+    the outcome. O_NOFOLLOW on every part keeps a symlink swapped in meanwhile out as well.
+    """
+    import errno
+    import stat
+
+    parts = [p for p in rel.split("/") if p not in ("", ".")]
+    if not parts or ".." in parts:
+        raise _PathRefused(rel)  # not below the root; the URI check quarantines these first
+    fd = os.dup(root_fd)
+    try:
+        for i, part in enumerate(parts):
+            last = i == len(parts) - 1
+            try:
+                st = os.stat(part, dir_fd=fd, follow_symlinks=False)
+            except (FileNotFoundError, NotADirectoryError):
+                return None
+            if stat.S_ISLNK(st.st_mode):
+                raise _PathRefused(rel)
+            if not (stat.S_ISREG(st.st_mode) if last else stat.S_ISDIR(st.st_mode)):
+                return None
+            flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | (os.O_NONBLOCK if last else os.O_DIRECTORY)
+            try:
+                child = os.open(part, flags, dir_fd=fd)
+            except OSError as err:
+                if err.errno == errno.ELOOP:  # became a symlink since the stat
+                    raise _PathRefused(rel) from None
+                if err.errno in (errno.ENOENT, errno.ENOTDIR):
+                    return None
+                raise
+            os.close(fd)
+            fd = child
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        with os.fdopen(fd, "rb") as f:
+            fd = -1
+            return f.read()
+    finally:
+        if fd >= 0:
+            os.close(fd)
+
+
+def _decode_check(content: bytes) -> tuple[bool, int | None, int | None]:
+    """(whether `content` decodes as an image, width, height)."""
+    import io
+
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(content)) as im:
+            im.load()  # forces a full decode: verify() alone misses truncated data
+            w, h = im.size
+        return True, w, h
+    except Exception:  # any decoder error means the file is not a usable image
+        return False, None, None
+
+
+def _image_status_frame(rows: list[dict]) -> "pandas.DataFrame":
+    import pandas as pd
+
+    cols = [c.split(" ")[0] for c in IMAGE_STATUS_SCHEMA.split(", ")]
+    df = pd.DataFrame(rows, columns=cols)
+    for c in ("width", "height"):
+        df[c] = pd.array(df[c], dtype="Int32")
+    return df
+
+
+def read_local_images(spark: "SparkSession", landing_dir: str, rel_uris: list[str]) -> "DataFrame":
+    """Read and decode-check images of a local landing folder on the executors (see read_inside).
+
+    A path with a symlink on it is `_image_escapes` (quarantined as image_uri_escapes), never read.
+    """
+    import hashlib
+
+    def read_batches(batches):
+        root_fd = os.open(landing_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            for pdf in batches:
+                rows = []
+                for rel in pdf["image_uri"]:
+                    row = dict(image_uri=rel, _image_exists=False, _image_escapes=False, _image_ok=False,
+                               image_bytes=None, width=None, height=None, sha256=None)
+                    try:
+                        content = read_inside(root_fd, rel)
+                    except _PathRefused:
+                        row["_image_escapes"] = True
+                        content = None
+                    if content is not None:
+                        ok, w, h = _decode_check(content)
+                        row.update(_image_exists=True, _image_ok=ok, image_bytes=content, width=w, height=h,
+                                   sha256=hashlib.sha256(content).hexdigest())
+                    rows.append(row)
+                yield _image_status_frame(rows)
+        finally:
+            os.close(root_fd)
+
+    n_parts = max(1, min(len(rel_uris) // 64 + 1, spark.sparkContext.defaultParallelism))
+    uris_df = spark.createDataFrame([(u,) for u in rel_uris], "image_uri string").repartition(n_parts)
+    return uris_df.mapInPandas(read_batches, IMAGE_STATUS_SCHEMA)
+
+
 def read_new_images(spark: "SparkSession", landing: str, candidates_df: "DataFrame") -> "DataFrame":
     """Decode-check the images of candidate catalog rows (ad_id, image_uri; URIs already safe).
 
-    Returns (image_uri, _image_exists, _image_ok, image_bytes, width, height, sha256).
+    Returns (image_uri, _image_exists, _image_escapes, _image_ok, image_bytes, width, height, sha256).
+    A local landing area is read with read_local_images, so no symlink below it is followed;
+    other file systems (s3a://) have no symlinks and are read with Spark's binaryFile source.
     """
-    import pandas as pd
     from pyspark.sql import functions as F
 
+    from core.paths import is_local, local_path
+
     rel_uris = [r.image_uri for r in candidates_df.select("image_uri").distinct().collect()]
+    if is_local(landing):
+        return read_local_images(spark, local_path(landing), rel_uris)
     abs_of = {_image_uri_abs(landing, u): u for u in rel_uris}
     present = existing_files(spark, list(abs_of))
-    schema = "image_uri string, _image_exists boolean, _image_ok boolean, image_bytes binary, " \
-             "width int, height int, sha256 string"
-    missing_rows = [(abs_of[a], False, False, None, None, None, None) for a in abs_of if a not in present]
-    missing_df = spark.createDataFrame(missing_rows, schema)
+    missing_rows = [(abs_of[a], False, False, False, None, None, None, None) for a in abs_of if a not in present]
+    missing_df = spark.createDataFrame(missing_rows, IMAGE_STATUS_SCHEMA)
     if not present:
         return missing_df
 
     def decode(batches):
         import hashlib
-        import io
-
-        from PIL import Image
 
         for pdf in batches:
-            ok, widths, heights, shas = [], [], [], []
-            for content in pdf["content"]:
-                try:
-                    with Image.open(io.BytesIO(content)) as im:
-                        im.load()  # forces a full decode: verify() alone misses truncated data
-                        w, h = im.size
-                    ok.append(True), widths.append(w), heights.append(h)
-                except Exception:  # any decoder error means the file is not a usable image
-                    ok.append(False), widths.append(None), heights.append(None)
-                shas.append(hashlib.sha256(content).hexdigest())
-            yield pd.DataFrame({"path": pdf["path"], "_image_ok": ok, "image_bytes": pdf["content"],
-                                "width": pd.array(widths, dtype="Int32"), "height": pd.array(heights, dtype="Int32"),
-                                "sha256": shas})
+            rows = []
+            for path, content in zip(pdf["path"], pdf["content"]):
+                ok, w, h = _decode_check(content)
+                rows.append(dict(image_uri=path, _image_exists=True, _image_escapes=False, _image_ok=ok,
+                                 image_bytes=content, width=w, height=h, sha256=hashlib.sha256(content).hexdigest()))
+            yield _image_status_frame(rows)
 
     files_df = spark.read.format("binaryFile").load(sorted(present)).select("path", "content")
-    decoded_df = files_df.mapInPandas(decode, "path string, _image_ok boolean, image_bytes binary, width int, "
-                                              "height int, sha256 string")
+    decoded_df = files_df.mapInPandas(decode, IMAGE_STATUS_SCHEMA)
     # binaryFile reports file: URIs; map them back to the catalog's relative URIs.
     norm = {}
     for a, rel in abs_of.items():
         norm[a] = rel
         norm["file:" + a] = rel
         norm["file://" + a] = rel
-    map_df = spark.createDataFrame(list(norm.items()), "path string, image_uri string")
-    found_df = (decoded_df.join(F.broadcast(map_df), on="path", how="inner").drop("path")
-                .withColumn("_image_exists", F.lit(True)))
-    return found_df.select(*[c.split(" ")[0] for c in schema.split(", ")]).unionByName(missing_df)
+    map_df = spark.createDataFrame(list(norm.items()), "path string, rel_uri string")
+    found_df = (decoded_df.join(F.broadcast(map_df), decoded_df.image_uri == map_df.path, how="inner")
+                .drop("image_uri", "path").withColumnRenamed("rel_uri", "image_uri"))
+    return found_df.select(*[c.split(" ")[0] for c in IMAGE_STATUS_SCHEMA.split(", ")]).unionByName(missing_df)
 
 
 # --------------------------------------------------------------------------- I/O
@@ -366,10 +472,11 @@ def _prepare(spark: "SparkSession", paths: Paths, days: list[dt.date]) -> _Batch
     else:
         candidates_df = safe_df
     new_images_df = read_new_images(spark, paths.landing, candidates_df.select("ad_id", "image_uri")).cache()
-    status_df = new_images_df.select("image_uri", "_image_exists", "_image_ok")
+    status_df = new_images_df.select("image_uri", "_image_exists", "_image_ok", "_image_escapes")
     if known_df is not None:
         status_df = status_df.unionByName(known_df.select("image_uri", F.lit(True).alias("_image_exists"),
-                                                          F.lit(True).alias("_image_ok")).distinct())
+                                                          F.lit(True).alias("_image_ok"),
+                                                          F.lit(False).alias("_image_escapes")).distinct())
     ads_reason_df = with_ad_reason(ads_df, status_df).cache()
     imp_reason_df = with_impression_reason(imp_df, ads_reason_df).cache()
     return _Batch(days, drift, ads_df, new_images_df, ads_reason_df, imp_reason_df, known_ads_df, started)

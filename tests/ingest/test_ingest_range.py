@@ -64,13 +64,13 @@ def test_range_equals_day_by_day_on_simulated_days(spark, tmp_cfg, tmp_path, mon
     cfg_range, cfg_per_day = _two_roots(cfg, tmp_path)
 
     checked = collections.Counter()
-    real_existing_files = ingest.existing_files
+    real_read_local_images = ingest.read_local_images
 
-    def counting_existing_files(session, uris):
+    def counting_read_local_images(session, landing_dir, uris):
         checked.update(u for u in uris if u.endswith(".png"))
-        return real_existing_files(session, uris)
+        return real_read_local_images(session, landing_dir, uris)
 
-    monkeypatch.setattr(ingest, "existing_files", counting_existing_files)
+    monkeypatch.setattr(ingest, "read_local_images", counting_read_local_images)
     range_records = ingest.run_range(cfg_range, spark, FIRST, LAST)
     monkeypatch.undo()
     assert checked and max(checked.values()) == 1, "each image URI is checked (and decoded) once per range"
