@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -206,6 +207,35 @@ def test_a_failing_worker_stops_the_other_and_fails_the_launch(tmp_path):
     assert proc.returncode == 3, proc.stderr[-2000:]
     assert "worker 1 exited with status 3" in proc.stderr
     assert time.monotonic() - started < 60  # rank 0 was stopped, not waited for
+
+
+def test_workers_die_with_a_launcher_killed_by_sigkill(tmp_path):
+    script = tmp_path / "worker.py"
+    script.write_text("import os, sys, time\n"
+                      f"open(os.path.join({str(tmp_path)!r}, 'pid' + os.environ['RANK']), 'w').write(str(os.getpid()))\n"
+                      "time.sleep(120)\n")
+    launcher = subprocess.Popen([sys.executable, "-m", "models.launch", "--nproc-per-node", "2", str(script)],
+                                env={**os.environ, "PYTHONPATH": ROOT}, cwd=ROOT)
+    pid_files = [tmp_path / "pid0", tmp_path / "pid1"]
+    deadline = time.monotonic() + 90
+    while not all(p.exists() and p.read_text() for p in pid_files):
+        assert time.monotonic() < deadline and launcher.poll() is None, "the workers did not start"
+        time.sleep(0.1)
+    workers = [int(p.read_text()) for p in pid_files]
+    launcher.send_signal(signal.SIGKILL)
+    launcher.wait(timeout=10)
+    deadline = time.monotonic() + 10
+    while any(os.path.exists(f"/proc/{pid}") and "(Z)" not in _state(pid) for pid in workers):
+        assert time.monotonic() < deadline, "a worker outlived its killed launcher"
+        time.sleep(0.1)
+
+
+def _state(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return "(" + f.read().rsplit(")", 1)[1].split()[0] + ")"
+    except OSError:
+        return "(gone)"
 
 
 def test_pretraining_learns_the_colour_statistics_it_keeps_for_cnn_fixed():
