@@ -84,7 +84,8 @@ class Paths:
 
     @property
     def lookup_table(self) -> str:
-        """Delta table run_date, ad_id, category_id, category_idx, embedding (replaced per run date)."""
+        """The published lookup table: version, run_date, ad_id, category_id, category_idx, embedding;
+        written by publish (gated versions only), one partition per version (serving.registry)."""
         return self.table("lookup_table")
 
     @property

@@ -23,6 +23,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import hashlib
+import io
 import json
 import logging
 import math
@@ -165,12 +166,25 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
     return model.to(map_location).eval()
 
 
-def warm_start(model: CTRModel, source: str | os.PathLike | Mapping[str, torch.Tensor]) -> list[str]:
+class WarmStartError(RuntimeError):
+    """The model to warm-start from does not match the checksum it was published with."""
+
+
+def warm_start(model: CTRModel, source: str | os.PathLike | Mapping[str, torch.Tensor],
+               sha256: str | None = None) -> list[str]:
     """Copy every tensor of ``source`` (a model file or a state dict) whose name and shape match.
 
-    Returns the names of this model's tensors that were NOT initialised from the source."""
+    With ``sha256`` (the live version's record of the file, serving.registry.live_model) the file's
+    bytes are checked before they are loaded, and the very bytes checked are loaded; a mismatch
+    raises WarmStartError naming the file. Returns the names of this model's tensors that were NOT
+    initialised from the source."""
     if not isinstance(source, Mapping):
-        payload = torch.load(source, map_location="cpu", weights_only=True)
+        data = Path(source).read_bytes()
+        if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
+            raise WarmStartError(f"{source}: sha256 {hashlib.sha256(data).hexdigest()[:16]}... differs from the "
+                                 f"{sha256[:16]}... its published version records; refusing to warm-start from a "
+                                 "modified model (re-publish or roll back the live version)")
+        payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
         source = payload["state_dict"] if "state_dict" in payload else payload
     own = model.state_dict()
     matched = {k: v for k, v in source.items() if k in own and own[k].shape == v.shape}
@@ -334,7 +348,8 @@ def _fingerprint(cfg: PipelineConfig, n_rows: int, world: int) -> str:
 
 def train(cfg: PipelineConfig, spec: FeatureSpec, train_data: Any, holdout_data: Any | None,
           images: Mapping[int, np.ndarray] | None, out_dir: str | os.PathLike, resume: bool = True,
-          init_from: str | os.PathLike | Mapping[str, torch.Tensor] | None = None) -> dict[str, Any]:
+          init_from: str | os.PathLike | Mapping[str, torch.Tensor] | None = None,
+          init_sha256: str | None = None) -> dict[str, Any]:
     """Train the CTR model of ``cfg.model`` on encoded examples; see the module docstring.
 
     Writes <out_dir>/model.pt (best weights, rank 0) and <out_dir>/checkpoint.pt; returns holdout
@@ -344,13 +359,14 @@ def train(cfg: PipelineConfig, spec: FeatureSpec, train_data: Any, holdout_data:
     rank, world, device, created_pg = _init_distributed(tc.device)
     try:
         return _train(cfg, spec, train_data, holdout_data, images, out_dir, resume, init_from,
-                      rank, world, device)
+                      rank, world, device, init_sha256)
     finally:
         if created_pg:
             dist.destroy_process_group()
 
 
-def _train(cfg, spec, train_data, holdout_data, images, out_dir, resume, init_from, rank, world, device):
+def _train(cfg, spec, train_data, holdout_data, images, out_dir, resume, init_from, rank, world, device,
+           init_sha256=None):
     tc, mc = cfg.train, cfg.model
     seed_everything(tc.seed)
     model = CTRModel(spec, mc)
@@ -374,7 +390,7 @@ def _train(cfg, spec, train_data, holdout_data, images, out_dir, resume, init_fr
 
     warm = ckpt is None and init_from is not None and tc.warm_start
     if warm:
-        warm_start(model, init_from)
+        warm_start(model, init_from, init_sha256)
     if mc.variant == "cnn_fixed":
         if ckpt is None and not warm:
             stats = pretrain_backbone(model.tower, train_set.pixels, _ad_categories(train_set), tc.pretrain_steps,

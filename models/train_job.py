@@ -66,15 +66,13 @@ def read_snapshot(cfg: PipelineConfig, run_date: dt.date) -> tuple[FeatureSpec, 
     return spec, train, holdout, images
 
 
-def live_model_path(cfg: PipelineConfig) -> str | None:
-    """The published model that is live now (the registry's `current` pointer), if any."""
-    from serving.registry import read_current, version_dir
+def live_model_path(cfg: PipelineConfig) -> tuple[str, str] | None:
+    """(model.pt, its published sha256) of the version live now (the registry's `current` pointer,
+    its chain of checksums verified: serving.registry.live_model), if any."""
+    from serving.registry import live_model
 
-    current = read_current(cfg)
-    if current is None:
-        return None
-    path = version_dir(cfg, current) / "model" / "model.pt"
-    return str(path) if path.exists() else None
+    live = live_model(cfg)
+    return None if live is None else (str(live[0]), live[1])
 
 
 def run(cfg: PipelineConfig, run_date: dt.date) -> dict[str, Any]:
@@ -84,10 +82,11 @@ def run(cfg: PipelineConfig, run_date: dt.date) -> dict[str, Any]:
     spec, train_tbl, holdout_tbl, images = read_snapshot(cfg, run_date)
     out_dir = local_path(Paths.of(cfg).run_model_dir(run_date))
     os.makedirs(out_dir, exist_ok=True)
-    init_from = live_model_path(cfg) if cfg.train.warm_start else None
+    init_from, init_sha256 = (live_model_path(cfg) if cfg.train.warm_start else None) or (None, None)
     log.info("training %s on %d examples (%d holdout, %d images), warm start from %s", cfg.model.variant,
              train_tbl.num_rows, holdout_tbl.num_rows, len(images), init_from or "scratch")
-    metrics = train(cfg, spec, train_tbl, holdout_tbl, images, out_dir, resume=True, init_from=init_from)
+    metrics = train(cfg, spec, train_tbl, holdout_tbl, images, out_dir, resume=True, init_from=init_from,
+                    init_sha256=init_sha256)
     if int(os.environ.get("RANK", "0")) == 0:
         model_path = os.path.join(out_dir, "model.pt")
         manifest = {"run_date": run_date.isoformat(), "variant": cfg.model.variant,

@@ -11,6 +11,8 @@ Serving folder layout (all numpy .npy files, loaded with ``mmap_mode="r"``):
     pca_mean.npy             float32 (visual_dim,)             only for "pca"
     pca_components.npy       float32 (dims, visual_dim)        only for "pca"
     encoder.npz              the run's FeatureEncoder (serving.requests.save_encoder)
+    category_ids.npy         int64 (n,)  each ad's raw catalog category id (-1: none), for the
+                             published Delta table (serving.registry); not read by serving
     manifest.json            dims, dtype, rows, reduction, model version and sha256, run date,
                              and the sha256 and size of every file above
 
@@ -45,6 +47,7 @@ FALLBACK_CATEGORIES_FILE = "fallback_categories.npy"
 FALLBACK_MEANS_FILE = "fallback_means.npy"
 PCA_MEAN_FILE = "pca_mean.npy"
 PCA_COMPONENTS_FILE = "pca_components.npy"
+CATEGORY_IDS_FILE = "category_ids.npy"
 INDEX_BYTES_PER_AD = 8 + 4  # int64 ad id + int32 category id per row
 
 
@@ -248,6 +251,14 @@ def read_manifest(folder: str | os.PathLike) -> dict[str, Any]:
         raise IntegrityError(f"{path} is missing: the lookup folder is incomplete or not a lookup folder") from None
     except json.JSONDecodeError as e:
         raise IntegrityError(f"{path} is not valid JSON ({e}); the folder is corrupt") from None
+
+
+def loaded_files(manifest: dict[str, Any]) -> list[str]:
+    """The files ``LookupTable.load`` opens for a manifest, plus every file the manifest lists."""
+    names = [AD_IDS_FILE, EMBEDDINGS_FILE, CATEGORIES_FILE, FALLBACK_CATEGORIES_FILE, FALLBACK_MEANS_FILE]
+    if manifest.get("reduction") == "pca":
+        names += [PCA_MEAN_FILE, PCA_COMPONENTS_FILE]
+    return sorted({*names, *manifest.get("files", {})})
 
 
 def verify_files(folder: str | os.PathLike, manifest: dict[str, Any]) -> None:

@@ -7,6 +7,8 @@
 Loading verifies every file against its manifest checksum first (the model file against the
 sha256 the lookup manifest recorded), refuses to load on a mismatch naming the file, and reads the
 model with ``torch.load(weights_only=True)``; only the FieldEmbedding and DCN weights are built.
+A published version (``load_version``, ``from_current``) is verified from the pointer down: the
+pointer's sha256 of version.json, then version.json's sha256 of every file (serving.registry).
 
 The hot path is vectorised: encoding runs per field over the batch (numpy), the ad index is a
 numpy ``searchsorted`` over the sorted ad ids, and the head runs as an ``InferenceHead``: the
@@ -47,7 +49,7 @@ from torch.nn import functional as F
 from core.config import ModelConfig, PipelineConfig, build
 from core.feature_spec import FeatureSpec
 from models.layers import DCN, FieldEmbedding
-from serving.lookup import IntegrityError, LookupTable, read_manifest, sha256_file
+from serving.lookup import IntegrityError, LookupTable, loaded_files, read_manifest, sha256_file
 from serving.requests import (EncodedRequests, RequestColumns, RequestEncoder, columns_from_records,
                               load_encoder_file)
 
@@ -321,9 +323,10 @@ class Predictor:
     @classmethod
     def load(cls, model_path: str | os.PathLike, lookup_dir: str | os.PathLike,
              version: Mapping[str, Any] | None = None, precision: str = DEFAULT_PRECISION,
-             validated_precisions: Iterable[str] | None = None) -> "Predictor":
-        """Verify the lookup folder's files and the model file against the lookup manifest, then load
-        (``precision`` and ``validated_precisions``: see ``Predictor``)."""
+             validated_precisions: Iterable[str] | None = None, verify_lookup: bool = True) -> "Predictor":
+        """Verify the lookup folder's files (unless ``verify_lookup`` is False: the caller verified
+        them, e.g. through a version's chain) and the model file against the lookup manifest, then
+        load (``precision`` and ``validated_precisions``: see ``Predictor``)."""
         lookup_dir = Path(lookup_dir)
         manifest = read_manifest(lookup_dir)
         model_path = Path(model_path)
@@ -332,7 +335,7 @@ class Predictor:
         if sha256_file(model_path) != manifest["model_sha256"]:
             raise IntegrityError(f"{model_path.name}: checksum mismatch with {lookup_dir / 'manifest.json'} "
                                  f"(expected sha256 {manifest['model_sha256'][:16]}...); refusing to load it")
-        table = LookupTable.load(lookup_dir, verify=True)
+        table = LookupTable.load(lookup_dir, verify=verify_lookup)
         if ENCODER_FILE not in manifest["files"]:
             raise IntegrityError(f"{ENCODER_FILE}: not listed in {lookup_dir / 'manifest.json'}; "
                                  "the version lacks the run's feature encoder")
@@ -347,10 +350,27 @@ class Predictor:
     def load_version(cls, version_dir: str | os.PathLike, version: Mapping[str, Any] | None = None,
                      precision: str = DEFAULT_PRECISION) -> "Predictor":
         """A published version folder v<N>-<D>/ (model/model.pt + lookup/ + validation.json), served
-        only in a precision its validation record allows (fp32 when the record names none)."""
+        only in a precision its validation record allows (fp32 when the record names none).
+
+        The chain of trust is verified first (serving.registry.verify_version): ``version``'s
+        ``version_sha256`` (the pointer's) must match version.json, which must list every file
+        loaded here with its sha256. A legacy pointer (no ``version_sha256``) is checked against
+        the lookup manifest only and served in fp32 only, with a warning."""
+        from serving.registry import is_legacy, legacy_message, require_listed, verify_version
+
         version_dir = Path(version_dir)
+        entry = dict(version or {})
+        info = verify_version(version_dir, entry.get("version_sha256"))
+        if is_legacy(entry):
+            log.warning("%s", legacy_message({**info, **entry}))
+            return cls.load(version_dir / "model" / MODEL_FILE, version_dir / "lookup", version, precision,
+                            ("fp32",))
+        manifest = read_manifest(version_dir / "lookup")
+        # validation.json may be absent (fp32 only); when present it is listed, hence verified.
+        require_listed(info, [f"model/{MODEL_FILE}", "lookup/manifest.json",
+                              *(f"lookup/{name}" for name in loaded_files(manifest))], version_dir)
         return cls.load(version_dir / "model" / MODEL_FILE, version_dir / "lookup", version, precision,
-                        read_validated_precisions(version_dir / VALIDATION_FILE))
+                        read_validated_precisions(version_dir / VALIDATION_FILE), verify_lookup=False)
 
     @classmethod
     def from_current(cls, cfg: PipelineConfig, precision: str = DEFAULT_PRECISION) -> "Predictor":

@@ -9,11 +9,15 @@ ad id) within inference.budget_ads rows and inference.budget_bytes bytes (servin
 The kept ads' images are embedded by the trained tower (models.train.embed_images, category-aware
 for CSCNN), reduced (inference.reduction: none, float16 or pca to inference.pca_dims) and written:
 
-  <warehouse>/lookup_table            Delta: run_date, ad_id, category_id (raw), category_idx
+  <warehouse>/lookup_candidates       Delta: run_date, ad_id, category_id (raw), category_idx
                                       (encoded), embedding array<float> (the stored row; for pca the
-                                      k-dim z), partitioned by run_date, replaced per date
+                                      k-dim z), partitioned by run_date, replaced per date. Not gated
+                                      yet: the validate stage checks it; consumers never read it
   <artifacts>/runs/D/lookup/          the memory-mappable serving files + encoder.npz + manifest.json
                                       (serving.lookup module docstring)
+
+The published lookup table (<warehouse>/lookup_table, the Airflow Asset) is written by publish,
+from the published version's files, only after every gate passed (serving.registry).
 
 Images are decoded on the driver for the kept ads only, and embedded in inference.batch_size chunks.
 """
@@ -47,6 +51,7 @@ log = logging.getLogger("build_lookup")
 MODEL_FILE = "model.pt"
 MODEL_MANIFEST = "manifest.json"
 ENCODER_FILE = "encoder.npz"
+CANDIDATES_TABLE = "lookup_candidates"
 
 
 class BuildLookupError(RuntimeError):
@@ -80,6 +85,11 @@ def with_window_impressions(counts_df: "DataFrame") -> Callable[["DataFrame"], "
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+def candidates_uri(cfg: PipelineConfig) -> str:
+    """The Delta table of each run date's lookup rows before the gates (module docstring)."""
+    return Paths.of(cfg).table(CANDIDATES_TABLE)
 
 
 def model_paths(cfg: PipelineConfig, run_date: dt.date) -> tuple[Path, Path]:
@@ -162,7 +172,8 @@ def run(cfg: PipelineConfig, spark: "SparkSession", run_date: dt.date) -> dict[s
     from pyspark.sql import functions as F
 
     from models.train import load_model
-    from serving.lookup import bytes_per_ad, make_reduction, select_ads, sha256_file, write_lookup_files
+    from serving.lookup import (CATEGORY_IDS_FILE, bytes_per_ad, make_reduction, select_ads, sha256_file,
+                                write_lookup_files)
     from serving.requests import save_encoder
     from spark_jobs import features
 
@@ -215,11 +226,15 @@ def run(cfg: PipelineConfig, spark: "SparkSession", run_date: dt.date) -> dict[s
         shutil.rmtree(lookup_dir)
     lookup_dir.mkdir(parents=True)
     save_encoder(encoder, lookup_dir / ENCODER_FILE)
+    order = np.argsort(ad_ids, kind="stable")  # the serving files' row order (sorted ad ids)
+    np.save(lookup_dir / CATEGORY_IDS_FILE, np.where(cat_valid, raw_cat, -1)[order].astype(np.int64),
+            allow_pickle=False)
     window_impressions = int(cand_imps.sum())
     covered_impressions = int(cand_imps[keep].sum())
     manifest = write_lookup_files(
         lookup_dir, ad_ids, category_idx, x_v, reduction, run_date=run_date.isoformat(), model_version=version,
-        model_sha256=model_sha, extra_files={ENCODER_FILE: str(lookup_dir / ENCODER_FILE)},
+        model_sha256=model_sha, extra_files={ENCODER_FILE: str(lookup_dir / ENCODER_FILE),
+                                              CATEGORY_IDS_FILE: str(lookup_dir / CATEGORY_IDS_FILE)},
         extra={"candidates": int(len(cand_ads)), "budget_ads": ic.budget_ads, "budget_bytes": ic.budget_bytes,
                "window_impression_share": covered_impressions / window_impressions if window_impressions else None})
 
@@ -229,21 +244,22 @@ def run(cfg: PipelineConfig, spark: "SparkSession", run_date: dt.date) -> dict[s
                                         category_idx.tolist(), stored.astype(np.float32))]
     table_df = spark.createDataFrame(
         rows, "run_date date, ad_id bigint, category_id int, category_idx int, embedding array<float>")
+    candidates = candidates_uri(cfg)
     (table_df.write.format("delta").mode("overwrite").partitionBy("run_date")
-     .option("replaceWhere", day).save(paths.lookup_table))
-    delta_version = int(spark.sql(f"DESCRIBE HISTORY delta.`{paths.lookup_table}` LIMIT 1")
+     .option("replaceWhere", day).save(candidates))
+    delta_version = int(spark.sql(f"DESCRIBE HISTORY delta.`{candidates}` LIMIT 1")
                         .select("version").collect()[0][0])
     meta = {
         "run_date": run_date.isoformat(), "rows": int(len(ad_ids)), "candidates": int(len(cand_ads)),
         "reduction": reduction.method, "dims": manifest["dims"], "bytes_per_ad": manifest["bytes_per_ad"],
         "model_version": version, "embed_seconds": embed_s,
         "ads_per_second": len(ad_ids) / embed_s if embed_s > 0 else None,
-        "lookup_dir": str(lookup_dir), "lookup_table": paths.lookup_table, "lookup_table_version": delta_version,
+        "lookup_dir": str(lookup_dir), "lookup_candidates": candidates, "lookup_candidates_version": delta_version,
         "window_impression_share": manifest["window_impression_share"],
         "seconds": time.monotonic() - started,
     }
     log.info("build_lookup %s: %d ads embedded (%.0f ads/s), %s, written to %s and %s", run_date, meta["rows"],
-             meta["ads_per_second"] or 0, reduction.method, lookup_dir, paths.lookup_table)
+             meta["ads_per_second"] or 0, reduction.method, lookup_dir, candidates)
     return meta
 
 

@@ -3,15 +3,19 @@
     python spark_jobs/publish.py --date 2026-02-02 [--config FILE | --config-json JSON] [--set k=v]
 
 Reads <artifacts>/runs/D/validation.json (written by validate) and refuses unless it passed and
-still describes the files on disk (model and lookup manifest checksums). Then, atomically
-(serving.registry): copies model/ and lookup/ into a new immutable <artifacts>/published/v<N>-<D>/,
-switches the `current` pointer, and appends a registry row (version, run date, metrics, gate
-verdicts, input Delta versions from the features run, config hash, code version, published_at).
+still describes the files on disk (model and lookup manifest checksums). Then, as one registry
+transaction that a SIGKILL at any point cannot leave half done (serving.registry): copies model/,
+lookup/ and the validation record into a new immutable <artifacts>/published/v<N>-<D>/ (fsynced,
+version.json listing every file's sha256), appends a pending registry row (version, run date,
+metrics, gate verdicts, input Delta versions from the features run, config hash, code version,
+published_at), writes the version's rows into the published lookup table (the Airflow Asset),
+switches the `current` pointer and marks the row live. It first recovers from an earlier crash.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import logging
 import os
@@ -49,13 +53,15 @@ def check_validation(record: dict[str, Any] | None, path: Path, model_sha256: st
 def run(cfg: PipelineConfig, spark: "SparkSession", run_date: dt.date) -> dict[str, Any]:
     """Publish D's model + lookup table as a new version and make it live; returns its pointer entry."""
     from serving.lookup import sha256_file
-    from serving.registry import code_version, promote, stage_version
+    from serving.registry import code_version, publish_version
     from spark_jobs import features
     from spark_jobs.build_lookup import model_paths
 
     paths = Paths.of(cfg)
     record_path = Path(local_path(paths.validation_record(run_date)))
-    record = json.loads(record_path.read_text()) if record_path.is_file() else None
+    record_bytes = record_path.read_bytes() if record_path.is_file() else None
+    record = json.loads(record_bytes) if record_bytes is not None else None
+    record_sha = hashlib.sha256(record_bytes).hexdigest() if record_bytes is not None else ""
     model_path, model_manifest = model_paths(cfg, run_date)
     lookup_dir = Path(local_path(paths.run_lookup_dir(run_date)))
     check_validation(record, record_path, sha256_file(model_path) if model_path.is_file() else "",
@@ -69,13 +75,16 @@ def run(cfg: PipelineConfig, spark: "SparkSession", run_date: dt.date) -> dict[s
     sources = {"model/model.pt": model_path, "lookup": lookup_dir, "validation.json": record_path}
     if model_manifest.is_file():
         sources["model/manifest.json"] = model_manifest
-    entry = stage_version(cfg, run_date, sources, {
+    # What validation checked, re-checked on the copies (a file changed after the check is refused).
+    manifest = json.loads((lookup_dir / "manifest.json").read_text())
+    expect = {"model/model.pt": record["model_sha256"], "lookup/manifest.json": record["lookup_manifest_sha256"],
+              "validation.json": record_sha, **{f"lookup/{name}": info["sha256"]
+                                                 for name, info in manifest["files"].items()}}
+    return publish_version(spark, cfg, run_date, sources, {
         "model_version": record.get("model_version"), "metrics": record.get("metrics", {}),
         "gates": record.get("gates", []), "input_versions": input_versions, "config_hash": cfg.config_hash(),
         "code_version": code_version(), "published_at": dt.datetime.now(dt.timezone.utc).isoformat(),
-    })
-    promote(spark, cfg, entry, "publish")
-    return entry
+    }, expect)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -204,11 +204,12 @@ def live_model_auc(cfg: PipelineConfig, spark: "SparkSession", run_date: dt.date
     import pyarrow as pa
 
     from models.train import auc_score, load_model, predict
-    from serving.registry import version_dir
+    from serving.registry import verify_version, version_dir
     from serving.requests import load_encoder_file
     from spark_jobs.build_lookup import read_images
 
     folder = version_dir(cfg, live)
+    verify_version(folder, live.get("version_sha256"))  # the live files, checked from the pointer down
     model = load_model(folder / "model" / "model.pt")
     encoder = load_encoder_file(folder / "lookup" / "encoder.npz")
     raw = raw_holdout(cfg, spark, run_date)
@@ -233,7 +234,7 @@ def run(cfg: PipelineConfig, spark: "SparkSession", run_date: dt.date) -> dict[s
     from serving.predictor import Predictor
     from serving.registry import read_current
     from spark_jobs import features
-    from spark_jobs.build_lookup import model_paths, read_images
+    from spark_jobs.build_lookup import candidates_uri, model_paths, read_images
 
     started = time.monotonic()
     gc, bs = cfg.gates, cfg.inference.batch_size
@@ -268,7 +269,7 @@ def run(cfg: PipelineConfig, spark: "SparkSession", run_date: dt.date) -> dict[s
                   if reduction == "none" else
                   f"reduction {reduction}: serving vs model on the table's dequantised x_v; quantisation moves "
                   f"scores by up to {drift:.2e} vs the CNN; ") + f"table-path AUC {table_metrics['auc']:.5f}"
-    table_df = (spark.read.format("delta").load(paths.lookup_table)
+    table_df = (spark.read.format("delta").load(candidates_uri(cfg))
                 .where(f"run_date = DATE'{run_date.isoformat()}'"))
     gx = validate(cfg, project_lookup(table_df), build_lookup_suite(predictor.table.manifest["dims"], gc.norm_min,
                                                                      gc.norm_max), "lookup_table", run_date.isoformat())

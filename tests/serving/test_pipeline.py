@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -76,7 +77,8 @@ def test_publish_crash_keeps_previous_version_and_rollback_restores(spark, base,
     publish.run(cfg16, spark, D)
     assert live(cfg) == 2
 
-    # a crash after the v3 folder is written, before `current` moves: v2 stays live and readable
+    # an exception after the v3 folder and its pending row are written, before `current` moves:
+    # v3 is undone (row abandoned, folder removed), v2 stays live and readable
     def crash(*_args, **_kwargs):
         raise KeyboardInterrupt("injected crash before switching current")
 
@@ -84,7 +86,7 @@ def test_publish_crash_keeps_previous_version_and_rollback_restores(spark, base,
     with pytest.raises(KeyboardInterrupt):
         publish.run(cfg16, spark, D)
     monkeypatch.undo()
-    assert [v for v, _, _ in registry.list_version_dirs(cfg)] == [1, 2, 3] and live(cfg) == 2
+    assert [v for v, _, _ in registry.list_version_dirs(cfg)] == [1, 2] and live(cfg) == 2
     predictor = Predictor.from_current(cfg)
     assert predictor.version["version"] == 2 and predictor.table.reduction.method == "float16"
     hold_df = world[2]
@@ -93,11 +95,14 @@ def test_publish_crash_keeps_previous_version_and_rollback_restores(spark, base,
     registry.rollback(spark, cfg, 1)
     assert live(cfg) == 1 and Predictor.from_current(cfg).table.reduction.method == "none"
     rows = registry.read_registry(spark, cfg)
-    assert [(r["action"], r["version"]) for r in rows] == [("publish", 1), ("publish", 2), ("rollback", 1)]
+    assert [(r["action"], r["version"], r["state"]) for r in rows] == [
+        ("publish", 1, "live"), ("publish", 2, "live"), ("publish", 3, "abandoned"), ("rollback", 1, "live")]
     assert rows[0]["config_hash"] == cfg.config_hash() and json.loads(rows[0]["input_versions"]) == \
         {"impressions": 0, "ads": 0}
     with pytest.raises(registry.PublishError, match="no published version 7"):
         registry.rollback(spark, cfg, 7)
+    with pytest.raises(registry.PublishError, match="no published version 3"):  # abandoned
+        registry.rollback(spark, cfg, 3)
 
     # a tampered published file is refused, naming it
     emb = Path(registry.version_dir(cfg, registry.read_current(cfg))) / "lookup" / "embeddings.npy"
@@ -106,10 +111,13 @@ def test_publish_crash_keeps_previous_version_and_rollback_restores(spark, base,
     np.save(emb, data)
     with pytest.raises(IntegrityError, match="embeddings.npy"):
         Predictor.from_current(cfg)
+    assert registry.rollback(spark, cfg, 2)["version"] == 2
+    with pytest.raises(registry.PublishError, match="refusing to roll back to version 1: lookup/embeddings.npy"):
+        registry.rollback(spark, cfg, 1)
 
 
-def test_model_trained_on_shuffled_labels_is_blocked(spark, base, world, tmp_path):
-    cfg = fresh_cfg(base, tmp_path)
+def train_blocked_model(spark, cfg, world) -> None:
+    """D's model trained on shuffled labels, its lookup table built; validate and publish refuse it."""
     spec, train_df, _, images, _ = world
     shuffled = train_df.assign(label=np.random.default_rng(0).permutation(train_df["label"].to_numpy()))
     train(cfg, spec, shuffled, None, images, Paths.of(cfg).run_model_dir(D))
@@ -120,7 +128,15 @@ def test_model_trained_on_shuffled_labels_is_blocked(spark, base, world, tmp_pat
     assert not {g["name"]: g for g in record["gates"]}["auc_floor"]["passed"]
     with pytest.raises(registry.PublishError, match="auc_floor"):
         publish.run(cfg, spark, D)
+
+
+def test_model_trained_on_shuffled_labels_is_blocked(spark, base, world, tmp_path):
+    cfg = fresh_cfg(base, tmp_path)
+    train_blocked_model(spark, cfg, world)
     assert registry.list_version_dirs(cfg) == [] and live(cfg) is None
+    # its lookup rows exist only before the gates: the published table was never written
+    assert spark.read.format("delta").load(build_lookup.candidates_uri(cfg)).count() > 0
+    assert not os.path.exists(Paths.of(cfg).lookup_table)
 
 
 def test_table_under_the_coverage_threshold_is_blocked(spark, base, tmp_path):

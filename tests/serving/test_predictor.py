@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
-
 import numpy as np
 import pytest
 import torch
@@ -136,13 +134,21 @@ def test_files_without_a_validation_record_are_served_in_fp32_by_default(served)
 def test_a_version_is_served_only_in_the_precisions_its_record_allows(served, tmp_path, monkeypatch, native):
     import json
 
+    import datetime as dt
+
+    from serving import registry
+    from tests.serving.helpers import small_cfg
+
     _, model_path, lookup, _, _ = served
     monkeypatch.setattr(predictor_module, "native_bf16", lambda: native)
-    version = tmp_path / "v1-2026-01-03"
-    (version / "model").mkdir(parents=True)
-    shutil.copy(model_path, version / "model" / "model.pt")
-    shutil.copytree(lookup, version / "lookup")
-    record = version / "validation.json"
+    cfg = small_cfg(tmp_path / "var")
+    record = tmp_path / "validation.json"
+
+    def stage(with_record: bool):
+        """A published folder (sealed by its version.json) and its pointer entry."""
+        sources = {"model/model.pt": model_path, "lookup": lookup, **({"validation.json": record} if with_record else {})}
+        entry = registry.stage_version(cfg, dt.date(2026, 1, 3), sources, {})
+        return registry.version_dir(cfg, entry), entry
 
     for content, allowed in [(None, ("fp32",)), ({"passed": True}, ("fp32",)),
                              ({"serving_precisions": ["fp32"]}, ("fp32",)),
@@ -151,16 +157,17 @@ def test_a_version_is_served_only_in_the_precisions_its_record_allows(served, tm
         if content is not None:
             record.write_text(json.dumps(content))
         assert predictor_module.read_validated_precisions(record) == allowed
-        auto = Predictor.load_version(version).precision
+        version, entry = stage(content is not None)
+        auto = Predictor.load_version(version, entry).precision
         assert auto == ("bf16" if native and "bf16" in allowed else "fp32")
         if "bf16" in allowed:
-            assert Predictor.load_version(version, precision="bf16").precision == "bf16"
+            assert Predictor.load_version(version, entry, precision="bf16").precision == "bf16"
         else:
             with pytest.raises(ValueError, match="precision 'bf16' was not validated for this version"):
-                Predictor.load_version(version, precision="bf16")
+                Predictor.load_version(version, entry, precision="bf16")
     record.write_text("{not json")
     with pytest.raises(IntegrityError, match="validation.json"):
-        Predictor.load_version(version)
+        Predictor.load_version(*stage(True))
 
 
 @pytest.mark.parametrize("precision", REDUCED)
