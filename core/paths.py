@@ -137,6 +137,26 @@ class Paths:
     def run_report(self, day: dt.date | str) -> str:
         return _join(self.reports, "runs", str(day), "report.html")
 
+    def run_report_data(self, day: dt.date | str) -> str:
+        """What the validate stage computes for run date D's report (calibration, attention maps)."""
+        return _join(self.run_dir(day), "report_data")
+
+    def calibration_record(self, day: dt.date | str) -> str:
+        """reports.report_data.CalibrationRecord of run date D (JSON)."""
+        return _join(self.run_report_data(day), "calibration.json")
+
+    def attention_record(self, day: dt.date | str) -> str:
+        """reports.report_data.AttentionRecord of run date D (JSON); its panels are PNGs beside it."""
+        return _join(self.run_report_data(day), "attention.json")
+
+    def attention_panel(self, day: dt.date | str, category_idx: int) -> str:
+        """PNG of one category's attention panel (originals above, overlays below) of run date D."""
+        return _join(self.run_report_data(day), "attention", f"category-{int(category_idx)}.png")
+
+    def quality_summary(self, day: dt.date | str) -> str:
+        """The day's data-quality summary (spark_jobs/check_quality.py)."""
+        return _join(self.reports, "quality", f"{day}.json")
+
 
 def ensure_dir(uri: str) -> str:
     if is_local(uri):

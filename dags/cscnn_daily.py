@@ -20,6 +20,8 @@ Environment (all optional):
     CSCNN_SPARK_DRIVER_MEMORY  spark-submit --driver-memory (default 4g)
     CSCNN_SPARK_PY_FILES       comma-separated .zip/.py files shipped to executors (cluster mode)
     CSCNN_SPARK_IVY_DIR        ivy cache for the Delta jars (default ~/.cache/cscnn-pipeline/ivy)
+    CSCNN_SPARK_LOG_LEVEL      log level of Spark's JVM in the stages (default WARN; conf/spark/log4j2.properties)
+    CSCNN_GX_LOG_LEVEL         log level of Great Expectations in the stages (default WARNING)
     CSCNN_TASK_RETRIES         retries of every task (default 2)
     CSCNN_RETRY_DELAY_S        first retry delay in seconds, growing exponentially (default 300)
 
@@ -46,6 +48,7 @@ from core.assets import LOOKUP_TABLE_ASSET, MODEL_ASSET
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SPARK_JOBS = REPO_ROOT / "spark_jobs"
+SPARK_CONF_DIR = REPO_ROOT / "conf" / "spark"  # log4j2.properties, ivysettings.xml (mirrors core.spark)
 
 # Mirrors core.config.VARIANTS (a test checks it); not imported so that parsing stays stdlib-only.
 MODEL_VARIANTS = ("dcn", "cnn_fixed", "cnn_finetune", "cbam", "cscnn")
@@ -156,6 +159,7 @@ def spark_conf() -> dict[str, str]:
     conf = {
         "spark.jars.packages": DELTA_PACKAGE,
         "spark.jars.ivy": os.path.expanduser(os.environ.get("CSCNN_SPARK_IVY_DIR") or DEFAULT_IVY_DIR),
+        "spark.jars.ivySettings": str(SPARK_CONF_DIR / "ivysettings.xml"),  # Maven Central only
         "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
         "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
         "spark.sql.session.timeZone": "UTC",
@@ -183,6 +187,8 @@ def spark_env() -> dict[str, str]:
         "PYTHONPATH": pythonpath,
         "PYSPARK_PYTHON": os.environ.get("PYSPARK_PYTHON") or sys.executable,
         "PYSPARK_DRIVER_PYTHON": os.environ.get("PYSPARK_DRIVER_PYTHON") or sys.executable,
+        # log4j2.properties: Spark's JVM at WARN unless CSCNN_SPARK_LOG_LEVEL asks for more
+        "SPARK_CONF_DIR": os.environ.get("SPARK_CONF_DIR") or str(SPARK_CONF_DIR),
     }
 
 

@@ -37,13 +37,44 @@ def _logical_ds(ti_key: Any) -> str | None:
     return get_context().get("ds")
 
 
+def failed_data_docs_page(ti_key: Any, ds: str | None) -> str | None:
+    """The Data Docs page of the run date's first failed quality suite, relative to the reports
+    folder (None when the day's checks passed, did not run yet, or the page is not served)."""
+    import json
+    import os
+    import urllib.parse
+
+    xcom_pull = getattr(ti_key, "xcom_pull", None)
+    if not ds or not callable(xcom_pull):
+        return None
+    try:
+        from core.config import PipelineConfig
+        from core.paths import Paths, local_path
+
+        with open(xcom_pull(task_ids="build_config")) as f:
+            paths = Paths.of(PipelineConfig.from_json(f.read()))
+        with open(local_path(paths.quality_summary(ds))) as f:
+            suites = json.load(f).get("suites") or {}
+        root = os.path.abspath(local_path(paths.reports))
+    except Exception:  # a link never fails its task: without the summary it points at the site's index
+        return None
+    for name in sorted(suites):
+        page = suites[name].get("report_path") if isinstance(suites[name], dict) else None
+        if suites[name].get("success") is False and page:
+            rel = os.path.relpath(os.path.abspath(page), root)
+            if not rel.startswith(".."):
+                return urllib.parse.quote(rel.replace(os.sep, "/"))
+    return None
+
+
 class DataDocsLink(BaseOperatorLink):
-    """The Great Expectations Data Docs site (all validation results, newest first)."""
+    """The Data Docs page of the day's failed quality suite, else the site's index (all
+    validation results, newest first)."""
 
     name = "Data Docs"
 
     def get_link(self, operator, *, ti_key) -> str:
-        return reports_url("data_docs/index.html")
+        return reports_url(failed_data_docs_page(ti_key, _logical_ds(ti_key)) or "data_docs/index.html")
 
 
 class RunReportLink(BaseOperatorLink):

@@ -37,6 +37,21 @@ if TYPE_CHECKING:  # pragma: no cover
 
 log = logging.getLogger(__name__)
 
+
+def quiet_gx_logging() -> None:
+    """Great Expectations logs at WARNING (CSCNN_GX_LOG_LEVEL=INFO or DEBUG asks for more).
+
+    Set before GX is first imported: at import it logs hundreds of `Skipping registering
+    function` lines at INFO, and every store write afterwards."""
+    level = os.environ.get("CSCNN_GX_LOG_LEVEL", "").strip().upper() or "WARNING"
+    if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise ValueError(f"bad value for environment variable CSCNN_GX_LOG_LEVEL: {level!r}; "
+                         "allowed: DEBUG, INFO, WARNING, ERROR")
+    logging.getLogger("great_expectations").setLevel(level)
+
+
+quiet_gx_logging()
+
 SITE_NAME = "cscnn_data_docs"
 BATCH_DEFINITION = "whole_dataframe"
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -128,9 +143,6 @@ def _open_context(gx_root: str, docs_root: str) -> "FileDataContext":
     import great_expectations as gx
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
-    gx_logger = logging.getLogger("great_expectations")
-    if gx_logger.level == logging.NOTSET:  # GX logs every store write at INFO; keep job logs readable
-        gx_logger.setLevel(logging.WARNING)
     context = gx.get_context(mode="file", context_root_dir=gx_root)
     site_config = {
         "class_name": "SiteBuilder",

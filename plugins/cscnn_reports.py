@@ -69,18 +69,46 @@ def resolve_report_file(root: Path, relative: str) -> Path:
     return target
 
 
+# The Airflow 3 UI's look (Chakra UI: system sans-serif, white cards on a light grey page,
+# grey borders, the UI's blue for links), without loading anything from outside the page.
+INDEX_CSS = """
+*{box-sizing:border-box}
+body{margin:0;background:#f7fafc;color:#1a202c;font:14px/1.5 Inter,-apple-system,BlinkMacSystemFont,"Segoe UI",
+Roboto,Helvetica,Arial,sans-serif}
+header{background:#fff;border-bottom:1px solid #e2e8f0;padding:12px 24px;display:flex;align-items:center;gap:16px}
+header h1{font-size:18px;font-weight:600;margin:0}
+header a{margin-left:auto}
+main{max-width:960px;margin:24px auto;padding:0 24px}
+.card{background:#fff;border:1px solid #e2e8f0;border-radius:6px;padding:16px 20px;margin-bottom:16px}
+.card h2{font-size:16px;font-weight:600;margin:0 0 12px 0}
+a{color:#0c6bbf;text-decoration:none}a:hover{text-decoration:underline}
+table{border-collapse:collapse;width:100%}
+th,td{text-align:left;padding:8px 12px;border-bottom:1px solid #edf2f7}
+th{font-size:12px;font-weight:600;color:#4a5568;text-transform:uppercase;letter-spacing:.03em}
+tr:last-child td{border-bottom:0}
+.muted{color:#718096}
+"""
+
+
 def render_index(root: Path) -> str:
-    """HTML index of the reports folder: Data Docs link and run reports, newest first."""
+    """HTML index of the reports folder: Data Docs link and run reports, newest first (links only;
+    no server paths)."""
     runs_dir = root / "runs"
     days = sorted((p.name for p in runs_dir.iterdir() if (p / "report.html").is_file()), reverse=True) \
         if runs_dir.is_dir() else []
-    items = "".join(f'<li><a href="runs/{html.escape(d)}/report.html">{html.escape(d)}</a></li>' for d in days)
-    docs = ('<p><a href="data_docs/index.html">Great Expectations Data Docs</a></p>'
-            if (root / "data_docs" / "index.html").is_file() else "<p>No Data Docs yet.</p>")
-    runs = f"<ol>{items}</ol>" if items else "<p>No run reports yet.</p>"
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>CSCNN reports</title></head>"
-            f"<body><h1>CSCNN pipeline reports</h1>{docs}<h2>Run reports</h2>{runs}"
-            f"<p><small>{html.escape(str(root))}</small></p></body></html>")
+    rows = "".join(f'<tr><td><a href="runs/{html.escape(d)}/report.html">{html.escape(d)}</a></td>'
+                   f"<td>run report</td></tr>" for d in days)
+    docs = ('<a href="data_docs/index.html">Great Expectations Data Docs</a> '
+            '<span class="muted">(every validation result, newest first)</span>'
+            if (root / "data_docs" / "index.html").is_file() else '<span class="muted">No Data Docs yet.</span>')
+    runs = (f"<table><tr><th>logical date</th><th>page</th></tr>{rows}</table>" if rows
+            else '<p class="muted">No run reports yet.</p>')
+    return (f"<!doctype html><html lang='en'><head><meta charset='utf-8'>"
+            f"<meta name='viewport' content='width=device-width, initial-scale=1'><title>CSCNN reports</title>"
+            f"<style>{INDEX_CSS}</style></head><body><header><h1>CSCNN pipeline reports</h1>"
+            f'<a href="../">Airflow</a></header><main>'
+            f'<section class="card"><h2>Data quality</h2>{docs}</section>'
+            f'<section class="card"><h2>Run reports</h2>{runs}</section></main></body></html>')
 
 
 # FastAPI's own docs and OpenAPI routes skip app-level dependencies, so they are off: every route

@@ -7,27 +7,30 @@ Airflow plugin serves; the DAG's `render_report` task calls `render(config_path,
 happened upstream, so the page also explains a failed run: every stage's output is optional
 and a missing one is named.
 
-Inputs (all under the run's configured storage; each one optional):
+The first screen answers the on-call questions: was anything published, and if not, which check
+or gate stopped the run (with the Data Docs page of a failed expectation); the holdout AUC
+against the floor and the live model; coverage; data quality. The details follow, collapsed.
+
+The report only renders what the stages wrote (all under the run's storage; each optional):
   <artifacts>/runs/D/ingest.json            ingest counts, quarantine reasons, schema drift
   <reports>/quality/D.json                  data-quality suites with their Data Docs pages
-  <artifacts>/runs/D/features.json          features metadata: window, vocab sizes, OOV rates
-  <artifacts>/runs/D/snapshot/              holdout examples and ad images (attention maps,
-                                            calibration sample)
-  <artifacts>/runs/D/model/{manifest.json, model.pt}   training metrics and the model
-  <artifacts>/runs/D/lookup/manifest.json   lookup table facts; "coverage_curve" when recorded
-  <artifacts>/runs/D/validation.json        gate verdicts ("gates": name, passed, value,
-                                            threshold, note); optional "coverage_curve",
-                                            "calibration_bins", "metrics" / "auc" / "live_auc"
+  <artifacts>/runs/D/features.json          window, vocab sizes, OOV rates, excluded days
+  <artifacts>/runs/D/model/manifest.json    training metrics (train stage)
+  <artifacts>/runs/D/lookup/manifest.json   lookup table facts
+  <artifacts>/runs/D/validation.json        gate verdicts, holdout metrics, coverage curve
+  <artifacts>/runs/D/report_data/           calibration bins and attention panels (validate
+                                            stage, reports.report_data)
   <artifacts>/published/                    versions v<N>-<D>/ and current.json
-  <artifacts>/runs/*/                       other dates, for the AUC-per-day chart
+  <artifacts>/runs/*/validation.json        other dates, for the AUC-per-day chart
 
-The page is one self-contained file: inline CSS, inline SVG charts, PNG overlays as data URIs;
+The page is one self-contained file: inline CSS, inline SVG charts, PNG panels as data URIs;
 every text taken from an input is escaped.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import datetime as dt
 import html
 import json
@@ -43,12 +46,10 @@ from typing import Any, Callable, Sequence
 from core.config import ConfigError, PipelineConfig
 from core.paths import Paths, local_path
 from reports import svg
-from reports.calibration import calibration_bins, sample_holdout_predictions
+from reports.report_data import ReportDataError, read_attention, read_calibration
 
 log = logging.getLogger("run_report")
 
-ATTENTION_CATEGORIES = 6  # categories drawn in the attention section
-ATTENTION_ADS_PER_CATEGORY = 4
 HISTORY_DAYS = 90  # run dates shown in the AUC-per-day chart
 MODEL_METRIC_ORDER = ("auc", "auc_cold", "logloss", "calibration", "mean_pred", "observed_ctr", "n", "n_cold",
                       "steps", "best_step", "early_stopped", "train_impressions", "impressions_per_s", "device",
@@ -72,6 +73,12 @@ figure{margin:12px 0}figcaption{font-size:12px;color:#555}
 img.attn{image-rendering:pixelated;border:1px solid #ccc}
 pre{background:#f7f7f7;padding:8px;overflow:auto;font-size:12px;max-height:400px}
 ul.failed{font-size:12px;font-family:monospace;margin:4px 0}
+.screen{border:1px solid #ddd;border-radius:6px;padding:12px 16px;margin:12px 0}
+.screen h2{border:0;margin:0 0 8px 0}
+.headline{font-size:18px;font-weight:bold;padding:8px 12px;border-radius:4px;margin:8px 0}
+ul.stops{margin:4px 0 8px 0}ul.stops li{margin:4px 0}
+details{border-top:1px solid #ddd;padding:6px 0}details>summary{cursor:pointer;font-size:16px;font-weight:bold}
+details details>summary{font-size:13px;font-weight:normal}
 """
 
 
@@ -123,20 +130,10 @@ class RunInputs:
     model_manifest: Record
     lookup_manifest: Record
     validation: Record
+    calibration: Record  # reports.report_data.CalibrationRecord (validate stage)
+    attention: Record  # reports.report_data.AttentionRecord (validate stage)
     current: Record  # <artifacts>/published/current.json
     published_folders: tuple[str, ...]  # v<N>-<D> folders of this date
-
-    @property
-    def snapshot_dir(self) -> str:
-        return os.path.join(self.run_dir, "snapshot")
-
-    @property
-    def model_path(self) -> str:
-        return os.path.join(self.run_dir, "model", "model.pt")
-
-    @property
-    def lookup_dir(self) -> str:
-        return os.path.join(self.run_dir, "lookup")
 
 
 def _local(uri: str, what: str) -> str:
@@ -182,11 +179,13 @@ def gather(cfg: PipelineConfig, ds: str, config_path: str = "") -> RunInputs:
         report_path=_local(paths.run_report(ds), "reports_uri"), reports_dir=reports_dir,
         artifacts_dir=artifacts_dir, run_dir=run_dir,
         ingest=read_record(os.path.join(run_dir, "ingest.json")),
-        quality=read_record(os.path.join(reports_dir, "quality", f"{ds}.json")),
+        quality=read_record(_local(paths.quality_summary(ds), "reports_uri")),
         features=read_record(os.path.join(run_dir, "features.json")),
         model_manifest=read_record(os.path.join(run_dir, "model", "manifest.json")),
         lookup_manifest=read_record(os.path.join(run_dir, "lookup", "manifest.json")),
         validation=read_record(_local(paths.validation_record(ds), "artifacts_uri")),
+        calibration=read_record(_local(paths.calibration_record(ds), "artifacts_uri")),
+        attention=read_record(_local(paths.attention_record(ds), "artifacts_uri")),
         current=read_record(os.path.join(published, "current.json")),
         published_folders=folders,
     )
@@ -215,14 +214,11 @@ def stage_statuses(inp: RunInputs) -> list[StageStatus]:
     gates = _gates(inp.validation.data)
     gates_ok = all(g.get("passed") is True for g in gates) if gates else None
     failed_gates = [str(g.get("name")) for g in gates if g.get("passed") is not True]
-    snapshot_ok = os.path.isfile(os.path.join(inp.snapshot_dir, "_SUCCESS"))
     published_dir = os.path.join(inp.artifacts_dir, "published")
     return [
         from_record("ingest_day", inp.ingest),
         from_record("check_bronze_quality", inp.quality, quality_ok, quality_note),
         from_record("build_window", inp.features),
-        StageStatus("build_window", os.path.join(inp.snapshot_dir, "_SUCCESS"), snapshot_ok, None,
-                    "training snapshot (export_snapshot)"),
         from_record("train_model", inp.model_manifest),
         from_record("build_lookup_table", inp.lookup_manifest),
         from_record("validate_gates", inp.validation, gates_ok,
@@ -244,10 +240,13 @@ def _get(data: Any, *keys: str, default: Any = None) -> Any:
 
 
 def _gates(validation: Any) -> list[dict[str, Any]]:
+    """The validation record's verdicts: a list of {name, passed, value, threshold, note}."""
     gates = _get(validation, "gates", default=[])
-    if isinstance(gates, dict):  # {name: verdict} is accepted too
-        gates = [{"name": k, **v} for k, v in gates.items() if isinstance(v, dict)]
     return [g for g in gates if isinstance(g, dict)] if isinstance(gates, list) else []
+
+
+def _gate(validation: Any, name: str) -> dict[str, Any]:
+    return next((g for g in _gates(validation) if g.get("name") == name), {})
 
 
 def _num(v: Any) -> float | None:
@@ -308,43 +307,125 @@ def _missing(what: str, rec: Record, task: str) -> str:
 
 
 def _section(title: str, anchor: str, body: str) -> str:
-    return f'<section id="{e(anchor)}"><h2>{e(title)}</h2>{body}</section>'
-
-
-def _guarded(what: str, fn: Callable[[], str]) -> str:
-    """Run an optional, model-dependent part; a failure becomes a note instead of no report."""
-    try:
-        return fn()
-    except Exception as err:  # the report must render for broken runs too; the error is shown
-        log.exception("run report: %s failed", what)
-        return f'<p class="fail note">Could not draw {e(what)}: {e(type(err).__name__)}: {e(str(err))}</p>'
+    """A detail section below the first screen, collapsed."""
+    return f'<details id="{e(anchor)}"><summary>{e(title)}</summary>{body}</details>'
 
 
 # --------------------------------------------------------------------------- sections
 
 
-def section_header(inp: RunInputs, statuses: list[StageStatus]) -> str:
-    cfg = inp.cfg
-    missing = [s.task_id for s in statuses if not s.produced and s.task_id != "publish"]
-    gates = _gates(inp.validation.data)
-    if gates:
-        ok = all(g.get("passed") is True for g in gates)
-        badge = _verdict(ok, "all gates passed", "gate(s) failed")[1]
+@dataclass(frozen=True)
+class Stop:
+    """What stopped the run before publish: the task, what failed, and a link (HTML built here)."""
+
+    task_id: str
+    what: str
+    link: str = ""
+
+
+def _report_dir(inp: RunInputs) -> str:
+    return os.path.dirname(inp.report_path)
+
+
+def _docs_index_link(inp: RunInputs) -> str:
+    index = os.path.join(inp.reports_dir, "data_docs", "index.html")
+    return _data_docs_link(_report_dir(inp), inp.reports_dir, index) if os.path.isfile(index) else ""
+
+
+def stops(inp: RunInputs, statuses: list[StageStatus]) -> list[Stop]:
+    """Why nothing was published for the date: failed critical expectations, failed gates, else
+    the first stage without output (empty when the date was published)."""
+    if inp.published_folders:
+        return []
+    out: list[Stop] = []
+    quality = inp.quality.data
+    if isinstance(quality, dict) and quality.get("success") is False:
+        suites = _get(quality, "suites", default={}) or {}
+        for name in sorted(suites):
+            suite = suites[name] if isinstance(suites[name], dict) else {}
+            link = _data_docs_link(_report_dir(inp), inp.reports_dir, suite.get("report_path"))
+            out += [Stop("check_bronze_quality", f"{name}: {f}", link) for f in suite.get("failed_critical") or []]
+    for g in _gates(inp.validation.data):
+        if g.get("passed") is True:
+            continue
+        name = str(g.get("name"))
+        what = f"gate {name}: value {fmt(g.get('value'))}, threshold {fmt(g.get('threshold'))}"
+        link = ""
+        if name == "lookup_quality":
+            link = _data_docs_link(_report_dir(inp), inp.reports_dir, _get(inp.validation.data, "data_docs"))
+        elif g.get("note"):
+            what += f" ({g['note']})"
+        out.append(Stop("validate_gates", what, link))
+    if not out:
+        first = next((s for s in statuses if not s.produced and s.task_id != "publish"), None)
+        if first is not None:
+            out.append(Stop(first.task_id, f"produced no output for {inp.ds} (no {os.path.basename(first.output)}); "
+                                           "its task log in the Airflow UI says why"))
+        else:
+            out.append(Stop("publish", "every stage produced its output, but no version of this date was "
+                                       "published; the publish task log says why"))
+    return out
+
+
+def _quarantine_share(ingest: Any, table: str) -> float | None:
+    landing, quarantined = _num(_get(ingest, f"landing_{table}")), _num(_get(ingest, f"quarantined_{table}"))
+    return quarantined / landing if landing and quarantined is not None else None
+
+
+def section_first_screen(inp: RunInputs, statuses: list[StageStatus]) -> str:
+    """Published or not and why, AUC vs floor and live, coverage, data quality."""
+    cfg, val = inp.cfg, inp.validation.data
+    live = _get(inp.current.data, "dir")
+    live_text = f"live now: {live}" if live else "nothing is live yet"
+    if inp.published_folders:
+        headline = (f'<div class="headline pass">Published {e(", ".join(inp.published_folders))} for {e(inp.ds)}'
+                    f' <span class="note">({e(live_text)})</span></div>')
     else:
-        badge = _verdict(None, none="no gate verdicts")[1]
-    published = _verdict(True, yes=f"published {', '.join(inp.published_folders)}")[1] if inp.published_folders \
-        else _verdict(None, none="not published")[1]
-    live = _get(inp.current.data, "dir") or _get(inp.current.data, "folder")  # serving.registry writes "dir"
-    published += f'<span class="muted note">live now: {e(str(live))}</span>' if live else \
-        '<span class="muted note">nothing is live yet</span>'
-    incomplete = (f'<p class="fail note">Stages that produced nothing for {e(inp.ds)}: '
-                  f"{e(', '.join(dict.fromkeys(missing)))}.</p>") if missing else \
-        '<p class="pass note">Every stage up to validation produced its output.</p>'
+        headline = (f'<div class="headline fail">Nothing published for {e(inp.ds)} '
+                    f'<span class="note">({e(live_text)}, unchanged)</span></div>')
+    stopped = stops(inp, statuses)
+    stop_html = ""
+    if stopped:
+        items = "".join(f"<li><code>{e(s.task_id)}</code> failed: {e(s.what)}"
+                        + (f" &mdash; {s.link}" if s.link else "") + "</li>" for s in stopped)
+        stop_html = f"<p><b>Stopped by</b></p><ul class='stops'>{items}</ul>"
+
+    metrics = _get(val, "metrics", default={}) or {}
+    floor, vs_live, coverage = _gate(val, "auc_floor"), _gate(val, "auc_vs_live"), _gate(val, "coverage")
+    live_auc = _num(metrics.get("live_auc"))
+    live_cell = (f"live model {fmt(live_auc)}, at least {fmt(vs_live.get('threshold'))} needed" if live_auc is not None
+                 else "no live model to compare with" if vs_live else "-")
+    quality = inp.quality.data
+    q_ok = quality.get("success") if isinstance(quality, dict) else None
+    failed_suites = [n for n, s in sorted((_get(quality, "suites", default={}) or {}).items())
+                     if isinstance(s, dict) and s.get("success") is False]
+    q_text = ("no quality summary" if q_ok is None else
+              f"{fmt(_get(quality, 'critical_failures', default=0))} critical failure(s)"
+              + (f" in {', '.join(failed_suites)}" if failed_suites else ""))
+    docs = _docs_index_link(inp)
+    shares = [(t, _quarantine_share(inp.ingest.data, t)) for t in ("impressions", "ads")]
+    quarantine = ", ".join(f"{_pct(v)} of {t}" for t, v in shares if v is not None) or "-"
+    rows = [
+        ("Holdout AUC", _verdict(floor.get("passed") if floor else None), metrics.get("auc"),
+         f"floor {fmt(cfg.gates.auc_floor)}"),
+        ("AUC vs live", _verdict(vs_live.get("passed") if vs_live else None), metrics.get("auc"), live_cell),
+        ("Coverage", _verdict(coverage.get("passed") if coverage else None), _pct(coverage.get("value")),
+         f"at least {_pct(cfg.gates.coverage_min)} of holdout impressions in the table"),
+        ("Data quality", _verdict(q_ok if q_ok is None else bool(q_ok)), q_text,
+         ("html", docs) if docs else "-"),
+        ("Quarantined", _verdict(None, none="info"), quarantine, "of the day's landing rows (reasons: Ingest)"),
+    ]
+    excluded = _get(inp.features.data, "excluded_days")
+    if isinstance(excluded, list) and excluded:
+        rows.append(("Excluded days", _verdict(None, none="info"),
+                     ", ".join(f"{_get(d, 'date')} ({_get(d, 'reason')})" for d in excluded if isinstance(d, dict)),
+                     "days left out of the training window"))
     facts = (f"variant <b>{e(cfg.model.variant)}</b>, backbone {e(cfg.model.backbone)}, "
              f"window {cfg.features.window_days} days, config hash <code>{e(cfg.config_hash())}</code>")
-    return (f"<h1>CSCNN run report: {e(inp.ds)}</h1><p>{facts}</p><p>{badge}{published}</p>{incomplete}"
-            f'<p class="muted note">Generated {e(dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"))}'
-            f" from <code>{e(inp.config_path)}</code>.</p>")
+    generated = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return (f"<h1>CSCNN run report: {e(inp.ds)}</h1><div class='screen' id='summary'>{headline}{stop_html}"
+            + _table(["question", "verdict", "value", "against"], rows)
+            + f"<p class='muted note'>{facts}; generated {e(generated)}.</p></div>")
 
 
 def section_stages(statuses: list[StageStatus]) -> str:
@@ -365,7 +446,7 @@ def section_gates(inp: RunInputs) -> str:
         rows = [(g.get("name"), _verdict(g.get("passed") is True if "passed" in g else None),
                  g.get("value"), g.get("threshold"), g.get("note")) for g in gates]
         body = _table(["gate", "verdict", "value", "threshold", "note"], rows, numeric=(2, 3))
-    extra = {k: v for k, v in rec.data.items() if k not in ("gates", "coverage_curve", "calibration_bins")
+    extra = {k: v for k, v in rec.data.items() if k not in ("gates", "coverage_curve")
              and not isinstance(v, (list, dict))} if isinstance(rec.data, dict) else {}
     metrics = _get(rec.data, "metrics", default={})
     if isinstance(metrics, dict):
@@ -446,12 +527,15 @@ def section_ingest(inp: RunInputs) -> str:
     if not rec.present:
         return _section("Ingest", "ingest", _missing("Ingest record", rec, "ingest_day"))
     d = rec.data
-    rows = [(t, _get(d, f"landing_{t}"), _get(d, f"bronze_{t}"), _get(d, f"quarantined_{t}"))
-            for t in ("impressions", "ads")]
-    body = _table(["table", "landing rows", "bronze rows", "quarantined rows"], rows, numeric=(1, 2, 3))
+    rows = [(t, _get(d, f"landing_{t}"), _get(d, f"bronze_{t}"), _get(d, f"quarantined_{t}"),
+             _pct(_quarantine_share(d, t))) for t in ("impressions", "ads")]
+    body = _table(["table", "landing rows", "bronze rows", "quarantined rows", "quarantined share"], rows,
+                  numeric=(1, 2, 3, 4))
     reasons = _get(d, "reasons", default={}) or {}
-    reason_rows = [(src, r, n) for src in sorted(reasons) for r, n in sorted((reasons[src] or {}).items())]
-    body += ("<h3>Quarantine reasons</h3>" + _table(["source", "reason", "rows"], reason_rows, numeric=(2,))
+    reason_rows = [(src, r, n, _pct(n / _get(d, f"landing_{src}")) if _get(d, f"landing_{src}") else "-")
+                   for src in sorted(reasons) for r, n in sorted((reasons[src] or {}).items())]
+    body += ("<h3>Quarantine rate per reason</h3>"
+             + _table(["source", "reason", "rows", "share of landing rows"], reason_rows, numeric=(2, 3))
              if reason_rows else "<p class='note'>Nothing quarantined.</p>")
     drift = _get(d, "schema_drift", default={}) or {}
     drift_rows = [(src, ", ".join(map(str, v.get("extra") or [])) or "-",
@@ -481,6 +565,10 @@ def section_features(inp: RunInputs) -> str:
              ("holdout cold-ad share", _get(d, "cold_rate", "holdout")),
              ("impressions per ad group (train)", _get(d, "mean_impressions_per_group", "train"))]
     body = _table(["fact", "value"], facts, numeric=(1,))
+    excluded = _get(d, "excluded_days", default=[]) or []
+    if excluded:
+        body += ("<h3>Days excluded from the window</h3>"
+                 + _table(["date", "reason"], [(_get(x, "date"), _get(x, "reason")) for x in excluded]))
     sizes = _get(d, "vocab_sizes", default={}) or {}
     oov_w = _get(d, "oov_rate_window", default={}) or {}
     oov_t = _get(d, "oov_rate", "train", default={}) or {}
@@ -494,20 +582,9 @@ def section_features(inp: RunInputs) -> str:
 
 
 def _run_metrics(run_dir: str) -> dict[str, float | None]:
-    """AUC, cold-ad AUC and the live model's AUC of one run date: validation record first, then
-    the model manifest's holdout metrics."""
-    val = read_record(os.path.join(run_dir, "validation.json")).data
-    man = read_record(os.path.join(run_dir, "model", "manifest.json")).data
-    gate_auc = next((g.get("value") for g in _gates(val) if str(g.get("name", "")).startswith("auc")), None)
-    out = {}
-    for key in ("auc", "auc_cold"):
-        candidates = [_get(val, "metrics", key), _get(val, key), _get(man, "metrics", key)]
-        if key == "auc":
-            candidates.insert(2, gate_auc)
-        out[key] = next((n for n in map(_num, candidates) if n is not None), None)
-    out["live_auc"] = next((n for n in map(_num, (_get(val, "metrics", "live_auc"), _get(val, "live_auc")))
-                            if n is not None), None)
-    return out
+    """AUC, cold-ad AUC and the live model's AUC of one run date, from its validation record."""
+    metrics = _get(read_record(os.path.join(run_dir, "validation.json")).data, "metrics", default={})
+    return {k: _num(_get(metrics, k)) for k in ("auc", "auc_cold", "live_auc")}
 
 
 def auc_history(artifacts_dir: str, upto: str, limit: int = HISTORY_DAYS) -> list[dict[str, Any]]:
@@ -549,15 +626,6 @@ def section_auc_history(inp: RunInputs) -> str:
     return _section("AUC per day", "auc-history", body)
 
 
-def coverage_curve_of(inp: RunInputs) -> tuple[list[dict[str, Any]], str]:
-    """The recorded coverage curve ([{budget_ads, coverage}]) and where it came from ('' when none)."""
-    for rec in (inp.lookup_manifest, inp.validation):
-        curve = _get(rec.data, "coverage_curve")
-        if isinstance(curve, list) and curve:
-            return [c for c in curve if isinstance(c, dict)], rec.path
-    return [], ""
-
-
 def section_lookup(inp: RunInputs) -> str:
     rec = inp.lookup_manifest
     body = ""
@@ -576,13 +644,10 @@ def section_lookup(inp: RunInputs) -> str:
         body += _table(["fact", "value"], facts, numeric=(1,))
     else:
         body += _missing("Lookup table manifest", rec, "build_lookup_table")
-    curve, source = coverage_curve_of(inp)
-    points = sorted((float(c["budget_ads"]), _num(c.get("coverage"))) for c in curve
-                    if _num(c.get("budget_ads")) and _num(c.get("budget_ads")) > 0)
-    points = [(x, y) for x, y in points if y is not None]
+    curve = _get(inp.validation.data, "coverage_curve", default=[]) or []
+    points = sorted((float(c["budget_ads"]), float(c["coverage"])) for c in curve)
     if not points:
-        body += ("<p class='note'>No coverage curve was recorded by the lookup stage (lookup manifest or "
-                 "validation record key <code>coverage_curve</code>); the report computes none.</p>")
+        body += "<p class='note'>No coverage curve: the validate stage wrote no record for this date.</p>"
         return _section("Lookup table and coverage", "lookup", body)
     xs = [x for x, _ in points]
     x_log = max(xs) / min(xs) >= 20
@@ -593,7 +658,8 @@ def section_lookup(inp: RunInputs) -> str:
                            reference_lines=[svg.ReferenceLine(inp.cfg.gates.coverage_min,
                                                               f"gate {inp.cfg.gates.coverage_min:g}", "#d62728")])
     rows = [(int(x), _pct(y), f"{x * bytes_per_ad / 1e6:.2f} MB" if bytes_per_ad else "-") for x, y in points]
-    body += (f"<figure>{chart}<figcaption>From <code>{e(source)}</code>.</figcaption></figure>"
+    body += ("<figure>" + chart + "<figcaption>Holdout impressions covered by the table's top ads "
+             "(frequency order), validate stage.</figcaption></figure>"
              + "<details><summary>values</summary>" + _table(["ads", "coverage", "size"], rows, numeric=(0, 1, 2))
              + "</details>")
     return _section("Lookup table and coverage", "lookup", body)
@@ -602,133 +668,85 @@ def section_lookup(inp: RunInputs) -> str:
 # --------------------------------------------------------------------------- model-dependent sections
 
 
-class _ModelCache:
-    """Loads the run's model once for the calibration and attention sections."""
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self._model = None
-
-    def get(self):
-        if self._model is None:
-            from models.train import load_model
-
-            self._model = load_model(self.path, map_location="cpu")
-        return self._model
+def _read_report_data(rec: Record, what: str, reader: Callable[[str], Any]) -> tuple[Any, str]:
+    """(the validate stage's typed record, "") or (None, the note saying why there is none)."""
+    if not rec.present:
+        return None, _missing(what, rec, "validate_gates")
+    try:
+        return reader(rec.path), ""
+    except ReportDataError as err:
+        return None, f"<p class='fail note'><code>{e(rec.path)}</code>: {e(str(err))}</p>"
 
 
-def _recorded_bins(inp: RunInputs) -> tuple[list[dict[str, Any]], str]:
-    for rec, keys in ((inp.validation, ("calibration_bins",)), (inp.model_manifest, ("metrics", "calibration_bins")),
-                      (inp.model_manifest, ("calibration_bins",))):
-        bins = _get(rec.data, *keys)
-        if isinstance(bins, list) and bins:
-            return [b for b in bins if isinstance(b, dict)], f"recorded in {rec.path}"
-    return [], ""
-
-
-def section_calibration(inp: RunInputs, models: _ModelCache) -> str:
-    bins, source = _recorded_bins(inp)
-    body = ""
-    if not bins:
-        if not os.path.isfile(inp.model_path):
-            return _section("Calibration", "calibration",
-                            "<p class='note'>No calibration bins were recorded and there is no model "
-                            f"(<code>{e(inp.model_path)}</code>) to compute them from.</p>")
-
-        def compute() -> str:
-            nonlocal bins, source
-            sample = sample_holdout_predictions(models.get(), inp.snapshot_dir)
-            bins = calibration_bins(sample.labels, sample.preds)
-            source = (f"computed by the report from {sample.n_ads:,} of {sample.n_ads_total:,} holdout ads "
-                      f"({len(sample.labels):,} of {sample.n_rows_total:,} impressions, ads sampled uniformly)")
-            return ""
-
-        body += _guarded("the calibration sample", compute)
-    points = [(_num(b.get("mean_pred")), _num(b.get("observed_ctr"))) for b in bins]
-    points = [(x, y) for x, y in points if x is not None and y is not None]
+def section_calibration(inp: RunInputs) -> str:
+    title = "Calibration"
+    cal, why = _read_report_data(inp.calibration, "Calibration record", read_calibration)
+    if cal is None:
+        return _section(title, "calibration", why)
+    points = [(b["mean_pred"], b["observed_ctr"]) for b in cal.bins]
     if not points:
-        return _section("Calibration", "calibration", body + "<p class='note'>No calibration bins to draw.</p>")
+        return _section(title, "calibration", "<p class='note'>The holdout had no rows to bin.</p>")
     hi = max(max(x for x, _ in points), max(y for _, y in points)) * 1.1 or 1.0
     chart = svg.line_chart([svg.Series("holdout bins", points)], title="Reliability: observed vs predicted CTR",
                            x_label="mean predicted CTR in bin", y_label="observed CTR", x_range=(0.0, hi),
                            y_range=(0.0, hi), diagonal=True)
-    rows = [(b.get("lo"), b.get("hi"), b.get("n"), b.get("mean_pred"), b.get("observed_ctr")) for b in bins]
-    body += (f"<figure>{chart}<figcaption>Equal-count prediction bins, {e(source)}; dashed: perfect "
-             "calibration.</figcaption></figure><details><summary>bins</summary>"
-             + _table(["lowest pred", "highest pred", "impressions", "mean pred", "observed CTR"], rows,
-                      numeric=(0, 1, 2, 3, 4)) + "</details>")
-    return _section("Calibration", "calibration", body)
+    rows = [(b["lo"], b["hi"], int(b["n"]), b["mean_pred"], b["observed_ctr"]) for b in cal.bins]
+    body = (f"<figure>{chart}<figcaption>Equal-count bins of the full model's predictions on all "
+            f"{cal.rows:,} holdout impressions (validate stage); dashed: perfect calibration.</figcaption></figure>"
+            "<details><summary>bins</summary>"
+            + _table(["lowest pred", "highest pred", "impressions", "mean pred", "observed CTR"], rows,
+                     numeric=(0, 1, 2, 3, 4)) + "</details>")
+    return _section(title, "calibration", body)
 
 
-def _category_names(lookup_dir: str) -> dict[int, int]:
-    """Encoded category id -> raw category id, from the lookup folder's encoder.npz (when present)."""
-    import numpy as np
-
-    path = os.path.join(lookup_dir, "encoder.npz")
-    if not os.path.isfile(path):
-        return {}
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            values, ids = z["vocab_values.category_id"], z["vocab_ids.category_id"]
-    except (KeyError, OSError, ValueError):
-        return {}
-    return {int(i): int(v) for v, i in zip(values, ids)}
+def _png_data_uri(path: str) -> str:
+    with open(path, "rb") as f:
+        return "data:image/png;base64," + base64.b64encode(f.read()).decode("ascii")
 
 
-def section_attention(inp: RunInputs, models: _ModelCache) -> str:
-    from reports.attention_maps import NoSpatialAttention, category_panels, sample_ads_by_category
-
+def section_attention(inp: RunInputs) -> str:
+    rec = inp.attention
     title = "Category-specific spatial attention"
-    if not os.path.isfile(inp.model_path):
-        return _section(title, "attention", f"<p class='note'>No model at <code>{e(inp.model_path)}</code> "
-                                            "(stage <code>train_model</code> produced nothing).</p>")
-
-    def draw() -> str:
-        model = models.get()
-        try:
-            from reports.attention_maps import last_spatial_attention
-
-            layer = last_spatial_attention(model)
-        except NoSpatialAttention as err:
-            return f"<p class='note'>Nothing to draw: {e(str(err))}.</p>"
-        ads = sample_ads_by_category(inp.snapshot_dir, ATTENTION_CATEGORIES, ATTENTION_ADS_PER_CATEGORY)
-        if not ads:
-            return "<p class='note'>The snapshot's holdout has no ads with images.</p>"
-        names = _category_names(inp.lookup_dir)
-        figures = []
-        for p in category_panels(model, ads):
-            raw = f" (category_id {names[p.category_idx]})" if p.category_idx in names else ""
-            label = f"category idx {p.category_idx}{raw}"
-            figures.append(
-                f'<figure><img class="attn" data-category="{p.category_idx}" alt="{e(label)} attention overlays" '
-                f'src="{p.data_uri()}"><figcaption>{e(label)}: ads {e(", ".join(map(str, p.ad_ids)))}; '
-                f"M_s in [{p.map_min:.3f}, {p.map_max:.3f}], scaled per image.</figcaption></figure>")
-        kind = type(layer).__name__
-        intro = (f"<p class='note'>Spatial attention map M_s of the last attentive conv ({e(kind)}) of the visual "
-                 "tower, upsampled to the image and drawn over it (top: image; bottom: overlay, red = high "
-                 "attention), for the holdout's most frequent ads of its most frequent categories.</p>")
-        return intro + "".join(figures)
-
-    return _section(title, "attention", _guarded("the attention maps", draw))
+    att, why = _read_report_data(rec, "Attention record", read_attention)
+    if att is None:
+        return _section(title, "attention", why)
+    if not att.panels:
+        return _section(title, "attention", f"<p class='note'>Nothing to draw: {e(str(att.unavailable))}.</p>")
+    figures = []
+    for p in att.panels:
+        png = os.path.join(os.path.dirname(rec.path), p.png)
+        label = f"category idx {p.category_idx}" + (f" (category_id {p.category_id})" if p.category_id is not None
+                                                    else "")
+        caption = (f"{label}, {p.holdout_impressions:,} holdout impressions: ads {', '.join(map(str, p.ad_ids))}; "
+                   f"M_s in [{p.map_min:.3f}, {p.map_max:.3f}], scaled per image.")
+        if not os.path.isfile(png):
+            figures.append(f"<p class='fail note'>{e(label)}: panel <code>{e(p.png)}</code> is missing.</p>")
+            continue
+        figures.append(f'<figure><img class="attn" data-category="{p.category_idx}" alt="{e(label)} attention '
+                       f'overlays" src="{_png_data_uri(png)}"><figcaption>{e(caption)}</figcaption></figure>')
+    intro = (f"<p class='note'>Spatial attention map M_s of the last attentive conv ({e(str(att.layer))}) of the "
+             "visual tower, upsampled to the image and drawn over it (top: image; bottom: overlay, red = high "
+             "attention), for the holdout's most frequent ads of its most frequent categories (validate stage, "
+             "this run's model).</p>")
+    return _section(title, "attention", intro + "".join(figures))
 
 
 def section_config(inp: RunInputs) -> str:
     text = json.dumps(inp.cfg.to_dict(), indent=2, sort_keys=True, default=str)
-    return _section("Configuration", "config", f"<details><summary>resolved config</summary><pre>{e(text)}</pre>"
-                                               "</details>")
+    return _section("Configuration", "config", f"<pre>{e(text)}</pre>")
 
 
 # --------------------------------------------------------------------------- page
 
 
 def render_html(inp: RunInputs) -> str:
-    """The whole report page for gathered inputs (loads the run's model when it exists)."""
+    """The whole report page for gathered inputs: the first screen, then the details collapsed."""
     statuses = stage_statuses(inp)
-    models = _ModelCache(inp.model_path)
     parts = [
-        section_header(inp, statuses), section_stages(statuses), section_gates(inp), section_model(inp),
-        section_auc_history(inp), section_quality(inp), section_ingest(inp), section_features(inp),
-        section_lookup(inp), section_calibration(inp, models), section_attention(inp, models), section_config(inp),
+        section_first_screen(inp, statuses), "<h2>Details</h2>", section_stages(statuses), section_gates(inp),
+        section_model(inp), section_auc_history(inp), section_quality(inp), section_ingest(inp),
+        section_features(inp), section_lookup(inp), section_calibration(inp), section_attention(inp),
+        section_config(inp),
     ]
     return (f"<!doctype html><html lang='en'><head><meta charset='utf-8'>"
             f"<meta name='viewport' content='width=device-width, initial-scale=1'>"

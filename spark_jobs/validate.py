@@ -26,7 +26,9 @@ Not a gate, recorded beside them: ``precision_check``, per reduced serving preci
 ``serving_precisions``, fp32 plus those within tolerance; the predictor serves a published version
 only in those (serving.predictor).
 
-The record is written to <artifacts>/runs/D/validation.json before GateFailed is raised.
+The record is written to <artifacts>/runs/D/validation.json before GateFailed is raised, and the
+run report's calibration bins and attention panels (reports.report_data) under
+<artifacts>/runs/D/report_data/ before any gate is evaluated.
 """
 
 from __future__ import annotations
@@ -230,11 +232,12 @@ def run(cfg: PipelineConfig, spark: "SparkSession", run_date: dt.date) -> dict[s
     from expectations.lookup import build_lookup_suite, project_lookup
     from expectations.runner import validate
     from models.train import compute_metrics, load_model
+    from reports.report_data import category_ids_of, write_report_data
     from serving.lookup import sha256_file
     from serving.predictor import Predictor
     from serving.registry import read_current
     from spark_jobs import features
-    from spark_jobs.build_lookup import candidates_uri, model_paths, read_images
+    from spark_jobs.build_lookup import ENCODER_FILE, candidates_uri, model_paths, read_images
 
     started = time.monotonic()
     gc, bs = cfg.gates, cfg.inference.batch_size
@@ -252,6 +255,8 @@ def run(cfg: PipelineConfig, spark: "SparkSession", run_date: dt.date) -> dict[s
 
     full, reference = reference_scores(model, holdout, images, predictor.table.reduction, bs)
     metrics = compute_metrics(holdout["label"].to_numpy(), full, holdout["is_cold"].to_numpy())
+    # The report's calibration and attention panels, from this model on this holdout (report only renders).
+    write_report_data(cfg, run_date, model, holdout, images, full, category_ids_of(str(lookup_dir / ENCODER_FILE)))
     requests = holdout_requests(model.spec, holdout)
     serving, in_table = serving_scores(predictor, requests)
     table_metrics = compute_metrics(holdout["label"].to_numpy(), serving)

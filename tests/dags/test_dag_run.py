@@ -8,11 +8,13 @@ before `publish`, what is live stays live, and the run report and Data Docs page
 from __future__ import annotations
 
 import datetime as dt
+import html
 import json
 import os
 import re
 import subprocess
 import tempfile
+import urllib.parse
 
 from pyspark.sql import functions as F
 
@@ -66,6 +68,15 @@ def test_daily_run_publishes_then_a_failed_check_stops_before_publish(spark, tmp
     assert os.path.exists(paths.run_report(DAY))
     with open(paths.validation_record(DAY)) as f:
         assert json.load(f)["passed"] is True
+    # The report of the real run: calibration chart and attention overlays from what validate wrote.
+    report = open(paths.run_report(DAY)).read()
+    assert "Could not draw" not in report
+    assert f"Published v1-{DAY} for {DAY}" in report.split("<h2>Details</h2>")[0]
+    calibration = report[report.index('id="calibration"'):report.index('id="attention"')]
+    assert "<svg" in calibration and "Reliability: observed vs predicted CTR" in calibration
+    attention = report[report.index('id="attention"'):report.index('id="config"')]
+    overlays = re.findall(r'<img class="attn" data-category="\d+"[^>]*src="data:image/png;base64,', attention)
+    assert overlays and "CSCNNAttention" in attention
 
     # An empty landing day: the critical volume expectation fails, nothing is published.
     bad_day = DAY + dt.timedelta(days=1)
@@ -79,5 +90,11 @@ def test_daily_run_publishes_then_a_failed_check_stops_before_publish(spark, tmp
     assert summary["success"] is False and summary["critical_failures"]
     pages = [s["report_path"] for s in summary["suites"].values() if s.get("report_path")]
     assert pages and all(os.path.exists(p) for p in pages)
-    report = open(paths.run_report(bad_day)).read()
-    assert "check_bronze_quality" in report or "quality" in report.lower()
+    # The report's first screen names each failed critical expectation and links its Data Docs page.
+    screen = open(paths.run_report(bad_day)).read().split("<h2>Details</h2>")[0]
+    assert f"Nothing published for {bad_day}" in screen
+    for suite in summary["suites"].values():
+        for failure in suite.get("failed_critical") or []:
+            assert f"<code>check_bronze_quality</code> failed: " in screen and html.escape(failure) in screen
+            link = "../../" + urllib.parse.quote(os.path.relpath(suite["report_path"], paths.reports))
+            assert f'<a href="{html.escape(link)}">Data Docs</a>' in screen

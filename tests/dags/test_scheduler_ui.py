@@ -122,6 +122,14 @@ class WebDriver:
     def click(self, element: str) -> None:
         self._cmd("POST", f"/element/{element}/click", {})
 
+    def login(self, url: str, password: str) -> None:
+        """Log into the Airflow UI at `url` as admin."""
+        self.get(f"{url}/")
+        self.type(self.wait_for("input[name=username]"), "admin")
+        self.type(self.wait_for("input[name=password]"), password)
+        self.click(self.wait_for("button[type=submit]"))
+        _wait_for(lambda: "/auth/login" not in self.url, 60, "the login to complete")
+
     def quit(self) -> None:
         self.http.delete(self.session)
         self.http.close()
@@ -289,11 +297,7 @@ def test_browser_sees_the_successful_runs_and_opens_the_report_links(airflow_ui,
     # The reports are behind the login.
     assert httpx.get(f"{url}/cscnn-reports/").status_code == 401
 
-    browser.get(f"{url}/")
-    browser.type(browser.wait_for("input[name=username]"), "admin")
-    browser.type(browser.wait_for("input[name=password]"), airflow_ui["password"])
-    browser.click(browser.wait_for("button[type=submit]"))
-    _wait_for(lambda: "/auth/login" not in browser.url, 60, "the login to complete")
+    browser.login(url, airflow_ui["password"])
 
     browser.get(f"{url}/dags")
     browser.wait_for(f"a[href='/dags/{DAG_ID}']", timeout=60)

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import io
 import json
 import os
 import re
 import subprocess
 import sys
+from dataclasses import asdict
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
@@ -20,7 +20,6 @@ from core.config import load_config
 from core.paths import Paths
 from models.synthetic import make_examples, make_spec
 from models.train import train
-from reports.calibration import calibration_bins
 from reports.run_report import ReportError, auc_history, render
 
 DAY = "2026-02-05"
@@ -67,27 +66,19 @@ def trained(tmp_path_factory):
     return {"model_path": str(out / "model.pt"), "holdout": hold_df, "images": hold_images, "metrics": metrics}
 
 
-def install_run(cfg, trained) -> str:
-    """Place the tiny model, its manifest and a snapshot (holdout + images) as run DAY's outputs."""
+def install_run(cfg, trained, model_path=None) -> None:
+    """Run DAY's model manifest and the report data the validate stage writes for it
+    (reports.report_data.write_report_data on the tiny model, its holdout and images)."""
+    from models.train import load_model, predict
+    from reports.report_data import write_report_data
+
     paths = Paths.of(cfg)
-    model_dir = paths.run_model_dir(DAY)
-    os.makedirs(model_dir, exist_ok=True)
-    with open(trained["model_path"], "rb") as src, open(os.path.join(model_dir, "model.pt"), "wb") as dst:
-        dst.write(src.read())
-    write_json(os.path.join(model_dir, "manifest.json"),
+    write_json(os.path.join(paths.run_model_dir(DAY), "manifest.json"),
                {"run_date": DAY, "variant": "cscnn", "metrics": trained["metrics"], "seconds": 1.5})
-    snap = paths.snapshot(DAY)
-    os.makedirs(os.path.join(snap, "holdout"))
-    os.makedirs(os.path.join(snap, "images"))
-    pq.write_table(pa.Table.from_pandas(trained["holdout"], preserve_index=False),
-                   os.path.join(snap, "holdout", "part-0.parquet"))
-    ad_ids = sorted(trained["images"])
-    pq.write_table(pa.table({"ad_id": pa.array(ad_ids, pa.int64()),
-                             "image_bytes": [png_bytes(trained["images"][a]) for a in ad_ids]}),
-                   os.path.join(snap, "images", "part-0.parquet"))
-    with open(os.path.join(snap, "_SUCCESS"), "w") as f:
-        f.write("{}")
-    return model_dir
+    model = load_model(model_path or trained["model_path"])
+    hold = trained["holdout"]
+    preds = predict(model, hold, trained["images"] if model.uses_images else None)
+    write_report_data(cfg, dt.date.fromisoformat(DAY), model, hold, trained["images"], preds, {0: 1000, 1: 1001})
 
 
 # --------------------------------------------------------------------------- failed runs
@@ -98,18 +89,16 @@ def test_config_only_report_names_every_stage_without_output(tmp_path):
     path = render(config_path, DAY)
     assert path == Paths.of(cfg).run_report(DAY) and os.path.isfile(path)
     page = read_report(path)
-    head = re.search(r"Stages that produced nothing for [0-9-]+: ([^<]*)\.</p>", page)
-    assert head is not None
-    assert head.group(1).split(", ") == ["ingest_day", "check_bronze_quality", "build_window", "train_model",
-                                         "build_lookup_table", "validate_gates"]
+    screen = page[:page.index("<h2>Details</h2>")]
+    assert f"Nothing published for {DAY}" in screen and "nothing is live yet" in screen
+    assert f"<li><code>ingest_day</code> failed: produced no output for {DAY} (no ingest.json)" in screen
     stage_rows = re.findall(r'<tr><td>(\w+)</td><td><code>[^<]*</code></td><td><span class="badge (\w+)">', page)
     assert stage_rows == [(task, "missing") for task in (
-        "ingest_day", "check_bronze_quality", "build_window", "build_window", "train_model", "build_lookup_table",
+        "ingest_day", "check_bronze_quality", "build_window", "train_model", "build_lookup_table",
         "validate_gates", "publish")]
-    for task in ("ingest_day", "check_bronze_quality", "build_window", "train_model", "build_lookup_table",
-                 "validate_gates"):
+    for task in ("ingest_day", "check_bronze_quality", "build_window", "train_model", "build_lookup_table"):
         assert f"(stage <code>{task}</code> produced no output for this date)" in page
-    assert "No model at" in page and "no gate verdicts" in page
+    assert page.count("(stage <code>validate_gates</code> produced no output for this date)") == 3  # + report data
     assert "<script" not in page and "http://" not in page.replace("http://www.w3.org/2000/svg", "")
 
 
@@ -134,7 +123,11 @@ def test_unreadable_record_is_reported_not_fatal(tmp_path):
 # --------------------------------------------------------------------------- fabricated inputs
 
 
-def fabricate_inputs(cfg) -> dict[str, str]:
+def fabricate_inputs(cfg, passed_quality: bool = True) -> dict[str, str]:
+    """Records in the shapes the stages write (ingest.json, quality summary, features.json,
+    validation.json with spark_jobs.validate.Verdict gates, lookup manifest)."""
+    from spark_jobs.validate import Verdict, gate_auc_floor, gate_auc_vs_live
+
     paths = Paths.of(cfg)
     reports = paths.reports
     docs_page = os.path.join(reports, "data_docs", "validations", "bronze_impressions", DAY, "page 1.html")
@@ -145,14 +138,15 @@ def fabricate_inputs(cfg) -> dict[str, str]:
         "schema_drift": {"impressions": {"extra": ["surprise_col"], "missing": []},
                          "ads": {"extra": [], "missing": []}},
         "seconds": 4.2})
-    write_json(os.path.join(reports, "quality", f"{DAY}.json"), {
-        "date": DAY, "success": False, "critical_failures": 1, "trailing": {"mean_rows": 2000.0, "days": 3},
+    critical = "expect_column_mean_to_be_between(column=click, min_value=0.002, max_value=0.2): observed 0.0"
+    write_json(paths.quality_summary(DAY), {
+        "date": DAY, "success": passed_quality, "critical_failures": 0 if passed_quality else 1,
+        "trailing": {"mean_rows": 2000.0, "days": 3},
         "suites": {
-            "bronze_impressions": {"success": False, "report_path": docs_page,
-                                   "failed": ["expect_column_values_to_be_between(column=click): 3 unexpected",
-                                              f"expect_table_row_count_to_be_between: {HOSTILE}"],
-                                   "failed_critical": [
-                                       "expect_column_values_to_be_between(column=click): 3 unexpected"],
+            "bronze_impressions": {"success": passed_quality, "report_path": docs_page,
+                                   "failed": [] if passed_quality else [critical,
+                                                                        f"expect_table_row_count: {HOSTILE}"],
+                                   "failed_critical": [] if passed_quality else [critical],
                                    "statistics": {"evaluated_expectations": 12}},
             "bronze_ads": {"success": True, "failed": [], "failed_critical": [],
                            "report_path": os.path.join(reports, "data_docs", "ads.html"), "statistics": {}},
@@ -160,62 +154,91 @@ def fabricate_inputs(cfg) -> dict[str, str]:
     write_json(os.path.join(paths.run_dir(DAY), "features.json"), {
         "run_date": DAY, "window_start": "2026-01-04", "window_end": "2026-02-04",
         "window_days": ["2026-02-03", "2026-02-04"], "missing_days": ["2026-02-02"],
+        "excluded_days": [{"date": "2026-02-01", "reason": "check_bronze_quality failed"}],
         "rows": {"train": 4000, "holdout": 2000}, "label_rate": {"train": 0.031, "holdout": 0.029},
         "cold_rate": {"train": 0.1, "holdout": 0.2}, "mean_impressions_per_group": {"train": 7.5},
         "vocab_sizes": {"user_id": 321, "title_words": 777}, "oov_rate_window": {"user_id": 0.25},
         "oov_rate": {"train": {"user_id": 0.2}, "holdout": {"user_id": 0.4375}}})
+    verdicts = [gate_auc_floor(0.7311, 0.55), gate_auc_vs_live(0.7311, 0.7200, 0.005, "v2 (2026-02-04)"),
+                Verdict("coverage", False, 0.8123, 0.9, "1624 of 2000 holdout impressions"),
+                Verdict("lookup_quality", True, 0.0, 0.0, "report x")]
     write_json(paths.validation_record(DAY), {
         "run_date": DAY, "passed": False, "data_docs": os.path.join(reports, "data_docs", "lookup", "v.html"),
-        "gates": [{"name": "auc_floor", "passed": True, "value": 0.7311, "threshold": 0.55, "note": ""},
-                  {"name": "coverage", "passed": False, "value": 0.8123, "threshold": 0.9,
-                   "note": "table too small"}],
+        "gates": [asdict(v) for v in verdicts],
+        "metrics": {"auc": 0.7311, "auc_cold": 0.6811, "logloss": 0.12, "table_auc": 0.7310, "coverage": 0.8123,
+                    "live_auc": 0.7200},
         "precision_check": {"bf16": {"max_abs_score_diff": 0.000417, "tolerance": 0.001, "passed": True}},
         "serving_precisions": ["fp32", "bf16"],
         "coverage_curve": [{"budget_ads": b, "coverage": c} for b, c in
-                           ((10, 0.31), (100, 0.62), (1000, 0.88), (10000, 0.97))],
-        "calibration_bins": calibration_bins(np.array([0, 0, 1, 0, 1, 1]), np.array([.1, .2, .3, .5, .6, .9]), 3)})
+                           ((10, 0.31), (100, 0.62), (1000, 0.88), (10000, 0.97))]})
     write_json(os.path.join(paths.run_lookup_dir(DAY), "manifest.json"),
                {"rows": 5000, "dims": 150, "dtype": "float16", "reduction": "float16", "bytes_per_ad": 312})
     for day, auc in (("2026-02-02", 0.7011), ("2026-02-03", 0.7122), ("2026-02-04", 0.7233), ("2026-02-09", 0.9999)):
-        write_json(os.path.join(paths.run_model_dir(day), "manifest.json"),
-                   {"metrics": {"auc": auc, "auc_cold": auc - 0.05}})
+        write_json(paths.validation_record(day), {"metrics": {"auc": auc, "auc_cold": auc - 0.05, "live_auc": None}})
     return {"docs_page": docs_page}
 
 
-def test_fabricated_inputs_appear_in_the_report(tmp_path):
+def test_a_failed_gate_is_named_on_the_first_screen_and_details_follow(tmp_path):
     config_path, cfg = write_config(tmp_path)
     fabricate_inputs(cfg)
     page = read_report(render(config_path, DAY))
-
-    # gate verdicts, green and red
-    assert re.search(r"<td>auc_floor</td><td><span class=\"badge pass\">PASS</span></td><td class=\"num\">0.7311",
-                     page)
+    screen = page[:page.index("<h2>Details</h2>")]
+    assert f"Nothing published for {DAY}" in screen
+    assert re.search(r"<li><code>validate_gates</code> failed: gate coverage: value 0.8123, threshold 0.9000 "
+                     r"\(1624 of 2000 holdout impressions\)</li>", screen)
+    assert "auc_floor" not in screen  # passed gates are not reasons
+    # AUC against the floor and the live model, coverage, data quality, quarantine, excluded days
+    assert re.search(r"<td>Holdout AUC</td><td><span class=\"badge pass\">PASS</span></td><td>0.7311</td>"
+                     r"<td>floor 0.5500</td>", screen)
+    assert "live model 0.7200, at least 0.7150 needed" in screen
+    assert re.search(r"<td>Coverage</td><td><span class=\"badge fail\">FAIL</span></td><td>81.23%</td>", screen)
+    assert re.search(r"<td>Data quality</td><td><span class=\"badge pass\">PASS</span></td>"
+                     r"<td>0 critical failure\(s\)</td>", screen)
+    assert "5.00% of impressions, 1.00% of ads" in screen
+    assert "2026-02-01 (check_bronze_quality failed)" in screen
+    # details, collapsed
+    for anchor in ("stages", "gates", "model", "auc-history", "quality", "ingest", "features", "lookup",
+                   "calibration", "attention", "config"):
+        assert f'<details id="{anchor}">' in page, anchor
     assert re.search(r"<td>coverage</td><td><span class=\"badge fail\">FAIL</span></td><td class=\"num\">0.8123",
                      page)
-    assert "gate(s) failed" in page and "table too small" in page
     assert 'Lookup-table quality checks: <a href="../../data_docs/lookup/v.html">Data Docs</a>' in page
     assert "<td>serving_precisions</td><td class=\"num\">fp32, bf16</td>" in page
-    assert re.search(r"<td>precision_check.bf16.max_abs_score_diff</td><td class=\"num\">0.0004<", page)
-    # quality: failed suite, its critical expectation and a relative link to its Data Docs page
-    assert re.search(r"<td>bronze_impressions</td><td><span class=\"badge fail\">FAIL", page)
-    assert re.search(r"<td>bronze_ads</td><td><span class=\"badge pass\">PASS", page)
-    assert '<a href="../../data_docs/validations/bronze_impressions/2026-02-05/page%201.html">Data Docs</a>' in page
-    assert "<b>CRITICAL</b> expect_column_values_to_be_between(column=click): 3 unexpected" in page
-    # ingest and features
-    assert "null_required" in page and "surprise_col" in page and "1,900" in page
+    assert "<td>impressions</td><td>null_required</td><td class=\"num\">60</td><td class=\"num\">3.00%</td>" in page
+    assert "<td>ads</td><td>negative_price</td><td class=\"num\">3</td><td class=\"num\">1.00%</td>" in page
+    assert "surprise_col" in page and "1,900" in page
     assert "<td>user_id</td><td class=\"num\">321</td><td class=\"num\">25.00%</td>" in page
-    assert "43.75%" in page and "2026-02-02" in page
-    # AUC per day across runs (this date's AUC from its validation gate), later dates excluded
+    assert "43.75%" in page and "<td>2026-02-01</td><td>check_bronze_quality failed</td>" in page
     chart = page[page.index('id="auc-history"'):page.index('id="quality"')]
     assert chart.count("<svg") == 1
     for auc in ("0.7011", "0.7122", "0.7233", "0.7311"):
         assert auc in chart
     assert "0.9999" not in page and "2026-02-09" not in page
-    # coverage chart and calibration bins from the records
     lookup = page[page.index('id="lookup"'):page.index('id="calibration"')]
     assert "<svg" in lookup and "Coverage vs lookup-table size" in lookup and "88.00%" in lookup
-    calib = page[page.index('id="calibration"'):page.index('id="attention"')]
-    assert "<svg" in calib and "recorded in" in calib and "Reliability" in calib
+
+
+def test_a_failed_quality_check_names_the_expectation_and_links_its_data_docs_page(tmp_path):
+    """A run stopped at check_bronze_quality: no model, no lookup table, no validation record."""
+    config_path, cfg = write_config(tmp_path)
+    fabricate_inputs(cfg, passed_quality=False)
+    paths = Paths.of(cfg)
+    for path in (paths.validation_record(DAY), os.path.join(paths.run_dir(DAY), "features.json"),
+                 os.path.join(paths.run_lookup_dir(DAY), "manifest.json")):
+        os.remove(path)
+    page = read_report(render(config_path, DAY))
+    screen = page[:page.index("<h2>Details</h2>")]
+    assert f"Nothing published for {DAY}" in screen
+    assert ("<li><code>check_bronze_quality</code> failed: bronze_impressions: expect_column_mean_to_be_between"
+            "(column=click, min_value=0.002, max_value=0.2): observed 0.0 &mdash; "
+            '<a href="../../data_docs/validations/bronze_impressions/2026-02-05/page%201.html">Data Docs</a></li>'
+            in screen)
+    assert screen.count("<li>") == 1  # only the critical failure, no "stage produced nothing" guesses
+    assert re.search(r"<td>Data quality</td><td><span class=\"badge fail\">FAIL</span></td>"
+                     r"<td>1 critical failure\(s\) in bronze_impressions</td>", screen)
+    assert re.search(r"<td>bronze_impressions</td><td><span class=\"badge fail\">FAIL", page)
+    assert "<b>CRITICAL</b> expect_column_mean_to_be_between(column=click" in page
+    assert "Could not draw" not in page
 
 
 def test_hostile_strings_are_escaped(tmp_path):
@@ -239,7 +262,7 @@ def test_auc_history_reads_every_run_date_up_to_the_day(tmp_path):
 # --------------------------------------------------------------------------- the model sections
 
 
-def test_attention_overlays_one_per_category_and_computed_calibration(tmp_path, trained):
+def test_attention_overlays_one_per_category_and_calibration_from_the_validate_record(tmp_path, trained):
     config_path, cfg = write_config(tmp_path)
     install_run(cfg, trained)
     page = read_report(render(config_path, DAY))
@@ -252,24 +275,25 @@ def test_attention_overlays_one_per_category_and_computed_calibration(tmp_path, 
         png = Image.open(io.BytesIO(base64.b64decode(data)))
         n_ads = min(4, hold.loc[hold["category_idx"] == int(cat), "ad_id"].nunique())
         assert png.size == (n_ads * 128 + (n_ads - 1) * 4, 2 * 128 + 4)  # originals over overlays
-    assert "CSCNNAttention" in section and "Could not draw" not in page
+    assert "CSCNNAttention" in section and "(category_id 1000)" in section and "Could not draw" not in page
     calib = page[page.index('id="calibration"'):page.index('id="attention"')]
-    assert "computed by the report from 16 of 16 holdout ads" in calib and "<svg" in calib
+    assert f"all {len(hold):,} holdout impressions" in calib and "<svg" in calib
+    bins = re.findall(r'<tr><td class="num">[^<]*</td><td class="num">[^<]*</td><td class="num">([\d,]+)</td>', calib)
+    assert sum(int(n.replace(",", "")) for n in bins) == len(hold)
 
 
 def test_variant_without_attention_says_so(tmp_path, trained):
     config_path, cfg = write_config(tmp_path)
-    install_run(cfg, trained)
+    from models.ctr import CTRModel
     from models.train import load_model, save_model
 
     model = load_model(trained["model_path"])
-    plain_cfg = load_config(overrides={**TINY_MODEL, "model.variant": "dcn"})
-    from models.ctr import CTRModel
-
-    save_model(CTRModel(model.spec, plain_cfg.model), os.path.join(Paths.of(cfg).run_model_dir(DAY), "model.pt"))
+    plain = tmp_path / "dcn.pt"
+    save_model(CTRModel(model.spec, load_config(overrides={**TINY_MODEL, "model.variant": "dcn"}).model), str(plain))
+    install_run(cfg, trained, str(plain))
     page = read_report(render(config_path, DAY))
     assert "Nothing to draw: variant &#x27;dcn&#x27; has no visual tower" in page
-    assert 'class="attn"' not in page
+    assert 'class="attn"' not in page and "Reliability" in page
 
 
 def test_cli_writes_the_report(tmp_path):
@@ -291,7 +315,8 @@ def test_published_and_live_versions_are_shown(tmp_path):
     os.makedirs(os.path.join(published, "v2-2026-02-04"))
     write_json(os.path.join(published, "current.json"), {"version": 3, "run_date": DAY, "dir": f"v3-{DAY}"})
     page = read_report(render(config_path, DAY))
-    assert f'<span class="badge pass">published v3-{DAY}</span>' in page
-    assert f"live now: v3-{DAY}" in page and "v2-2026-02-04" not in page
+    screen = page[:page.index("<h2>Details</h2>")]
+    assert f'<div class="headline pass">Published v3-{DAY} for {DAY}' in screen
+    assert f"live now: v3-{DAY}" in screen and "v2-2026-02-04" not in page and "Stopped by" not in screen
     publish_row = re.search(r'<tr><td>publish</td><td><code>[^<]*</code></td><td><span class="badge (\w+)">', page)
     assert publish_row is not None and publish_row.group(1) == "pass"
