@@ -4,6 +4,12 @@
 
 `--config` is a .toml/.json file (the DAG writes the run's resolved config to one per run),
 `--config-json` the same inline, `--set key=value` dotted overrides applied last.
+
+A mistake the user can fix (a bad date, an unknown config key, a bad value, an unknown option)
+prints one line, `error: ...`, naming the value and what is allowed, and exits with
+`core.exit_codes.USAGE` (2); `--debug` (or CSCNN_DEBUG=1) prints its traceback as well. Every
+command's `__main__` is `sys.exit(run_cli(main))`. Any other exception still ends the process
+with Python's traceback and exit code 1.
 """
 
 from __future__ import annotations
@@ -13,13 +19,45 @@ import datetime as dt
 import logging
 import os
 import sys
+import traceback
+from typing import Callable, NoReturn, Sequence
 
+from core import exit_codes
 from core.config import ConfigError, PipelineConfig, build, load_config, parse_overrides
 
 
-def stage_parser(description: str) -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(description=description)
-    ap.add_argument("--date", required=True, help="logical run date YYYY-MM-DD")
+class UsageError(ValueError):
+    """A command-line argument is wrong; the message names it and what is allowed."""
+
+
+# The user errors run_cli turns into one line and exit code USAGE.
+USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, UsageError)
+
+
+class CliParser(argparse.ArgumentParser):
+    """argparse with one-line errors (exit code USAGE) and the shared `--debug` flag."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.add_argument("--debug", action="store_true",
+                          help="on a bad argument or config, print the traceback too")
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(exit_codes.USAGE, f"error: {message} (see {self.prog} --help)\n")
+
+
+def date_arg(value: str) -> str:
+    """argparse `type=` for a YYYY-MM-DD option: rejects a bad date at parse time, keeps the string."""
+    try:
+        dt.date.fromisoformat(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"bad date {value!r}; expected YYYY-MM-DD") from None
+    return value
+
+
+def stage_parser(description: str) -> CliParser:
+    ap = CliParser(description=description)
+    ap.add_argument("--date", required=True, type=date_arg, help="logical run date YYYY-MM-DD")
     ap.add_argument("--config", help="config file (.toml or .json)")
     ap.add_argument("--config-json", help="the whole config as JSON (overrides --config)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -31,16 +69,44 @@ def parse_date(value: str) -> dt.date:
     try:
         return dt.date.fromisoformat(value)
     except ValueError:
-        raise ConfigError(f"bad date {value!r}; expected YYYY-MM-DD") from None
+        raise UsageError(f"bad date {value!r}; expected YYYY-MM-DD") from None
 
 
 def config_from_args(args: argparse.Namespace) -> PipelineConfig:
     import json
 
     if args.config_json:
-        cfg = build(PipelineConfig, json.loads(args.config_json), "")
+        try:
+            data = json.loads(args.config_json)
+        except json.JSONDecodeError as e:
+            raise UsageError(f"bad --config-json: not valid JSON ({e})") from None
+        cfg = build(PipelineConfig, data, "")
         return cfg.replace(parse_overrides(args.set)) if args.set else cfg
     return load_config(args.config, parse_overrides(args.set))
+
+
+def run_cli(main: Callable[[list[str]], int | None], argv: Sequence[str] | None = None) -> int:
+    """Run `main(argv)` and return its exit code; a user error becomes one line and USAGE.
+
+    User errors are USER_ERRORS (config and argument errors): see `report_user_error`. Other
+    exceptions propagate unchanged (traceback, exit code 1).
+    """
+    args = sys.argv[1:] if argv is None else list(argv)
+    try:
+        return main(args) or 0
+    except USER_ERRORS as e:
+        return report_user_error(e, "--debug" in args)
+
+
+def report_user_error(error: BaseException, debug: bool = False) -> int:
+    """Print `error: <message>` as one line on stderr and return USAGE.
+
+    The traceback is printed first only when `debug` (the `--debug` flag) or CSCNN_DEBUG=1.
+    """
+    if debug or os.environ.get("CSCNN_DEBUG", "") not in ("", "0"):
+        traceback.print_exception(error)
+    print("error: " + " ".join(str(error).split()), file=sys.stderr, flush=True)
+    return exit_codes.USAGE
 
 
 def setup_logging() -> None:

@@ -339,7 +339,9 @@ def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
     node = data
     for i, part in enumerate(parts[:-1]):
         if part not in node or not isinstance(node[part], dict):
-            raise ConfigError(f"unknown config key '{key}': '{'.'.join(parts[:i + 1])}' is not a section")
+            sections = ", ".join(k for k, v in node.items() if isinstance(v, dict)) or "none"
+            raise ConfigError(f"unknown config key '{key}': '{'.'.join(parts[:i + 1])}' is not a section; "
+                              f"allowed sections: {sections}")
         node = node[part]
     node[parts[-1]] = value
 

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from core.cli import config_from_args, parse_date, setup_logging, stage_parser
+from core.cli import config_from_args, parse_date, run_cli, setup_logging, stage_parser
 from core.config import PipelineConfig
 from core.feature_spec import FeatureSpec
 from core.files import sha256_file
@@ -108,4 +108,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

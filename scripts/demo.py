@@ -19,7 +19,6 @@
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import json
 import os
@@ -33,6 +32,7 @@ from pathlib import Path
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from core.cli import CliParser, date_arg, run_cli  # noqa: E402
 from core.config import load_config  # noqa: E402
 from core.paths import Paths, local_path  # noqa: E402
 
@@ -133,12 +133,12 @@ def run_dag(day: dt.date, env: dict[str, str]) -> str:
         sh([ui, "stop"], env)
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: list[str] | None = None) -> int:
+    ap = CliParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", default=os.path.join(ROOT, "conf", "demo.toml"))
-    ap.add_argument("--date", help="logical date D (default: the world's epoch + window_days)")
+    ap.add_argument("--date", type=date_arg, help="logical date D (default: the world's epoch + window_days)")
     ap.add_argument("--fresh", action="store_true", help="delete the demo's storage root first")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
 
     t0 = time.time()
     cfg = load_config(args.config)
@@ -195,4 +195,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

@@ -13,7 +13,6 @@ else fp32 (serving.predictor).
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 
@@ -38,12 +37,12 @@ def main(argv: list[str] | None = None) -> int:
     """Command-line entry point (see module docstring)."""
     import torch
 
-    from core.cli import setup_logging
+    from core.cli import CliParser, report_user_error, setup_logging
     from core.config import load_config, parse_overrides
     from serving.predictor import AUTO, DEFAULT_PRECISION, PRECISION_TOLERANCE, PRECISIONS, Predictor
 
     setup_logging()
-    ap = argparse.ArgumentParser(description="Score raw contract requests with the current published version.")
+    ap = CliParser(description="Score raw contract requests with the current published version.")
     ap.add_argument("--requests", required=True, help="JSON-lines file, one request object per line")
     ap.add_argument("--config", help="config file (.toml or .json)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="dotted config override")
@@ -71,8 +70,7 @@ def main(argv: list[str] | None = None) -> int:
             for p, hit in zip(result.scores.tolist(), result.in_table.tolist()):
                 out.write(json.dumps({"pctr": p, "in_table": hit}) + "\n")
     except (RequestError, IntegrityError, FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return report_user_error(e, args.debug)
     version = {k: predictor.version.get(k) for k in ("version", "dir", "run_date", "model_version", "reduction")}
     print(json.dumps({"requests": predictor.requests_scored, "fallbacks": predictor.fallbacks,
                       "precision": predictor.precision, **version}),
@@ -81,4 +79,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from core.cli import run_cli
+
+    sys.exit(run_cli(main))

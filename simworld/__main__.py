@@ -9,17 +9,17 @@ and storage.root; they win over the same keys given with --set or in the config 
 
 from __future__ import annotations
 
-import argparse
 import sys
 from typing import Any
 
+from core.cli import CliParser, date_arg, report_user_error, run_cli
 from core.config import ConfigError, load_config, parse_overrides
 
 
-def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m simworld", description=__doc__.splitlines()[0])
-    ap.add_argument("--start", required=True, help="first day YYYY-MM-DD")
-    ap.add_argument("--end", required=True, help="last day YYYY-MM-DD (inclusive)")
+def build_parser() -> CliParser:
+    ap = CliParser(prog="python -m simworld", description=__doc__.splitlines()[0])
+    ap.add_argument("--start", required=True, type=date_arg, help="first day YYYY-MM-DD")
+    ap.add_argument("--end", required=True, type=date_arg, help="last day YYYY-MM-DD (inclusive)")
     ap.add_argument("--impressions-per-day", type=int, help="shortcut for world.impressions_per_day")
     ap.add_argument("--seed", type=int, help="shortcut for world.seed")
     ap.add_argument("--root", help="shortcut for storage.root")
@@ -48,8 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(args.config, overrides)
         days = generate_range(cfg, args.start, args.end, progress=_print_progress)
     except (ConfigError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return report_user_error(e, args.debug)
     total = sum(d["impressions"] for d in days)
     seconds = sum(d["seconds"] for d in days)
     print(f"done: {len(days)} days, {total} impressions in {seconds:.1f} s", flush=True)
@@ -57,4 +56,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

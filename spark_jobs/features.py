@@ -608,7 +608,7 @@ def load_examples(cfg: PipelineConfig, spark: "SparkSession", run_date: dt.date,
 
 
 def main(argv: list[str] | None = None) -> int:
-    from core.cli import config_from_args, parse_date, setup_logging, stage_parser
+    from core.cli import UsageError, config_from_args, parse_date, setup_logging, stage_parser
     from core.spark import get_spark
 
     setup_logging()
@@ -621,8 +621,8 @@ def main(argv: list[str] | None = None) -> int:
         try:
             pinned = {str(k): int(v) for k, v in json.loads(args.bronze_versions).items()}
         except (ValueError, AttributeError, TypeError):
-            raise FeaturesError(f"bad --bronze-versions {args.bronze_versions!r}; "
-                                'expected JSON like {"impressions": 3, "ads": 3}') from None
+            raise UsageError(f"bad --bronze-versions {args.bronze_versions!r}; "
+                             'expected JSON like {"impressions": 3, "ads": 3}') from None
     ap_date = parse_date(args.date)
     spark = get_spark(cfg.spark)
     metadata = run(cfg, spark, ap_date, pinned)
@@ -639,4 +639,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from core.cli import run_cli
+
+    sys.exit(run_cli(main))

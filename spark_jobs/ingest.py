@@ -633,13 +633,13 @@ def run_range(cfg: PipelineConfig, spark: "SparkSession", first: dt.date, last: 
 
 
 def main(argv: list[str] | None = None) -> int:
-    from core.cli import config_from_args, parse_date, setup_logging, stage_parser
+    from core.cli import config_from_args, date_arg, parse_date, setup_logging, stage_parser
     from core.spark import get_spark
 
     setup_logging()
     ap = stage_parser("Ingest landing days into the bronze Delta tables.")
-    ap.add_argument("--end-date", help="ingest every day from --date to this date (inclusive) with one Delta "
-                                       "commit per table")
+    ap.add_argument("--end-date", type=date_arg, help="ingest every day from --date to this date (inclusive) "
+                                                      "with one Delta commit per table")
     args = ap.parse_args(argv)
     cfg = config_from_args(args)
     start = parse_date(args.date)
@@ -652,4 +652,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from core.cli import run_cli
+
+    sys.exit(run_cli(main))
