@@ -1,0 +1,20 @@
+"""Exit codes of the stage processes, and the errors that mean "retrying cannot help".
+
+The DAG's Spark operator (dags/cscnn_links.py) fails a task without retries when its stage
+process exits with one of NON_RETRYABLE: a bad argument or config, or bad input data (a failed
+critical expectation, a landing file that breaks the contract, a window whose days all failed
+their checks). The same input gives the same failure, so a retry would only delay the alert.
+Any other exit code (a lost executor, a killed JVM, a timeout) keeps the task's retries.
+
+Standard library only: the DAG files import this module while they are parsed.
+"""
+
+from __future__ import annotations
+
+USAGE = 2  # a bad argument or config value (argparse's own code)
+BAD_DATA = 3  # the stage's input data is unusable as it is: fix or replace it, then clear the task
+NON_RETRYABLE: frozenset[int] = frozenset({USAGE, BAD_DATA})
+
+
+class BadDataError(RuntimeError):
+    """A deterministic input-data error: the stage fails the same way on every retry."""
