@@ -680,8 +680,8 @@ def main(argv: list[str] | None = None) -> int:
         log.error("%s", err)
         return BAD_DATA
     export_training_snapshot(cfg, spark, ap_date)
-    print(json.dumps({k: metadata[k] for k in ("run_date", "window_days", "missing_days", "counted_days",
-                                               "bronze_versions", "rows", "label_rate")}))
+    print(json.dumps({k: metadata[k] for k in ("run_date", "window_days", "missing_days", "excluded_days",
+                                               "counted_days", "bronze_versions", "rows", "label_rate")}))
     return 0
 
 

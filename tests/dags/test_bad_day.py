@@ -20,6 +20,7 @@ import tempfile
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 from pyspark.sql import functions as F
 
 from core.config import load_config
@@ -65,6 +66,7 @@ def _example_rows_of(spark, cfg, run_date: dt.date, day: dt.date) -> int:
     return features.read_examples(cfg, spark, run_date).join(day_ids, "impression_id", "left_semi").count()
 
 
+@pytest.mark.timeout(4800)  # four whole-DAG runs, beyond the suite-wide 1200 s
 def test_bad_day_fails_fast_is_left_out_then_recovers(spark, tmp_path):
     root = tmp_path / "var"
     config_file = tmp_path / "run.toml"
