@@ -168,13 +168,21 @@ class QualityConfig:
     volume_ratio_max: float = 2.0
     trailing_days: int = 7
     min_rows: int = 1
+    # Largest share of a day's landing impressions, and of its landing ads, that ingest may
+    # quarantine: clean upstream logs lose well under 1%, a broken export loses whole slices.
+    max_quarantine_rate: float = 0.05
 
     def __post_init__(self) -> None:
+        _check(0 <= self.max_quarantine_rate <= 1, "quality.max_quarantine_rate", self.max_quarantine_rate,
+               "a number in [0, 1]")
         _check(0 <= self.ctr_min < self.ctr_max <= 1, "quality.ctr_min/ctr_max", (self.ctr_min, self.ctr_max),
                "0 <= ctr_min < ctr_max <= 1")
         _check(0 < self.volume_ratio_min < self.volume_ratio_max, "quality.volume_ratio_min/max",
                (self.volume_ratio_min, self.volume_ratio_max), "0 < min < max")
         _check(self.trailing_days >= 1, "quality.trailing_days", self.trailing_days, "an integer >= 1")
+
+
+FAILED_DAYS_POLICIES = ("exclude", "fail")
 
 
 @dataclass(frozen=True)
@@ -187,8 +195,13 @@ class FeaturesConfig:
     group_size: int = 25  # at most this many impressions of one ad in a training group
     incremental: bool = True  # sum daily counts instead of rescanning the window
     seed: int = 17  # deterministic group shuffling
+    # Window days whose latest quality verdict failed (ops/day_status): "exclude" trains on the
+    # other days and names them in the run's record; "fail" stops the stage instead.
+    failed_days: str = "exclude"
 
     def __post_init__(self) -> None:
+        _check(self.failed_days in FAILED_DAYS_POLICIES, "features.failed_days", self.failed_days,
+               ", ".join(FAILED_DAYS_POLICIES))
         _check(self.window_days >= 1, "features.window_days", self.window_days, "an integer >= 1")
         _check(self.n_bins >= 2, "features.n_bins", self.n_bins, "an integer >= 2")
         _check(self.min_count >= 1, "features.min_count", self.min_count, "an integer >= 1")

@@ -79,6 +79,7 @@ TRUTH_FIELDS: tuple[Field, ...] = (
 
 # Quarantine reason codes (ingest); one row per violation with the raw record as JSON.
 REASONS: dict[str, str] = {
+    "bad_type": "a value does not convert to its field's type; the record keeps the raw landing row",
     "null_required": "a required field is null",
     "unknown_ad": "ad_id is not in the day's ad catalog",
     "bad_label": "click is not 0 or 1",

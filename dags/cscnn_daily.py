@@ -22,7 +22,9 @@ Environment (all optional):
     CSCNN_SPARK_IVY_DIR        ivy cache for the Delta jars (default ~/.cache/cscnn-pipeline/ivy)
     CSCNN_SPARK_LOG_LEVEL      log level of Spark's JVM in the stages (default WARN; conf/spark/log4j2.properties)
     CSCNN_GX_LOG_LEVEL         log level of Great Expectations in the stages (default WARNING)
-    CSCNN_TASK_RETRIES         retries of every task (default 2)
+    CSCNN_TASK_RETRIES         retries of every task (default 2); a Spark stage that exits with
+                               a code of core.exit_codes.NON_RETRYABLE (bad data, a bad
+                               argument) fails at once instead
     CSCNN_RETRY_DELAY_S        first retry delay in seconds, growing exponentially (default 300)
 
 Imports: `airflow.sdk`, the Spark provider operator (via dags.cscnn_links), the project's Asset

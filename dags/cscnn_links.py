@@ -14,6 +14,9 @@ from typing import Any
 
 from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
 from airflow.sdk import BaseOperatorLink, conf
+from airflow.sdk.exceptions import AirflowFailException
+
+from core.exit_codes import BAD_DATA, NON_RETRYABLE, USAGE
 
 # Keep in sync with plugins/cscnn_reports.py (a test checks both).
 REPORTS_URL_PREFIX = "/cscnn-reports"
@@ -87,7 +90,35 @@ class RunReportLink(BaseOperatorLink):
         return reports_url(f"runs/{ds}/report.html") if ds else reports_url("")
 
 
+def non_retryable_failure(exit_code: int | None, task_id: str) -> AirflowFailException | None:
+    """The non-retryable failure for a stage process's exit code, or None when retries may help.
+
+    core.exit_codes.NON_RETRYABLE codes mean the same input fails the same way again (bad data,
+    a bad argument); any other code (a lost executor, a killed JVM) is left to the task's retries.
+    """
+    if exit_code not in NON_RETRYABLE:
+        return None
+    what = {BAD_DATA: "its input data is unusable (see the stage's error above); fix or replace the data, "
+                      "then clear the task",
+            USAGE: "a bad argument or config value (see the stage's error above)"}[exit_code]
+    return AirflowFailException(f"{task_id}: the stage exited with code {exit_code}: {what}; not retried")
+
+
 class ReportingSparkSubmitOperator(SparkSubmitOperator):
-    """SparkSubmitOperator whose task page links to the Data Docs and the run's report."""
+    """SparkSubmitOperator whose task page links to the Data Docs and the run's report.
+
+    A stage process exiting with a code of core.exit_codes.NON_RETRYABLE fails the task at once
+    (AirflowFailException, which Airflow never retries); other failures keep their retries.
+    """
 
     operator_extra_links = (DataDocsLink(), RunReportLink())
+
+    def execute(self, context: Any) -> Any:
+        try:
+            return super().execute(context)
+        except Exception as err:
+            process = getattr(self._hook, "_submit_sp", None)
+            failure = non_retryable_failure(getattr(process, "returncode", None), self.task_id)
+            if failure is None:
+                raise
+            raise failure from err

@@ -6,7 +6,10 @@ logged. What is critical:
     click in {0, 1}, unique impression_id, the day's volume vs the trailing days, the day's CTR;
   - ads: required columns present, required fields not null, unique ad_id, price and
     review_count >= 0, a non-empty catalog;
-  - landing file: required columns present.
+  - landing file: required columns present;
+  - quarantine: the share of the day's landing impressions and of its landing ads that ingest
+    quarantined is at most `quality.max_quarantine_rate` (a day that lost a fifth of its rows to
+    unknown ads or bad types is not a normal day, even when its volume still looks plausible).
 Not critical: exact column-set matches (schema drift: extra or missing optional columns) and
 user_price_sensitivity outside 0-4 (an optional profile field whose odd values end up as their
 own or the OOV vocabulary id rather than breaking anything).
@@ -27,6 +30,8 @@ if TYPE_CHECKING:  # pragma: no cover
 IMPRESSIONS_SUITE = "bronze_impressions"
 ADS_SUITE = "bronze_ads"
 LANDING_SCHEMA_SUITE = "landing_impressions_schema"
+QUARANTINE_SUITE = "bronze_quarantine"
+QUARANTINE_TABLES = ("impressions", "ads")
 PARTITION_COLUMN = "dt"
 
 
@@ -124,3 +129,20 @@ def build_landing_schema_suite(cfg: PipelineConfig) -> "gx.ExpectationSuite":
         expectation(gxe.ExpectTableColumnsToMatchSet, critical=False, column_set=names(IMPRESSION_FIELDS),
                     exact_match=True),
     ])
+
+
+def quarantine_rate_column(table: str) -> str:
+    """Column of the quarantine-rate frame holding `table`'s quarantined share of landing rows."""
+    return f"{table}_quarantine_rate"
+
+
+def build_quarantine_suite(cfg: PipelineConfig) -> "gx.ExpectationSuite":
+    """Suite for a day's quarantine budget, validated on a one-row frame with one column
+    `<table>_quarantine_rate` (quarantined / landing rows, 0 for an empty file) per table of
+    QUARANTINE_TABLES: each must be at most `quality.max_quarantine_rate` (critical)."""
+    import great_expectations.expectations as gxe
+
+    return new_suite(QUARANTINE_SUITE, [
+        expectation(gxe.ExpectColumnValuesToBeBetween, critical=True, column=quarantine_rate_column(t),
+                    min_value=0, max_value=cfg.quality.max_quarantine_rate)
+        for t in QUARANTINE_TABLES])

@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Iterator
 
 from core.config import PipelineConfig
+from core.exit_codes import BadDataError
 from core.paths import Paths, is_local, local_path
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -57,8 +58,10 @@ BATCH_DEFINITION = "whole_dataframe"
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
-class DataQualityError(RuntimeError):
-    """A critical expectation failed; the message names each one and the Data Docs page."""
+class DataQualityError(BadDataError):
+    """A critical expectation failed; the message names each one and the Data Docs page.
+
+    A BadDataError: the stage exits with core.exit_codes.BAD_DATA and the task is not retried."""
 
 
 @dataclass(frozen=True)

@@ -7,9 +7,15 @@ Validates, each through a GX checkpoint that updates Data Docs (<reports>/data_d
                               `quality.trailing_days` days' mean row count, CTR bounds, ...
   bronze_ads                  the day's bronze ad catalog (dt = D)
   landing_impressions_schema  the raw landing impressions file's columns vs the contract
+  bronze_quarantine           the day's quarantined share of landing impressions and of landing
+                              ads vs `quality.max_quarantine_rate` (from ingest's run record)
 Writes a summary to <reports>/quality/<D>.json (suite -> success, failed, failed_critical,
-report_path), then raises DataQualityError if any critical expectation failed, naming each one
-and its Data Docs page. Re-running a date replaces the summary and adds a new Data Docs run.
+report_path; `quarantine`: per table landing/quarantined rows, rate and count per reason),
+records the day's verdict in ops/day_status (spark_jobs/day_status.py: build_window leaves out
+days whose latest verdict failed), then raises DataQualityError if any critical expectation
+failed, naming each one and its Data Docs page; the command then exits with
+core.exit_codes.BAD_DATA, which the DAG does not retry. Re-running a date replaces the summary,
+adds a new Data Docs run and a new verdict (the latest wins).
 """
 
 from __future__ import annotations
@@ -26,8 +32,11 @@ if __package__ in (None, ""):  # spark-submit runs this file as a script
 
 from core.config import PipelineConfig
 from core.paths import Paths, local_path
-from expectations.bronze import build_ads_suite, build_impressions_suite, build_landing_schema_suite
+from core.exit_codes import BAD_DATA, BadDataError
+from expectations.bronze import (QUARANTINE_TABLES, build_ads_suite, build_impressions_suite,
+                                 build_landing_schema_suite, build_quarantine_suite, quarantine_rate_column)
 from expectations.runner import QualityResult, raise_on_critical, validate
+from spark_jobs.day_status import record_verdict
 
 if TYPE_CHECKING:  # pragma: no cover
     from pyspark.sql import DataFrame, SparkSession
@@ -90,6 +99,34 @@ def _landing_schema_df(spark: "SparkSession", uri: str) -> "DataFrame | None":
         return None
 
 
+def read_ingest_record(spark: "SparkSession", paths: Paths, day: dt.date) -> dict[str, Any]:
+    """Ingest's run record of `day` (ops/ingest_runs): landing, bronze and quarantined counts, reasons."""
+    from pyspark.sql import functions as F
+
+    rows = (_read_delta(spark, paths.ingest_runs, "ingest runs").where(F.col("dt") == F.lit(day))
+            .select("record").collect())
+    if not rows:
+        raise FileNotFoundError(f"no ingest record for {day} in {paths.ingest_runs}; run ingest for this date first")
+    return json.loads(rows[0]["record"])
+
+
+def quarantine_breakdown(record: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Per table of QUARANTINE_TABLES: landing and quarantined rows, the rate, and the count per reason."""
+    out = {}
+    for table in QUARANTINE_TABLES:
+        landing, quarantined = int(record[f"landing_{table}"]), int(record[f"quarantined_{table}"])
+        out[table] = {"landing": landing, "quarantined": quarantined,
+                      "rate": quarantined / landing if landing else 0.0,
+                      "reasons": dict(sorted(record["reasons"][table].items()))}
+    return out
+
+
+def verdict_reason(results: list[QualityResult]) -> str:
+    """One line for the day-status table: the failed critical expectations, or 'passed'."""
+    failures = [f"{r.suite_name}: {f}" for r in results for f in r.failed_critical]
+    return "; ".join(failures) if failures else "passed"
+
+
 def write_summary(cfg: PipelineConfig, day: dt.date, summary: dict[str, Any], suffix: str = "") -> str:
     """Write the day's summary JSON atomically to <reports>/quality/<D><suffix>.json; return its path."""
     path = local_path(f"{Paths.of(cfg).reports.rstrip('/')}/quality/{day.isoformat()}{suffix}.json")
@@ -129,14 +166,26 @@ def run(cfg: PipelineConfig, spark: "SparkSession", day: dt.date) -> dict[str, A
     else:
         suites["landing_impressions_schema"] = {"success": False, "failed": [f"file not readable: {landing_uri}"],
                                                 "failed_critical": [], "report_path": None, "statistics": {}}
+    import pandas as pd
+
+    quarantine = quarantine_breakdown(read_ingest_record(spark, paths, day))
+    rates_df = pd.DataFrame({quarantine_rate_column(t): [quarantine[t]["rate"]] for t in QUARANTINE_TABLES})
+    budget = validate(cfg, rates_df, build_quarantine_suite(cfg), "quarantine_rates", run_name)
+    results.append(budget)
+    suites[budget.suite_name] = _summary_entry(budget)
+    log.info("%s: quarantined impressions %.4f, ads %.4f of landing rows (at most %s allowed)", day,
+             quarantine["impressions"]["rate"], quarantine["ads"]["rate"], cfg.quality.max_quarantine_rate)
     summary = {
         "date": run_name,
         "success": all(s["success"] for s in suites.values()),
         "critical_failures": sum(len(s["failed_critical"]) for s in suites.values()),
         "trailing": trailing,
+        "quarantine": {"max_rate": cfg.quality.max_quarantine_rate, **quarantine},
         "suites": suites,
     }
     summary["summary_path"] = write_summary(cfg, day, summary)
+    passed = not any(r.failed_critical for r in results)
+    record_verdict(spark, paths, day, passed, verdict_reason(results), summary["summary_path"])
     raise_on_critical(*results)
     return summary
 
@@ -176,7 +225,11 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging()
     args = stage_parser("Check one day's bronze data quality with Great Expectations.").parse_args(argv)
     cfg = config_from_args(args)
-    summary = run(cfg, get_spark(cfg.spark), parse_date(args.date))
+    try:
+        summary = run(cfg, get_spark(cfg.spark), parse_date(args.date))
+    except BadDataError as err:
+        log.error("%s", err)
+        return BAD_DATA
     print(json.dumps({"date": summary["date"], "success": summary["success"],
                       "summary_path": summary["summary_path"]}))
     return 0

@@ -32,6 +32,14 @@ daily counts as the vocabularies; that keeps the incremental run (sum the stored
 count only new or changed days) and the full rebuild (recount every window day from the raw
 logs) identical, which an approximate sketch per day could not promise.
 
+Window days whose latest quality verdict failed (ops/day_status, written by check_bronze_quality)
+are left out of the window (features.failed_days = "exclude", the default; "fail" stops the
+stage) and named in the run's record as `excluded_days: [{"date": "YYYY-MM-DD", "reason": ...}]`;
+a holdout day that failed always stops it. Both leave the stage with core.exit_codes.BAD_DATA.
+Exclusion only changes which stored days a run reads: a day's stored rows and counts depend on
+its bronze files alone, so a re-ingested day that passes again is rewritten (its fingerprint
+changed) and counted like any other day.
+
 Reproducible: the run records the Delta versions of the bronze tables it read; passing them back
 as `bronze_versions` re-reads those versions (time travel) and reproduces the outputs exactly.
 """
@@ -52,11 +60,13 @@ if __package__ in (None, ""):  # spark-submit runs this file as a script
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from core.config import FeaturesConfig, PipelineConfig
+from core.exit_codes import BAD_DATA, BadDataError
 from core.feature_spec import MULTI_FIELDS, NUMERIC_FIELDS, SINGLE_FIELDS, FeatureSpec
 from core.files import write_json_local
 from core.paths import Paths
 from spark_jobs.examples import (DAY_ROW_READ_COLUMNS, EXAMPLE_COLUMNS, NULL_AD_KEY, SPLITS, examples_location,
                                  read_example_files)
+from spark_jobs.day_status import latest_verdicts
 from spark_jobs.feature_encoding import CATEGORICAL_SINGLE_FIELDS, VOCAB_FIELDS, FeatureEncoder
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -83,6 +93,10 @@ class FeaturesError(RuntimeError):
     """The features stage cannot run for a date (missing days, missing tables, bad settings)."""
 
 
+class FailedDaysError(FeaturesError, BadDataError):
+    """The holdout day or (with features.failed_days = "fail") a window day failed its quality check."""
+
+
 # --------------------------------------------------------------------------- settings
 
 
@@ -100,6 +114,30 @@ def min_count_thresholds(fc: FeaturesConfig) -> dict[str, int]:
         raise FeaturesError(f"features.min_count_per_field names unknown field(s) {unknown}{hint}; "
                             f"allowed: {', '.join(VOCAB_FIELDS)}")
     return {name: fc.min_count_per_field.get(name, fc.min_count) for name in VOCAB_FIELDS}
+
+
+def failed_days(spark: "SparkSession", paths: Paths, run_date: dt.date, window: list[dt.date],
+                policy: str) -> dict[dt.date, str]:
+    """{day: reason} of the window days whose latest quality verdict failed (ops/day_status), in date order.
+
+    Raises FailedDaysError when the holdout day's verdict failed (whatever the policy: its rows
+    are what the model is judged on), or when a window day failed and `policy` is "fail".
+    """
+    verdicts = latest_verdicts(spark, paths, [*window, run_date])
+    holdout = verdicts.get(run_date)
+    if holdout is not None and not holdout["passed"]:
+        raise FailedDaysError(f"holdout day {run_date} failed its quality check ({holdout['reason']}); "
+                              "replace its landing drop, re-ingest and re-check it first")
+    failed = {d: verdicts[d]["reason"] for d in window if d in verdicts and not verdicts[d]["passed"]}
+    if not failed:
+        return failed
+    listed = "; ".join(f"{d}: {reason}" for d, reason in failed.items())
+    if policy == "fail":
+        raise FailedDaysError(f"features {run_date}: {len(failed)} window day(s) failed their quality check "
+                              f"({listed}); fix and re-check them, or set features.failed_days=exclude")
+    log.warning("features %s: excluding %d window day(s) whose quality check failed: %s", run_date, len(failed),
+                listed)
+    return failed
 
 
 # --------------------------------------------------------------------------- pure transforms
@@ -468,8 +506,12 @@ def run(cfg: PipelineConfig, spark: "SparkSession", run_date: dt.date,
     rows_per_day = _present_days(imp_df, window[0], run_date)
     if run_date not in rows_per_day:
         raise FeaturesError(f"holdout day {run_date} has no rows in {paths.bronze_impressions}; ingest it first")
-    missing = [d for d in window if d not in rows_per_day]
-    read_days = [d for d in window if d in rows_per_day]
+    excluded = failed_days(spark, paths, run_date, window, fc.failed_days)
+    missing = [d for d in window if d not in rows_per_day and d not in excluded]
+    read_days = [d for d in window if d in rows_per_day and d not in excluded]
+    if excluded and not read_days:
+        raise FailedDaysError(f"every window day of {run_date} with bronze rows failed its quality check "
+                              f"({', '.join(d.isoformat() for d in excluded)}); nothing to train on")
     if missing:
         listed = ", ".join(d.isoformat() for d in missing)
         if not fc.allow_short_window:
@@ -523,7 +565,8 @@ def run(cfg: PipelineConfig, spark: "SparkSession", run_date: dt.date,
         "run_date": run_date.isoformat(),
         "window_start": window[0].isoformat(), "window_end": window[-1].isoformat(),
         "window_days": [d.isoformat() for d in read_days], "missing_days": [d.isoformat() for d in missing],
-        "short_window": bool(missing), "bronze_versions": versions,
+        "excluded_days": [{"date": d.isoformat(), "reason": reason} for d, reason in excluded.items()],
+        "short_window": bool(missing or excluded), "bronze_versions": versions,
         "incremental": fc.incremental, "counted_days": [d.isoformat() for d in counted],
         "row_days_written": [d.isoformat() for d in written],
         "bronze_rows": {d.isoformat(): n for d, n in sorted(rows_per_day.items())},
@@ -544,7 +587,7 @@ def run(cfg: PipelineConfig, spark: "SparkSession", run_date: dt.date,
                    "daily_counts": paths.table(DAILY_COUNTS_TABLE), "runs": paths.table(RUNS_TABLE)},
     }
     runs_df = spark.createDataFrame(
-        [(run_date, window[0], window[-1], read_days, bool(missing), versions, spec.to_json(),
+        [(run_date, window[0], window[-1], read_days, metadata["short_window"], versions, spec.to_json(),
           json.dumps(metadata, sort_keys=True), cfg.to_json())],
         "run_date date, window_start date, window_end date, window_days array<date>, short_window boolean, "
         "bronze_versions map<string,bigint>, feature_spec string, metadata string, config string")
@@ -625,16 +668,20 @@ def main(argv: list[str] | None = None) -> int:
                              'expected JSON like {"impressions": 3, "ads": 3}') from None
     ap_date = parse_date(args.date)
     spark = get_spark(cfg.spark)
-    metadata = run(cfg, spark, ap_date, pinned)
     # The stage's outputs are checked before anything trains on them, then exported as the
     # plain-parquet snapshot the trainer reads (models/train_job.py).
     from spark_jobs.check_quality import check_examples
     from spark_jobs.export_snapshot import export_training_snapshot
 
-    check_examples(cfg, spark, ap_date)
+    try:
+        metadata = run(cfg, spark, ap_date, pinned)
+        check_examples(cfg, spark, ap_date)
+    except BadDataError as err:
+        log.error("%s", err)
+        return BAD_DATA
     export_training_snapshot(cfg, spark, ap_date)
-    print(json.dumps({k: metadata[k] for k in ("run_date", "window_days", "missing_days", "counted_days",
-                                               "bronze_versions", "rows", "label_rate")}))
+    print(json.dumps({k: metadata[k] for k in ("run_date", "window_days", "missing_days", "excluded_days",
+                                               "counted_days", "bronze_versions", "rows", "label_rate")}))
     return 0
 
 

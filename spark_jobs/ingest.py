@@ -39,6 +39,7 @@ if __package__ in (None, ""):  # spark-submit runs this file as a script
 
 from core import contract
 from core.config import PipelineConfig
+from core.exit_codes import BAD_DATA, BadDataError
 from core.files import write_json_local
 from core.paths import Paths
 
@@ -47,14 +48,18 @@ if TYPE_CHECKING:  # pragma: no cover
 
 log = logging.getLogger("ingest")
 
-IMPRESSION_RULES = ("null_required", "bad_label", "bad_time_fields", "ts_outside_day", "unknown_ad",
+IMPRESSION_RULES = ("bad_type", "null_required", "bad_label", "bad_time_fields", "ts_outside_day", "unknown_ad",
                     "ad_of_bad_catalog_row", "duplicate_id")
-AD_RULES = ("null_required", "duplicate_id", "negative_price", "review_count_negative", "image_uri_escapes",
+AD_RULES = ("bad_type", "null_required", "duplicate_id", "negative_price", "review_count_negative", "image_uri_escapes",
             "image_missing", "image_corrupt")
 
 
 class LandingError(RuntimeError):
     """The landing drop for a day is absent, incomplete or unreadable."""
+
+
+class LandingContractError(LandingError, BadDataError):
+    """The landing files break the contract as a whole (a missing required column, an unconvertible type)."""
 
 
 # --------------------------------------------------------------------------- pure transforms
@@ -64,8 +69,13 @@ def with_contract_columns(df: "DataFrame", fields: tuple[contract.Field, ...]) -
     """Project `df` onto the contract: cast each field, add missing optional ones as null.
 
     Returns the projected frame and the schema drift found ({'extra': [...], 'missing': [...]}).
-    A missing required field is an error: nothing about those rows could be trusted.
+    A value that does not convert to its contract type (say "north" in an int column) becomes
+    null, and its row gets `_bad_type` (the offending field names) and `_raw_record` (the raw
+    landing row as JSON) so that ingest quarantines it with reason `bad_type`; both columns are
+    null on every other row. A missing required field is an error: nothing about those rows
+    could be trusted.
     """
+    from pyspark.errors import AnalysisException
     from pyspark.sql import functions as F
 
     present = set(df.columns)
@@ -73,12 +83,36 @@ def with_contract_columns(df: "DataFrame", fields: tuple[contract.Field, ...]) -
     missing = [f.name for f in fields if f.name not in present]
     missing_required = [f.name for f in fields if f.required and f.name not in present]
     if missing_required:
-        raise LandingError(f"landing file lacks required column(s) {missing_required}; "
-                           f"the contract (docs/CONTRACT.md) requires {contract.required(fields)}")
+        raise LandingContractError(f"landing file lacks required column(s) {missing_required}; "
+                                   f"the contract (docs/CONTRACT.md) requires {contract.required(fields)}")
     extra = sorted(present - set(wanted))
-    cols = [(F.col(f.name).cast(f.type) if f.name in present else F.lit(None).cast(f.type)).alias(f.name)
+    landed = dict(df.dtypes)
+    # Only columns landed with another type than the contract's can hold unconvertible values.
+    retyped = [f for f in fields if f.name in present and landed[f.name] != f.type]
+    cols = [(F.col(f.name).try_cast(f.type) if f in retyped else
+             F.col(f.name).cast(f.type) if f.name in present else F.lit(None).cast(f.type)).alias(f.name)
             for f in fields]
-    return df.select(*cols), {"extra": extra, "missing": missing}
+    if retyped:
+        failed = [F.when(F.col(f.name).isNotNull() & F.col(f.name).try_cast(f.type).isNull(), F.lit(f.name))
+                  for f in retyped]
+        bad_type = F.concat_ws(",", *failed)
+        cols += [F.when(bad_type != "", bad_type).alias("_bad_type"),
+                 F.when(bad_type != "", F.to_json(F.struct(*[F.col(c) for c in df.columns]))).alias("_raw_record")]
+    else:
+        cols += [F.lit(None).cast("string").alias("_bad_type"), F.lit(None).cast("string").alias("_raw_record")]
+    try:
+        return df.select(*cols), {"extra": extra, "missing": missing}
+    except AnalysisException as err:  # a type no value of which converts (an array landed as an int...)
+        shown = ", ".join(f"{f.name} is {landed[f.name]}, the contract says {f.type}" for f in retyped)
+        raise LandingContractError(f"landing file has columns of an unconvertible type ({shown}): "
+                                   f"{str(err).splitlines()[0]}") from None
+
+
+def _bad_type(df: "DataFrame") -> "Column":
+    """True on rows with_contract_columns flagged as holding an unconvertible value."""
+    from pyspark.sql import functions as F
+
+    return F.col("_bad_type").isNotNull() if "_bad_type" in df.columns else F.lit(False)
 
 
 def _first_reason(checks: list[tuple[str, "Column"]]) -> "Column":
@@ -121,6 +155,7 @@ def with_ad_reason(ads_df: "DataFrame", image_status_df: "DataFrame") -> "DataFr
           .join(image_status_df, on="image_uri", how="left")
           .withColumn("_dup_rank", F.when(F.col("ad_id").isNull(), F.lit(1)).otherwise(F.row_number().over(w))))
     checks = [
+        ("bad_type", _bad_type(df)),
         ("null_required", _any_null(contract.required(contract.AD_FIELDS))),
         ("duplicate_id", F.col("_dup_rank") > 1),
         ("negative_price", F.coalesce(F.col("price") < 0, F.lit(False))),
@@ -148,6 +183,7 @@ def with_impression_reason(imp_df: "DataFrame", ads_reason_df: "DataFrame") -> "
           .withColumn("_dup_rank", F.when(F.col("impression_id").isNull(), F.lit(1))
                       .otherwise(F.row_number().over(w))))
     checks = [
+        ("bad_type", _bad_type(df)),
         ("null_required", _any_null(contract.required(contract.IMPRESSION_FIELDS))),
         ("bad_label", ~F.col("click").isin(0, 1)),
         ("bad_time_fields", ~F.col("weekday").between(0, 6) | ~F.col("hour").between(0, 23)),
@@ -161,13 +197,18 @@ def with_impression_reason(imp_df: "DataFrame", ads_reason_df: "DataFrame") -> "
 
 
 def to_quarantine(df: "DataFrame", source: str, key: str, fields: tuple[contract.Field, ...]) -> "DataFrame":
-    """Rows with a `_reason` as quarantine records (dt, source, reason, key, record JSON)."""
+    """Rows with a `_reason` as quarantine records (dt, source, reason, key, record JSON).
+
+    A `bad_type` row keeps its raw landing row (`_raw_record`), the unconvertible value included.
+    """
     from pyspark.sql import functions as F
 
+    contract_json = F.to_json(F.struct(*[F.col(n) for n in contract.names(fields)]))
     return (df.where(F.col("_reason").isNotNull())
             .select(F.col("dt"), F.lit(source).alias("source"), F.col("_reason").alias("reason"),
                     F.col(key).cast("string").alias("key"),
-                    F.to_json(F.struct(*[F.col(n) for n in contract.names(fields)])).alias("record")))
+                    (F.coalesce(F.col("_raw_record"), contract_json) if "_raw_record" in df.columns
+                     else contract_json).alias("record")))
 
 
 # --------------------------------------------------------------------------- images
@@ -644,7 +685,12 @@ def main(argv: list[str] | None = None) -> int:
     cfg = config_from_args(args)
     start = parse_date(args.date)
     spark = get_spark(cfg.spark)
-    records = run_range(cfg, spark, start, parse_date(args.end_date)) if args.end_date else [run(cfg, spark, start)]
+    try:
+        records = (run_range(cfg, spark, start, parse_date(args.end_date)) if args.end_date
+                   else [run(cfg, spark, start)])
+    except BadDataError as err:
+        log.error("%s", err)
+        return BAD_DATA
     for record in records:
         print(json.dumps({k: record[k] for k in ("dt", "landing_impressions", "bronze_impressions",
                                                  "quarantined_impressions", "seconds")}))

@@ -11,10 +11,21 @@ import pytest
 from core.paths import Paths
 from expectations.runner import DataQualityError
 from spark_jobs import check_quality
+from spark_jobs.day_status import latest_verdicts
 from tests.expectations.conftest import AD_DDL, DAY, IMPRESSION_DDL, ad_row, clean_rows
 
 
-def _write_bronze(spark, cfg):
+def write_ingest_records(spark, cfg, records):
+    """ops/ingest_runs rows as ingest writes them: {day: (landing_imp, quarantined_imp, landing_ads,
+    quarantined_ads, reasons)}."""
+    rows = [(day, json.dumps({"dt": str(day), "landing_impressions": li, "quarantined_impressions": qi,
+                              "landing_ads": la, "quarantined_ads": qa, "reasons": reasons}))
+            for day, (li, qi, la, qa, reasons) in records.items()]
+    (spark.createDataFrame(rows, "dt date, record string").write.format("delta").mode("append")
+     .partitionBy("dt").save(Paths.of(cfg).ingest_runs))
+
+
+def _write_bronze(spark, cfg, records=None):
     from pyspark.sql import functions as F
 
     paths = Paths.of(cfg)
@@ -29,6 +40,10 @@ def _write_bronze(spark, cfg):
     # The landing file of D carries an undocumented column: schema drift, not critical.
     landing = spark.createDataFrame(clean_rows(3, DAY), IMPRESSION_DDL).drop("dt").withColumn("extra", F.col("hour"))
     landing.write.parquet(paths.landing_impressions(DAY))
+    empty = {"impressions": {}, "ads": {}}
+    write_ingest_records(spark, cfg, records or {
+        DAY: (22, 1, 3, 0, {"impressions": {"unknown_ad": 1}, "ads": {}}),
+        DAY + dt.timedelta(days=1): (0, 0, 0, 0, empty)})
 
 
 def test_trailing_volume_ignores_the_day_and_missing_days(spark):
@@ -49,6 +64,10 @@ def test_run_passes_a_clean_day_then_fails_an_empty_one(tmp_cfg, spark):
     assert not landing["success"] and landing["failed_critical"] == []
     assert "unexpected columns [\"extra\"], missing columns []" in landing["failed"][0]
     assert summary["critical_failures"] == 0
+    assert suites["bronze_quarantine"]["success"]
+    assert summary["quarantine"]["impressions"] == {"landing": 22, "quarantined": 1, "rate": 1 / 22,
+                                                    "reasons": {"unknown_ad": 1}}
+    assert summary["quarantine"]["ads"]["rate"] == 0.0
     path = os.path.join(Paths.of(tmp_cfg).reports, "quality", f"{DAY}.json")
     assert summary["summary_path"] == path
     with open(path) as fh:
@@ -65,6 +84,30 @@ def test_run_passes_a_clean_day_then_fails_an_empty_one(tmp_cfg, spark):
         failed = json.load(fh)
     assert not failed["success"] and failed["critical_failures"] >= 2
     assert failed["suites"]["landing_impressions_schema"]["report_path"] is None  # no landing file that day
+    verdicts = latest_verdicts(spark, Paths.of(tmp_cfg), [DAY, next_day])
+    assert verdicts[DAY]["passed"] and verdicts[DAY]["reason"] == "passed"
+    assert not verdicts[next_day]["passed"] and "expect_table_row_count_to_be_between" in verdicts[next_day]["reason"]
+
+
+def test_quarantine_budget_is_critical_and_broken_down_per_reason(tmp_cfg, spark):
+    cfg = tmp_cfg.replace({"quality.max_quarantine_rate": 0.2})
+    # 30 of 52 landing impressions quarantined (the 22 bronze rows of the day are clean)
+    _write_bronze(spark, cfg, {DAY: (52, 30, 3, 1, {"impressions": {"unknown_ad": 28, "bad_type": 2},
+                                                    "ads": {"negative_price": 1}})})
+    with pytest.raises(DataQualityError) as err:
+        check_quality.run(cfg, spark, DAY)
+    assert "impressions_quarantine_rate" in str(err.value) and "max_value=0.2" in str(err.value)
+    assert "ads_quarantine_rate" in str(err.value)  # 1 of 3 > 0.2
+    with open(os.path.join(Paths.of(cfg).reports, "quality", f"{DAY}.json")) as fh:
+        summary = json.load(fh)
+    assert summary["quarantine"] == {
+        "max_rate": 0.2,
+        "impressions": {"landing": 52, "quarantined": 30, "rate": 30 / 52,
+                        "reasons": {"bad_type": 2, "unknown_ad": 28}},
+        "ads": {"landing": 3, "quarantined": 1, "rate": 1 / 3, "reasons": {"negative_price": 1}}}
+    assert summary["suites"]["bronze_quarantine"]["failed_critical"]
+    verdict = latest_verdicts(spark, Paths.of(cfg), [DAY])[DAY]
+    assert not verdict["passed"] and "impressions_quarantine_rate" in verdict["reason"]
 
 
 def test_missing_bronze_table_names_the_path(tmp_cfg, spark):
