@@ -74,10 +74,11 @@ def copy_of(state: Path, tmp_path: Path):
 
 def kill_at(cfg, step: str, argv: list[str], tmp_path: Path) -> None:
     """Run ``argv`` in a new process group until it pauses at ``step``, then SIGKILL the group."""
-    ready = tmp_path / "paused.pid"
+    name = step.replace(":", "-")
+    ready = tmp_path / f"paused-{name}.pid"
     env = {**os.environ, "PYTHONPATH": str(ROOT), registry.PAUSE_AT_ENV: step,
            registry.PAUSE_READY_ENV: str(ready)}
-    log = tmp_path / "killed.log"
+    log = tmp_path / f"killed-{name}.log"
     with open(log, "w") as out:
         proc = subprocess.Popen([sys.executable, *argv, "--config-json", cfg.to_json()], cwd=ROOT, env=env,
                                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
