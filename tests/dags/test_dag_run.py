@@ -16,6 +16,7 @@ import subprocess
 import tempfile
 import urllib.parse
 
+import pytest
 from pyspark.sql import functions as F
 
 from core.config import load_config
@@ -41,6 +42,7 @@ def _dags_test(env: dict[str, str], day: dt.date) -> tuple[str, str]:
     return states[-1], out
 
 
+@pytest.mark.timeout(2 * 1500 + 300)  # two `airflow dags test` runs of up to 1500 s each
 def test_daily_run_publishes_then_a_failed_check_stops_before_publish(spark, tmp_path):
     root = tmp_path / "var"
     config_file = tmp_path / "run.toml"
