@@ -121,7 +121,7 @@ def write_requests(clone: Path, n: int = 50) -> None:
     """requests.jsonl from the demo's landing day: impressions with their ads' fields."""
     import pyarrow.parquet as pq
 
-    from serving.requests import ALLOWED_FIELDS
+    from serving.requests import ALLOWED_FIELDS, IGNORED_FIELDS
 
     landing = clone / "var" / "demo" / "landing" / str(DEMO_DATE)
     impressions = pq.read_table(landing / "impressions.parquet").slice(0, n).to_pylist()
@@ -129,7 +129,8 @@ def write_requests(clone: Path, n: int = 50) -> None:
     with open(clone / "requests.jsonl", "w") as f:
         for row in impressions:
             request = {**ads.get(row["ad_id"], {}), **row}
-            f.write(json.dumps({k: v for k, v in request.items() if k in ALLOWED_FIELDS}) + "\n")
+            fields = {k: v for k, v in request.items() if k in ALLOWED_FIELDS and k not in IGNORED_FIELDS}
+            f.write(json.dumps(fields) + "\n")
 
 
 WAIT_FOR_DAG = """python - var/airflow/airflow.db <<'PY'
@@ -194,8 +195,11 @@ def readme_run():
         env["CSCNN_AIRFLOW_START_TIMEOUT"] = "600"  # scripts/airflow_ui.sh: 180 s is short on a loaded machine
         try:
             for b, commands in enumerate(BLOCKS):
-                if any("serving.predict" in c for c in commands) and (clone / "var" / "demo" / "landing").is_dir():
-                    write_requests(clone)
+                if any("serving.predict" in c for c in commands):
+                    try:
+                        write_requests(clone)
+                    except Exception as e:  # the predictor's command then fails, naming the missing file
+                        (logs / "requests.jsonl.error").write_text(repr(e))
                 _run_block(clone, logs, b, commands, env, scratch)
         finally:  # whatever happened, no Airflow server of the copy outlives the test
             subprocess.run(["bash", "scripts/airflow_ui.sh", "stop"], cwd=clone, env=env, capture_output=True,
