@@ -641,7 +641,8 @@ def doctor(spark: "SparkSession", cfg: PipelineConfig) -> dict[str, Any]:
 
 
 def _config_options() -> argparse.ArgumentParser:
-    """--config / --config-json / --set, as every stage takes them (core.cli.config_from_args reads them)."""
+    """--config / --config-json / --set / --debug after the command, as every stage takes them
+    (core.cli.config_from_args reads them; each subcommand's parser adds --debug)."""
     ap = argparse.ArgumentParser(add_help=False)
     ap.add_argument("--config", help="config file (.toml or .json)")
     ap.add_argument("--config-json", help="the whole config as JSON (overrides --config)")
@@ -652,12 +653,11 @@ def _config_options() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """`list`, `rollback --to-version N` and `doctor` (see module docstring)."""
-    from core.cli import config_from_args, setup_logging
-    from core.config import ConfigError
+    from core.cli import CliParser, config_from_args, setup_logging
 
     setup_logging()
-    ap = argparse.ArgumentParser(description="Published versions of the CTR model + lookup table.")
-    sub = ap.add_subparsers(dest="command", required=True)
+    ap = CliParser(description="Published versions of the CTR model + lookup table.")
+    sub = ap.add_subparsers(dest="command", required=True, parser_class=CliParser)
     options = _config_options()
     sub.add_parser("list", parents=[options], help="published versions, the live one marked with *")
     rb = sub.add_parser("rollback", parents=[options], help="make an earlier published version live")
@@ -665,11 +665,7 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("doctor", parents=[options],
                    help="reconcile current.json and the registry after a crash, remove abandoned staging folders")
     args = ap.parse_args(argv)
-    try:
-        cfg = config_from_args(args)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    cfg = config_from_args(args)  # a bad config: one line and exit code 2 (core.cli.run_cli)
     if args.command == "list":
         current = read_current(cfg)
         for number, day, name in list_version_dirs(cfg):
@@ -700,4 +696,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from core.cli import run_cli
+
+    sys.exit(run_cli(main))

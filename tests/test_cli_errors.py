@@ -37,6 +37,7 @@ OTHER_CLIS = {
     "simworld": (["-m", "simworld", "--end", "2026-01-02"], "--start", False),
     "demo": (["scripts/demo.py"], "--date", False),
     "predict": (["-m", "serving.predict", "--requests", "requests.jsonl"], None, True),
+    "registry": (["-m", "serving.registry", "list"], None, False),
 }
 CLIS = {**STAGES, **OTHER_CLIS}
 NO_SET_OPTION = {"demo"}  # scripts/demo.py takes --config but no --set
