@@ -413,7 +413,7 @@ def section_first_screen(inp: RunInputs, statuses: list[StageStatus]) -> str:
          f"at least {_pct(cfg.gates.coverage_min)} of holdout impressions in the table"),
         ("Data quality", _verdict(q_ok if q_ok is None else bool(q_ok)), q_text,
          ("html", docs) if docs else "-"),
-        ("Quarantined", _verdict(None, none="info"), quarantine, "of the day's landing rows (reasons: Ingest)"),
+        ("Quarantined", _verdict(None, none="info"), quarantine, "of the day's landing rows (per reason: Details, Ingest)"),
     ]
     excluded = _get(inp.features.data, "excluded_days")
     if isinstance(excluded, list) and excluded:

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The test command: installs what it needs (venv keyed by the lock file, Debian tools for the
 # compose and browser tests) and runs the whole suite. Extra arguments go to pytest.
-#   ./scripts/test.sh                 # everything (25-32 minutes on 2 cores)
+#   ./scripts/test.sh                 # everything (see the README for its time)
 #   ./scripts/test.sh tests/ingest    # one folder
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
