@@ -153,9 +153,10 @@ class Paths:
         """PNG of one category's attention panel (originals above, overlays below) of run date D."""
         return _join(self.run_report_data(day), "attention", f"category-{int(category_idx)}.png")
 
-    def quality_summary(self, day: dt.date | str) -> str:
-        """The day's data-quality summary (spark_jobs/check_quality.py)."""
-        return _join(self.reports, "quality", f"{day}.json")
+    def quality_summary(self, day: dt.date | str, suffix: str = "") -> str:
+        """The day's data-quality summary (spark_jobs/check_quality.py; suffix "-examples" for the
+        examples suites of run date D)."""
+        return _join(self.reports, "quality", f"{day}{suffix}.json")
 
 
 def ensure_dir(uri: str) -> str:

@@ -129,7 +129,7 @@ def verdict_reason(results: list[QualityResult]) -> str:
 
 def write_summary(cfg: PipelineConfig, day: dt.date, summary: dict[str, Any], suffix: str = "") -> str:
     """Write the day's summary JSON atomically to <reports>/quality/<D><suffix>.json; return its path."""
-    path = local_path(f"{Paths.of(cfg).reports.rstrip('/')}/quality/{day.isoformat()}{suffix}.json")
+    path = local_path(Paths.of(cfg).quality_summary(day, suffix))
     os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = f"{path}.tmp-{os.getpid()}"
     with open(tmp, "w") as fh:
