@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import logging
 import os
 import sys
@@ -73,8 +74,6 @@ def parse_date(value: str) -> dt.date:
 
 
 def config_from_args(args: argparse.Namespace) -> PipelineConfig:
-    import json
-
     if args.config_json:
         try:
             data = json.loads(args.config_json)

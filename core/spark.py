@@ -14,19 +14,17 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+
+from pyspark.sql import SparkSession
 
 from core.config import SparkConfig
-
-if TYPE_CHECKING:  # pragma: no cover
-    from pyspark.sql import SparkSession
 
 DEFAULT_IVY_DIR = os.path.expanduser("~/.cache/cscnn-pipeline/ivy")
 SPARK_CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf" / "spark")  # log4j2.properties
 IVY_SETTINGS = os.path.join(SPARK_CONF_DIR, "ivysettings.xml")  # Maven Central only
 
 
-def get_spark(cfg: SparkConfig | None = None) -> "SparkSession":
+def get_spark(cfg: SparkConfig | None = None) -> SparkSession:
     """Return the active session or build one from `cfg` (Delta extensions and catalog on)."""
     from pyspark.sql import SparkSession
 

@@ -18,14 +18,14 @@ own or the OOV vocabulary id rather than breaking anything).
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import Any, Mapping
+
+import great_expectations as gx
+import great_expectations.expectations as gxe
 
 from core.config import PipelineConfig
 from core.contract import AD_FIELDS, IMPRESSION_FIELDS, names, required
 from expectations.runner import expectation, new_suite
-
-if TYPE_CHECKING:  # pragma: no cover
-    import great_expectations as gx
 
 IMPRESSIONS_SUITE = "bronze_impressions"
 ADS_SUITE = "bronze_ads"
@@ -58,14 +58,12 @@ def volume_bounds(cfg: PipelineConfig, trailing: Mapping[str, Any] | None) -> tu
     return low, high
 
 
-def build_impressions_suite(cfg: PipelineConfig, trailing: Mapping[str, Any] | None) -> "gx.ExpectationSuite":
+def build_impressions_suite(cfg: PipelineConfig, trailing: Mapping[str, Any] | None) -> gx.ExpectationSuite:
     """Suite for one day of bronze impressions (columns: contract IMPRESSION_FIELDS + dt).
 
     `trailing` describes the trailing days' volume ({'mean_rows':..., 'days': n}) or is None when
     there is no history, in which case only `quality.min_rows` bounds the row count.
     """
-    import great_expectations.expectations as gxe
-
     q = cfg.quality
     columns = names(IMPRESSION_FIELDS) + [PARTITION_COLUMN]
     min_rows, max_rows = volume_bounds(cfg, trailing)
@@ -90,10 +88,8 @@ def build_impressions_suite(cfg: PipelineConfig, trailing: Mapping[str, Any] | N
     return new_suite(IMPRESSIONS_SUITE, exps)
 
 
-def build_ads_suite(cfg: PipelineConfig) -> "gx.ExpectationSuite":
+def build_ads_suite(cfg: PipelineConfig) -> gx.ExpectationSuite:
     """Suite for one day's bronze ad catalog (columns: contract AD_FIELDS + dt)."""
-    import great_expectations.expectations as gxe
-
     columns = names(AD_FIELDS) + [PARTITION_COLUMN]
     exps = [
         expectation(gxe.ExpectTableColumnsToMatchSet, critical=True,
@@ -113,15 +109,13 @@ def build_ads_suite(cfg: PipelineConfig) -> "gx.ExpectationSuite":
     return new_suite(ADS_SUITE, exps)
 
 
-def build_landing_schema_suite(cfg: PipelineConfig) -> "gx.ExpectationSuite":
+def build_landing_schema_suite(cfg: PipelineConfig) -> gx.ExpectationSuite:
     """Schema-drift suite for a raw landing impressions file (validate `spark.read.parquet(...)`).
 
     An extra or a missing column vs the contract is a NON-critical failure (ingest keeps the
     contract's columns and fills absent optional ones with nulls); a missing required column is
     critical. Only the schema is inspected, so validating `df.limit(0)` is enough.
     """
-    import great_expectations.expectations as gxe
-
     del cfg  # the contract, not the config, defines the landing schema; kept for a uniform signature
     return new_suite(LANDING_SCHEMA_SUITE, [
         expectation(gxe.ExpectTableColumnsToMatchSet, critical=True, column_set=required(IMPRESSION_FIELDS),
@@ -136,12 +130,10 @@ def quarantine_rate_column(table: str) -> str:
     return f"{table}_quarantine_rate"
 
 
-def build_quarantine_suite(cfg: PipelineConfig) -> "gx.ExpectationSuite":
+def build_quarantine_suite(cfg: PipelineConfig) -> gx.ExpectationSuite:
     """Suite for a day's quarantine budget, validated on a one-row frame with one column
     `<table>_quarantine_rate` (quarantined / landing rows, 0 for an empty file) per table of
     QUARANTINE_TABLES: each must be at most `quality.max_quarantine_rate` (critical)."""
-    import great_expectations.expectations as gxe
-
     return new_suite(QUARANTINE_SUITE, [
         expectation(gxe.ExpectColumnValuesToBeBetween, critical=True, column=quarantine_rate_column(t),
                     min_value=0, max_value=cfg.quality.max_quarantine_rate)

@@ -13,25 +13,22 @@ Every id must lie in [0, vocab size), 0 being the OOV id.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import great_expectations as gx
+import great_expectations.expectations as gxe
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
 
 from core.config import PipelineConfig
 from core.feature_spec import FeatureSpec
 from expectations.runner import expectation, new_suite
-
-if TYPE_CHECKING:  # pragma: no cover
-    import great_expectations as gx
-    from pyspark.sql import DataFrame
 
 SPLITS = ("train", "holdout")
 ID_COLUMNS = ("impression_id", "ad_id", "category_idx")
 LABEL = "label"
 
 
-def project_examples(examples_df: "DataFrame", spec: FeatureSpec) -> "DataFrame":
+def project_examples(examples_df: DataFrame, spec: FeatureSpec) -> DataFrame:
     """The DataFrame the examples suite validates: ids, label, f_* and per-array size/min/max."""
-    from pyspark.sql import functions as F
-
     singles = [f"f_{name}" for name in spec.single]
     multis = [f"m_{name}" for name in spec.multi]
     missing = [c for c in (*ID_COLUMNS, LABEL, *singles, *multis) if c not in examples_df.columns]
@@ -46,15 +43,13 @@ def project_examples(examples_df: "DataFrame", spec: FeatureSpec) -> "DataFrame"
     return examples_df.select(*ID_COLUMNS, LABEL, *singles, *derived)
 
 
-def build_examples_suite(spec: FeatureSpec, cfg: PipelineConfig, split: str) -> "gx.ExpectationSuite":
+def build_examples_suite(spec: FeatureSpec, cfg: PipelineConfig, split: str) -> gx.ExpectationSuite:
     """Suite `examples_<split>` for `project_examples(examples_df, spec)` of one split.
 
     All critical: no null ids or labels, every id within its vocabulary, label in {0, 1}, label
     rate within [quality.ctr_min, quality.ctr_max], at least one row (an empty holdout cannot be
     evaluated).
     """
-    import great_expectations.expectations as gxe
-
     if split not in SPLITS:
         raise ValueError(f"bad split {split!r}; allowed: {', '.join(SPLITS)}")
     if "category_id" not in spec.single:

@@ -11,21 +11,18 @@ makes the norm NaN, which Spark orders above every number, so the norm bound fai
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import great_expectations as gx
+import great_expectations.expectations as gxe
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
 
 from expectations.runner import expectation, new_suite
-
-if TYPE_CHECKING:  # pragma: no cover
-    import great_expectations as gx
-    from pyspark.sql import DataFrame
 
 LOOKUP_SUITE = "lookup_table"
 
 
-def project_lookup(table_df: "DataFrame", embedding_col: str = "embedding") -> "DataFrame":
+def project_lookup(table_df: DataFrame, embedding_col: str = "embedding") -> DataFrame:
     """The DataFrame the lookup suite validates: ad_id, dim, norm, has_nan_or_inf (one row per row)."""
-    from pyspark.sql import functions as F
-
     missing = [c for c in ("ad_id", embedding_col) if c not in table_df.columns]
     if missing:
         raise ValueError(f"lookup DataFrame lacks columns {missing}; it has {table_df.columns}")
@@ -40,11 +37,9 @@ def project_lookup(table_df: "DataFrame", embedding_col: str = "embedding") -> "
     )
 
 
-def build_lookup_suite(dims: int, norm_min: float, norm_max: float) -> "gx.ExpectationSuite":
+def build_lookup_suite(dims: int, norm_min: float, norm_max: float) -> gx.ExpectationSuite:
     """Suite for `project_lookup(table_df)`: unique non-null ad ids, `dims` values per embedding,
     no NaN/Inf, L2 norms within [norm_min, norm_max], at least one row. All critical."""
-    import great_expectations.expectations as gxe
-
     if dims < 1:
         raise ValueError(f"dims must be >= 1, got {dims}")
     if not 0 <= norm_min <= norm_max:

@@ -26,15 +26,21 @@ import threading
 import urllib.parse
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import Any, Iterator
+
+import great_expectations as gx
+import pandas as pd
+from great_expectations.checkpoint import UpdateDataDocsAction
+from great_expectations.core.run_identifier import RunIdentifier
+from great_expectations.data_context import FileDataContext
+from great_expectations.data_context.data_context.context_factory import project_manager
+from great_expectations.data_context.types.base import ProgressBarsConfig
+from great_expectations.expectations.metadata_types import FailureSeverity
+from pyspark.sql import DataFrame as SparkDataFrame
 
 from core.config import PipelineConfig
 from core.exit_codes import BadDataError
 from core.paths import Paths, is_local, local_path
-
-if TYPE_CHECKING:  # pragma: no cover
-    import great_expectations as gx
-    from great_expectations.data_context import FileDataContext
 
 log = logging.getLogger(__name__)
 
@@ -84,15 +90,13 @@ class QualityResult:
 # --------------------------------------------------------------------------- building suites
 
 
-def expectation(expectation_cls: type, *, critical: bool, **kwargs: Any) -> "gx.expectations.Expectation":
+def expectation(expectation_cls: type, *, critical: bool, **kwargs: Any) -> gx.expectations.Expectation:
     """Build one GX expectation marked critical or not.
 
     The mark lives in `meta["critical"]` (read by `raise_on_critical`) and is mirrored in GX's own
     `severity`. The description that Data Docs shows in place of GX's prose starts with
     CRITICAL/WARNING and the expectation type, so a reader of the HTML sees both at a glance.
     """
-    from great_expectations.expectations.metadata_types import FailureSeverity
-
     exp = expectation_cls(**kwargs, meta={"critical": critical},
                           severity=FailureSeverity.CRITICAL if critical else FailureSeverity.WARNING)
     level = "CRITICAL" if critical else "WARNING"
@@ -101,10 +105,8 @@ def expectation(expectation_cls: type, *, critical: bool, **kwargs: Any) -> "gx.
     return exp
 
 
-def new_suite(name: str, expectations: list["gx.expectations.Expectation"]) -> "gx.ExpectationSuite":
+def new_suite(name: str, expectations: list[gx.expectations.Expectation]) -> gx.ExpectationSuite:
     """An ExpectationSuite named `name` holding `expectations` (names: letters, digits, _ . -)."""
-    import great_expectations as gx
-
     _check_name("suite name", name)
     # The constructor, unlike add_expectation, needs no active Data Context (suites are built
     # before the runner opens one); it logs and skips invalid expectations, so count them.
@@ -117,18 +119,16 @@ def new_suite(name: str, expectations: list["gx.expectations.Expectation"]) -> "
 
 # --------------------------------------------------------------------------- the GX project
 
-_CONTEXTS: dict[tuple[str, str], "FileDataContext"] = {}
+_CONTEXTS: dict[tuple[str, str], FileDataContext] = {}
 _CONTEXTS_LOCK = threading.Lock()
 
 
-def get_gx_context(cfg: PipelineConfig) -> "FileDataContext":
+def get_gx_context(cfg: PipelineConfig) -> FileDataContext:
     """The file-backed GX context of `cfg`'s reports folder, created once per process and folder.
 
     The Data Docs site is (re)pointed at `Paths.data_docs` when it differs, and the context is made
     GX's current project, which GX's factories consult when saving suites and definitions.
     """
-    from great_expectations.data_context.data_context.context_factory import project_manager
-
     paths = Paths.of(cfg)
     gx_root, docs_root = _local_dir(paths.gx_project, "gx_project"), _local_dir(paths.data_docs, "data_docs")
     key = (gx_root, docs_root)
@@ -142,10 +142,7 @@ def get_gx_context(cfg: PipelineConfig) -> "FileDataContext":
     return context
 
 
-def _open_context(gx_root: str, docs_root: str) -> "FileDataContext":
-    import great_expectations as gx
-    from great_expectations.data_context.types.base import ProgressBarsConfig
-
+def _open_context(gx_root: str, docs_root: str) -> FileDataContext:
     context = gx.get_context(mode="file", context_root_dir=gx_root)
     site_config = {
         "class_name": "SiteBuilder",
@@ -191,7 +188,7 @@ def _project_lock(gx_root: str) -> Iterator[None]:
 # --------------------------------------------------------------------------- validating
 
 
-def validate(cfg: PipelineConfig, df: Any, suite: "gx.ExpectationSuite", asset_name: str,
+def validate(cfg: PipelineConfig, df: Any, suite: gx.ExpectationSuite, asset_name: str,
              run_name: str) -> QualityResult:
     """Validate a Spark or pandas DataFrame against `suite` with a checkpoint that updates Data Docs.
 
@@ -201,10 +198,6 @@ def validate(cfg: PipelineConfig, df: Any, suite: "gx.ExpectationSuite", asset_n
     again with the same names is safe. Returns a QualityResult; never raises on failed
     expectations (see `raise_on_critical`).
     """
-    import great_expectations as gx
-    from great_expectations.checkpoint import UpdateDataDocsAction
-    from great_expectations.core.run_identifier import RunIdentifier
-
     _check_name("asset_name", asset_name)
     _check_name("run_name", run_name)
     _check_name("suite name", suite.name)
@@ -275,19 +268,14 @@ def raise_on_critical(*results: QualityResult) -> None:
 
 def _source_of(df: Any) -> tuple[str, bool]:
     """GX data source name for the DataFrame's engine, and whether it is a Spark DataFrame."""
-    try:
-        from pyspark.sql import DataFrame as SparkDataFrame
-        if isinstance(df, SparkDataFrame):
-            return "spark", True
-    except ImportError:  # pragma: no cover - pyspark is a project dependency
-        pass
-    import pandas as pd
+    if isinstance(df, SparkDataFrame):
+        return "spark", True
     if isinstance(df, pd.DataFrame):
         return "pandas", False
     raise TypeError(f"validate() takes a Spark or pandas DataFrame, got {type(df).__name__}")
 
 
-def _batch_definition(context: "FileDataContext", source_name: str, asset_name: str) -> Any:
+def _batch_definition(context: FileDataContext, source_name: str, asset_name: str) -> Any:
     sources = context.data_sources
     try:
         source = sources.get(source_name)

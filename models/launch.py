@@ -15,6 +15,9 @@ dynamic rendezvous unpickles what it reads from them.
 A worker that fails stops the others (SIGTERM, then SIGKILL after a grace period) and its exit
 status is the launcher's; a signal to the launcher is passed on to the workers; workers die
 with the launcher (PR_SET_PDEATHSIG) even when it is killed with SIGKILL.
+
+torch is imported inside `run_workers` only, so that with one process the launcher execs the
+target without paying for a torch import of its own.
 """
 
 from __future__ import annotations

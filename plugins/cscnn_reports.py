@@ -27,6 +27,9 @@ from fastapi.responses import FileResponse, HTMLResponse
 from airflow.api_fastapi.core_api.security import requires_authenticated
 from airflow.plugins_manager import AirflowPlugin
 
+from core.config import load_config
+from core.paths import Paths, local_path
+
 # Keep in sync with dags/cscnn_links.py (a test checks both).
 REPORTS_URL_PREFIX = "/cscnn-reports"
 
@@ -36,9 +39,6 @@ def reports_dir() -> Path:
     configured = os.environ.get("CSCNN_REPORTS_DIR", "").strip()
     if configured:
         return Path(configured).resolve()
-    from core.config import load_config
-    from core.paths import Paths, local_path
-
     uri = Paths.of(load_config()).reports
     try:
         return Path(local_path(uri)).resolve()

@@ -14,6 +14,7 @@ from typing import Any
 
 from core.cli import CliParser, date_arg, report_user_error, run_cli
 from core.config import ConfigError, load_config, parse_overrides
+from simworld.generate import generate_range
 
 
 def build_parser() -> CliParser:
@@ -36,8 +37,6 @@ def _print_progress(summary: dict[str, Any]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from simworld.generate import generate_range
-
     args = build_parser().parse_args(argv)
     try:
         overrides = parse_overrides(args.set)
