@@ -1,4 +1,4 @@
-"""Suite for the encoded examples of one run date and split (see core/feature_spec.py).
+"""Suite for the encoded examples of one run date and split (see features/spec.py).
 
 GX checks columns, not array elements, so multi-valued columns are validated through a projection:
 
@@ -16,8 +16,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from core.config import PipelineConfig
-from core.feature_spec import FeatureSpec
 from expectations.runner import expectation, new_suite
+from features.spec import FeatureSpec
 
 if TYPE_CHECKING:  # pragma: no cover
     import great_expectations as gx
