@@ -35,6 +35,7 @@ by the stage processes, never while parsing this file.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import os
@@ -271,8 +272,6 @@ def cscnn_daily():
     @task
     def build_config(params: dict | None = None, ds: str | None = None) -> str:
         """Resolve the run's config (defaults <- CSCNN_CONFIG <- params) and write it as JSON."""
-        import dataclasses
-
         from core.config import load_config
         from core.files import write_text
         from core.paths import Paths, local_path

@@ -20,6 +20,9 @@ The published lookup table (<warehouse>/lookup_table, the Airflow Asset) is writ
 from the published version's files, only after every gate passed (serving.registry).
 
 Images are decoded on the driver for the kept ads only, and embedded in inference.batch_size chunks.
+
+torch (models.train) is imported inside the functions that embed, so that a bad argument is
+reported without loading it (tests/test_cli_errors.py).
 """
 
 from __future__ import annotations
@@ -49,7 +52,6 @@ from core.paths import Paths, local_path
 from core.spark import get_spark
 from features.encoder import save_encoder
 from features.tables import AD_COUNTS_TABLE, load_encoder
-from models.train import embed_images, load_model
 from serving.lookup import (CATEGORY_IDS_FILE, bytes_per_ad, make_reduction, select_ads, sha256_file,
                             write_lookup_files)
 
@@ -160,6 +162,8 @@ def stack_images(images: dict[int, np.ndarray], ad_ids: np.ndarray, blank_missin
 
 def embed_ads(model: Any, images: np.ndarray, categories: np.ndarray, batch_size: int) -> np.ndarray:
     """x_v (n, visual_dim) of uint8 images (n, H, W, 3) with encoded categories (n,)."""
+    from models.train import embed_images
+
     return embed_images(model, images, categories, batch_size=batch_size)
 
 
@@ -168,6 +172,8 @@ def embed_ads(model: Any, images: np.ndarray, categories: np.ndarray, batch_size
 
 def run(cfg: PipelineConfig, spark: "SparkSession", run_date: dt.date) -> dict[str, Any]:
     """Embed the kept ads of run date D and write the lookup table and serving files; returns metadata."""
+    from models.train import load_model
+
     started = time.monotonic()
     ic = cfg.inference
     paths = Paths.of(cfg)

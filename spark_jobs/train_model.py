@@ -9,7 +9,8 @@ and the parquet files of the run date's examples table, so no Spark is needed he
 lives with the other stage jobs but never imports pyspark.
 Warm-starts from the live published model when `train.warm_start` and shapes match.
 Output: <artifacts>/runs/D/model/{model.pt, checkpoint.pt, manifest.json} (the manifest holds the
-holdout metrics).
+holdout metrics). torch (models.train) is imported in `run`, so that a bad argument is reported
+without loading it (tests/test_cli_errors.py).
 """
 
 from __future__ import annotations
@@ -33,7 +34,6 @@ from core.files import sha256_file, write_json
 from core.paths import Paths, local_path
 from features.examples import read_example_files
 from features.spec import FeatureSpec
-from models.train import train
 from serving.registry import live_model
 
 log = logging.getLogger("train_job")
@@ -77,6 +77,8 @@ def live_model_path(cfg: PipelineConfig) -> tuple[str, str] | None:
 
 def run(cfg: PipelineConfig, run_date: dt.date) -> dict[str, Any]:
     """Train the run date's model from its snapshot; rank 0 writes the manifest. Returns the metrics."""
+    from models.train import train
+
     t0 = time.time()
     spec, train_tbl, holdout_tbl, images = read_snapshot(cfg, run_date)
     out_dir = local_path(Paths.of(cfg).run_model_dir(run_date))

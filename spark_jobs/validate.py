@@ -29,6 +29,9 @@ only in those (serving.predictor).
 The record is written to <artifacts>/runs/D/validation.json before GateFailed is raised, and the
 run report's calibration bins and attention panels (reports.report_data) under
 <artifacts>/runs/D/report_data/ before any gate is evaluated.
+
+torch (models.*, serving.predictor) is imported inside the functions that score, so that a bad
+argument is reported without loading it (tests/test_cli_errors.py).
 """
 
 from __future__ import annotations
@@ -49,7 +52,6 @@ if __package__ in (None, ""):  # spark-submit runs this file as a script
 
 import numpy as np
 import pyarrow as pa
-import torch
 from pyspark.sql import functions as F
 
 from core.cli import run_cli, run_stage
@@ -61,11 +63,8 @@ from expectations.runner import validate
 from features.encoder import load_encoder_file
 from features.spec import MULTI_FIELDS, SINGLE_FIELDS
 from features.tables import AD_COUNTS_TABLE, load_examples
-from models.batching import encode_examples
-from models.train import auc_score, compute_metrics, embed_images, load_model, predict
 from reports.report_data import category_ids_of, write_report_data
 from serving.lookup import coverage_curve, sha256_file
-from serving.predictor import PRECISION_TOLERANCE, PRECISIONS, Predictor
 from serving.registry import read_current, verify_version, version_dir
 from serving.requests import EncodedRequests
 from spark_jobs.build_lookup import ENCODER_FILE, candidates_uri, model_paths, read_images, stack_images
@@ -142,6 +141,11 @@ def _num(x: float) -> float | None:
 def reference_scores(model: Any, holdout: "pd.DataFrame", images: dict[int, np.ndarray], reduction: Any,
                      batch_size: int) -> tuple[np.ndarray, np.ndarray]:
     """(full model pCTR, pCTR with x_v = reduction.roundtrip(CNN x_v)) per holdout row, both (n,)."""
+    import torch
+
+    from models.batching import encode_examples
+    from models.train import embed_images, predict
+
     full = predict(model, holdout, images, batch_size=batch_size)
     data = encode_examples(holdout, model.spec, require_label=False)
     ads, first = np.unique(data.ad_id, return_index=True)  # (A,), (A,)
@@ -162,6 +166,8 @@ def reference_scores(model: Any, holdout: "pd.DataFrame", images: dict[int, np.n
 
 def holdout_requests(model_spec: Any, holdout: "pd.DataFrame") -> Any:
     """The holdout rows as the predictor's encoded requests (serving.requests.EncodedRequests)."""
+    from models.batching import encode_examples
+
     data = encode_examples(holdout, model_spec, require_label=False)
     multi_values = {k: v for k, (v, _) in data.multi.items()}
     multi_offsets = {k: o[:-1] for k, (_, o) in data.multi.items()}
@@ -179,6 +185,8 @@ def check_precisions(predictor: Any, requests: Any, fp32_scores: np.ndarray, in_
     """Per reduced serving precision: max |score - fp32 serving score| over the covered holdout rows
     against its tolerance (serving.predictor.PRECISION_TOLERANCE). Not a gate: a version whose bf16
     scores drift further is still served, in fp32."""
+    from serving.predictor import PRECISION_TOLERANCE, PRECISIONS, Predictor
+
     out = {}
     for precision in PRECISIONS:
         if precision == "fp32":
@@ -204,6 +212,8 @@ def raw_holdout(cfg: PipelineConfig, spark: "SparkSession", run_date: dt.date) -
 def live_model_auc(cfg: PipelineConfig, spark: "SparkSession", run_date: dt.date, live: dict[str, Any],
                    batch_size: int) -> float:
     """Holdout AUC of the live version: its encoder on the raw holdout rows, its full model (with CNN)."""
+    from models.train import auc_score, load_model, predict
+
     folder = version_dir(cfg, live)
     verify_version(folder, live.get("version_sha256"))  # the live files, checked from the pointer down
     model = load_model(folder / "model" / "model.pt")
@@ -223,6 +233,9 @@ def live_model_auc(cfg: PipelineConfig, spark: "SparkSession", run_date: dt.date
 
 def run(cfg: PipelineConfig, spark: "SparkSession", run_date: dt.date) -> dict[str, Any]:
     """Evaluate every gate of run date D, write validation.json, raise GateFailed if any failed."""
+    from models.train import compute_metrics, load_model
+    from serving.predictor import Predictor
+
     started = time.monotonic()
     gc, bs = cfg.gates, cfg.inference.batch_size
     paths = Paths.of(cfg)
