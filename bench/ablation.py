@@ -46,7 +46,7 @@ REQUIRED_CLAIMS = {"dcn<cnn_fixed": ("cnn_fixed", "dcn"), "cnn_fixed<cnn_finetun
                    "cscnn>cnn_finetune": ("cscnn", "cnn_finetune"), "cscnn>cbam": ("cscnn", "cbam")}
 REPORTED_CLAIMS = {"cbam>=cnn_finetune": ("cbam", "cnn_finetune")}
 
-# The world of the real run (DESIGN.md section 5): small images, >= 10k ads, cold ads on the
+# The world of the real run (ARCHITECTURE.md, "The daily run"): small images, >= 10k ads, cold ads on the
 # test day, and both visual signals (category-independent positional pattern weight 1.5, category
 # conjunction weight 2). category_specificity 0.7 rather than the simulator's default 0.5: at 0.5
 # the positional cue and the category cue weigh about the same, CSCNN's one spatial gate per layer
@@ -74,7 +74,7 @@ def seed_config(base: PipelineConfig, work: str, seed: int) -> PipelineConfig:
 def build_snapshot(cfg: PipelineConfig, spark: Any, run_date: dt.date, test_impressions: int) -> dict[str, Any]:
     """Generate and ingest [D-W, D], build features for D and export the snapshot; returns timings."""
     from simworld.generate import generate_day
-    from spark_jobs import features, ingest
+    from spark_jobs import build_window, ingest
     from spark_jobs.export_snapshot import export_training_snapshot
 
     window = cfg.features.window_days
@@ -92,7 +92,7 @@ def build_snapshot(cfg: PipelineConfig, spark: Any, run_date: dt.date, test_impr
         log.info("day %s: %d impressions, %d ads (%d new), ctr %.4f; generate %.1f s, ingest %.1f s",
                  day, gen["impressions"], gen["ads"], gen["new_ads"], gen["ctr"], t1 - t0, t2 - t1)
     t0 = time.perf_counter()
-    meta = features.run(cfg, spark, run_date)
+    meta = build_window.run(cfg, spark, run_date)
     timings["features_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     counts = export_training_snapshot(cfg, spark, run_date)
@@ -126,7 +126,7 @@ def oracle_aucs(cfg: PipelineConfig, run_date: dt.date, holdout: Any) -> tuple[f
 def train_variants(cfg: PipelineConfig, run_date: dt.date, out_root: str) -> dict[str, dict[str, Any]]:
     """Train every variant on the same snapshot, seed and batch order; holdout metrics per variant."""
     from models.train import train
-    from models.train_job import read_snapshot
+    from spark_jobs.train_model import read_snapshot
 
     spec, train_tbl, holdout_tbl, images = read_snapshot(cfg, run_date)
     results: dict[str, dict[str, Any]] = {"_data": {"train_impressions": train_tbl.num_rows,

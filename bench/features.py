@@ -134,7 +134,7 @@ def peak_rss_gb() -> float | None:
 
 
 def run_case(spark, base_cfg, work: str, impressions_per_day: int, window_days: int) -> dict:
-    from spark_jobs import features
+    from spark_jobs import build_window
 
     root = os.path.join(work, f"n{impressions_per_day}")
     shutil.rmtree(root, ignore_errors=True)
@@ -145,15 +145,15 @@ def run_case(spark, base_cfg, work: str, impressions_per_day: int, window_days: 
     log.info("n=%d: bronze for %d days written in %.1f s", impressions_per_day, window_days + 2,
              time.perf_counter() - t0)
 
-    features.run(cfg.replace({"features.incremental": True}), spark, RUN_DATE - dt.timedelta(days=1))
+    build_window.run(cfg.replace({"features.incremental": True}), spark, RUN_DATE - dt.timedelta(days=1))
     reset_peak_rss()
     t0 = time.perf_counter()
-    incremental = features.run(cfg.replace({"features.incremental": True}), spark, RUN_DATE)
+    incremental = build_window.run(cfg.replace({"features.incremental": True}), spark, RUN_DATE)
     incremental_s = time.perf_counter() - t0
     incremental_rss = peak_rss_gb()
     reset_peak_rss()
     t0 = time.perf_counter()
-    full = features.run(cfg.replace({"features.incremental": False}), spark, RUN_DATE)
+    full = build_window.run(cfg.replace({"features.incremental": False}), spark, RUN_DATE)
     full_s = time.perf_counter() - t0
     full_rss = peak_rss_gb()
     differ = [k for k in ("vocab_sizes", "bin_edges", "rows", "groups", "label_rate", "oov_rate", "oov_rate_window")

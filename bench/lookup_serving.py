@@ -40,12 +40,12 @@ import torch
 
 from bench.common import machine, write_result
 from core.config import load_config
-from core.feature_spec import MULTI_FIELDS, NUMERIC_FIELDS, SINGLE_FIELDS, FeatureSpec
-from serving.lookup import (LookupTable, Reduction, bytes_per_ad, coverage_curve, fallback_rows, make_reduction)
+from features.encoder import VOCAB_FIELDS, FeatureEncoder
+from features.spec import MULTI_FIELDS, NUMERIC_FIELDS, SINGLE_FIELDS, FeatureSpec
+from serving.lookup import LookupTable, Reduction, bytes_per_ad, coverage_curve, fallback_rows, make_reduction
 from serving.predictor import (AUTO, PRECISION_TOLERANCE, PRECISIONS, ModelHead, Predictor, native_bf16,
                                resolve_precision)
 from serving.requests import columns_from_records
-from spark_jobs.feature_encoding import VOCAB_FIELDS, FeatureEncoder
 
 PAPER_DIMS = {"model.deep_dims": [1024, 512, 256], "model.embedding_dim": 4, "model.visual_dim": 150,
               "model.head_dims": [256], "model.cross_layers": 3}

@@ -8,7 +8,7 @@
 A mistake the user can fix (a bad date, an unknown config key, a bad value, an unknown option)
 prints one line, `error: ...`, naming the value and what is allowed, and exits with
 `core.exit_codes.USAGE` (2); `--debug` (or CSCNN_DEBUG=1) prints its traceback as well. Every
-command's `__main__` is `sys.exit(run_cli(main))`. Any other exception still ends the process
+command's `__main__` is `sys.exit(run_cli(main))`; a stage's `main` is one `run_stage` call. Any other exception still ends the process
 with Python's traceback and exit code 1.
 """
 
@@ -21,7 +21,7 @@ import logging
 import os
 import sys
 import traceback
-from typing import Callable, NoReturn, Sequence
+from typing import Any, Callable, NoReturn, Sequence
 
 from core import exit_codes
 from core.config import ConfigError, PipelineConfig, build, load_config, parse_overrides
@@ -111,3 +111,28 @@ def report_user_error(error: BaseException, debug: bool = False) -> int:
 def setup_logging() -> None:
     logging.basicConfig(level=os.environ.get("CSCNN_LOG_LEVEL", "INFO"),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+
+def run_stage(description: str, job: Callable[[PipelineConfig, dt.date, argparse.Namespace], Any],
+              argv: Sequence[str] | None = None,
+              add_arguments: Callable[[CliParser], Any] | None = None, log_name: str = "stage") -> int:
+    """The `main` of a pipeline stage: parse the shared stage CLI, run `job`, print its summary.
+
+    `job(cfg, run_date, args)` returns a small JSON-able summary, printed as one line on stdout.
+    Bad input data (core.exit_codes.BadDataError) is logged and exits with BAD_DATA, which the
+    DAG does not retry (logged on the `log_name` logger); `add_arguments(parser)` adds a stage's
+    own options.
+    """
+    setup_logging()
+    ap = stage_parser(description)
+    if add_arguments is not None:
+        add_arguments(ap)
+    args = ap.parse_args(argv)
+    cfg = config_from_args(args)
+    try:
+        summary = job(cfg, parse_date(args.date), args)
+    except exit_codes.BadDataError as err:
+        logging.getLogger(log_name).error("%s", err)
+        return exit_codes.BAD_DATA
+    print(json.dumps(summary, default=str))
+    return 0

@@ -1,11 +1,12 @@
-"""Small local-file helpers shared by the stages."""
+"""Small local-file helpers shared by the stages: checksums and atomic (temporary file + rename) writes."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
-from typing import Any
+from typing import IO, Any, Callable, Iterator
 
 from core.paths import is_local, local_path
 
@@ -19,13 +20,50 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+@contextlib.contextmanager
+def replace_file(path: str | os.PathLike, mode: str = "w") -> Iterator[IO[Any]]:
+    """Open a temporary file beside `path` ("w" text or "wb" bytes) and rename it over `path` on success.
+
+    Readers see the old file or the new one whole, never a partial write; on an exception the
+    temporary file is removed and `path` is left as it was. The parent folder is created.
+    """
+    if mode not in ("w", "wb"):
+        raise ValueError(f"replace_file mode must be 'w' or 'wb', got {mode!r}")
+    target = os.fspath(path)
+    os.makedirs(os.path.dirname(os.path.abspath(target)), exist_ok=True)
+    tmp = f"{target}.tmp-{os.getpid()}"
+    try:
+        with open(tmp, mode) as f:
+            yield f
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+        raise
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    """Write `text` to `path` atomically (replace_file)."""
+    with replace_file(path) as f:
+        f.write(text)
+
+
+def write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write `data` to `path` atomically (replace_file)."""
+    with replace_file(path, "wb") as f:
+        f.write(data)
+
+
+def write_json(path: str | os.PathLike, data: Any, indent: int | None = 2, sort_keys: bool = True,
+               default: Callable[[Any], Any] = str) -> None:
+    """Write `data` as JSON to the local `path` atomically; `default` converts other values
+    (str: dates and paths; float: numpy scalars)."""
+    with replace_file(path) as f:
+        json.dump(data, f, indent=indent, sort_keys=sort_keys, default=default)
+
+
 def write_json_local(uri: str, data: dict[str, Any]) -> None:
-    """Write a small JSON record atomically (temporary file + os.replace) when `uri` is local;
-    a no-op for remote storage, where the stage's Delta tables are the record."""
-    if not is_local(uri):
-        return
-    path = local_path(uri)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path + ".tmp", "w") as f:
-        json.dump(data, f, indent=2, sort_keys=True, default=str)
-    os.replace(path + ".tmp", path)
+    """Write a small JSON record atomically when `uri` is local; a no-op for remote storage,
+    where the stage's Delta tables are the record."""
+    if is_local(uri):
+        write_json(local_path(uri), data)

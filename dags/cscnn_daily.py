@@ -1,6 +1,7 @@
-"""The daily CTR pipeline: ingest -> quality -> features -> train -> lookup table -> gates -> publish.
+"""The daily CTR pipeline: ingest -> quality -> features -> checks -> snapshot -> train -> lookup table
+-> gates -> publish.
 
-One run per logical date D (DESIGN.md section 3). Every stage is a command with the shared CLI
+One run per logical date D (ARCHITECTURE.md, "The daily run"). Every stage is a command with the shared CLI
 (`--date D --config FILE`); the first task resolves the run's configuration (defaults, the file
 named by CSCNN_CONFIG, this run's params) and writes it as JSON once, so every stage of the run
 reads the same values. Re-running a date rewrites that date's outputs, never duplicates them.
@@ -34,6 +35,7 @@ by the stage processes, never while parsing this file.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import os
@@ -45,8 +47,8 @@ from typing import Any, Mapping
 
 from airflow.sdk import Param, TriggerRule, chain, dag, task
 
-from dags.cscnn_links import ReportingSparkSubmitOperator
 from core.assets import LOOKUP_TABLE_ASSET, MODEL_ASSET
+from dags.cscnn_links import ReportingSparkSubmitOperator
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SPARK_JOBS = REPO_ROOT / "spark_jobs"
@@ -237,7 +239,7 @@ def train_command(config_path: str) -> str:
     return "\n".join([
         "set -euo pipefail",
         _NPROC_SNIPPET,
-        f"exec {shlex.quote(sys.executable)} -m models.launch --nproc-per-node \"$NPROC\" -m models.train_job"
+        f"exec {shlex.quote(sys.executable)} -m models.launch --nproc-per-node \"$NPROC\" -m spark_jobs.train_model"
         f" --date {{{{ ds }}}} --config {shlex.quote(config_path)}",
     ])
 
@@ -255,7 +257,7 @@ default_args = {
 
 @dag(
     dag_id="cscnn_daily",
-    description="Daily CSCNN CTR model and ad visual-embedding lookup table (DESIGN.md section 3)",
+    description="Daily CSCNN CTR model and ad visual-embedding lookup table (ARCHITECTURE.md, \"The daily run\")",
     schedule="@daily",
     start_date=_env_date("CSCNN_START_DATE", "2026-02-01"),
     end_date=_env_date("CSCNN_END_DATE", None),
@@ -270,9 +272,8 @@ def cscnn_daily():
     @task
     def build_config(params: dict | None = None, ds: str | None = None) -> str:
         """Resolve the run's config (defaults <- CSCNN_CONFIG <- params) and write it as JSON."""
-        import dataclasses
-
         from core.config import load_config
+        from core.files import write_text
         from core.paths import Paths, local_path
 
         if not ds:
@@ -287,10 +288,7 @@ def cscnn_daily():
         except ValueError:
             raise ValueError(f"storage.artifacts_uri must be a folder every worker mounts, got {uri!r}; "
                              "stages read the run's config file from it") from None
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(cfg.to_json())
-        os.replace(tmp, path)  # atomic: a re-run of the date replaces the file whole
+        write_text(path, cfg.to_json())  # atomic: a re-run of the date replaces the file whole
         return str(path)
 
     @task.bash(
@@ -322,7 +320,9 @@ def cscnn_daily():
     config_path = build_config()
     ingest_day = spark_stage("ingest_day", "ingest.py", config_path)
     check_bronze_quality = spark_stage("check_bronze_quality", "check_quality.py", config_path)
-    build_window = spark_stage("build_window", "features.py", config_path)
+    build_window = spark_stage("build_window", "build_window.py", config_path)
+    check_examples_quality = spark_stage("check_examples_quality", "check_examples.py", config_path)
+    export_training_snapshot = spark_stage("export_training_snapshot", "export_snapshot.py", config_path)
     trained = train_model(config_path)
     build_lookup_table = spark_stage("build_lookup_table", "build_lookup.py", config_path)
     validate_gates = spark_stage("validate_gates", "validate.py", config_path)
@@ -330,8 +330,8 @@ def cscnn_daily():
     report = render_report(config_path)
     done = conclude_run(report)
 
-    chain(config_path, ingest_day, check_bronze_quality, build_window, trained, build_lookup_table,
-          validate_gates, publish, report, done)
+    chain(config_path, ingest_day, check_bronze_quality, build_window, check_examples_quality,
+          export_training_snapshot, trained, build_lookup_table, validate_gates, publish, report, done)
     publish >> done
 
 

@@ -5,11 +5,16 @@ under REPORTS_URL_PREFIX, behind Airflow's own login. In Airflow 3 a worker comp
 when the task finishes, whatever its state, and stores it as an XCom that the UI reads; so a
 failed quality check still shows its "Data Docs" button.
 
-Imports: `airflow.sdk` and the standard library only (this module is loaded by DAG parsing).
+Imports: `airflow.sdk`, the Spark provider's SparkSubmitOperator, core.exit_codes and the
+standard library (this module is loaded by DAG parsing); core.config and core.paths are imported
+inside the link's function, so that parsing the DAG does not load them.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import urllib.parse
 from typing import Any
 
 from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
@@ -43,10 +48,6 @@ def _logical_ds(ti_key: Any) -> str | None:
 def failed_data_docs_page(ti_key: Any, ds: str | None) -> str | None:
     """The Data Docs page of the run date's first failed quality suite, relative to the reports
     folder (None when the day's checks passed, did not run yet, or the page is not served)."""
-    import json
-    import os
-    import urllib.parse
-
     xcom_pull = getattr(ti_key, "xcom_pull", None)
     if not ds or not callable(xcom_pull):
         return None

@@ -1,4 +1,4 @@
-"""Suite for the encoded examples of one run date and split (see core/feature_spec.py).
+"""Suite for the encoded examples of one run date and split (see features/spec.py).
 
 GX checks columns, not array elements, so multi-valued columns are validated through a projection:
 
@@ -19,8 +19,8 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from core.config import PipelineConfig
-from core.feature_spec import FeatureSpec
 from expectations.runner import expectation, new_suite
+from features.spec import FeatureSpec
 
 SPLITS = ("train", "holdout")
 ID_COLUMNS = ("impression_id", "ad_id", "category_idx")

@@ -10,7 +10,7 @@ Choices pinned here (public CBAM references disagree on them):
   * spatial branch: channel-wise [max, mean] (in that order, as eq. 11 and CBAM's ChannelPool),
     then for CSCNN the resized spatial prior as a third map, one 7x7 conv (padding 3) with a bias
     and NO BatchNorm: BatchNorm there makes the gate depend on the batch composition, which
-    grouped batches skew (DESIGN.md "Gates"); the bias takes the role of BN's shift;
+    grouped batches skew (ARCHITECTURE.md, "Training"); the bias takes the role of BN's shift;
   * channel attention first, then spatial attention on the channel-refined map (eq. 8-9);
   * max pooling via ``max(...).values`` (index-based backward: a tie sends the gradient to one
     element) rather than ``amax`` (mask-based backward, measurably slower on CPU);
@@ -172,7 +172,7 @@ class CSCNNAttention(nn.Module):
     """Category-Specific CNN attention (paper eq. 8-11) for one conv layer.
 
     Holds this layer's category priors: A_c (K, C') and A'_s (K, H'*W'), zero-initialised
-    (zero priors start the module as CBAM with extra zero inputs; they train fine, DESIGN.md).
+    (zero priors start the module as CBAM with extra zero inputs; they train fine, ARCHITECTURE.md "Training").
     Priors are gathered per image with an embedding lookup and the spatial ones resized to the
     map's H x W in ONE bilinear call per forward for the whole batch: the cost is that of the
     batch's images (at most the batch's unique ads in grouped mode), never of all K categories.

@@ -1,6 +1,6 @@
 """Encoded examples -> model batches; image preprocessing (used by training and inference alike).
 
-Input tables follow core/feature_spec.py: ad_id, category_idx, label, is_cold, group_id,
+Input tables follow features/spec.py: ad_id, category_idx, label, is_cold, group_id,
 f_<name> (int) per single field, m_<name> (list of int) per multi field, rows already in
 training order (ad groups of <= group_size impressions). They may be a pandas DataFrame, a
 pyarrow Table, a dict of columns or an ``EncodedData``.
@@ -22,7 +22,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from core.feature_spec import FeatureSpec
+from features.spec import FeatureSpec
 
 log = logging.getLogger(__name__)
 

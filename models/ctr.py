@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from core.config import ModelConfig
-from core.feature_spec import FeatureSpec
+from features.spec import FeatureSpec
 from models.batching import Batch, preprocess_images
 from models.layers import DCN, FieldEmbedding
 from models.visual import VisualTower, build_visual_tower

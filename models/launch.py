@@ -1,6 +1,6 @@
 """Start the training processes of one machine, listening on the loopback interface only.
 
-    python -m models.launch --nproc-per-node N -m models.train_job --date 2026-02-02 --config FILE
+    python -m models.launch --nproc-per-node N -m spark_jobs.train_model --date 2026-02-02 --config FILE
     python -m models.launch --nproc-per-node N path/to/script.py ARGS...
 
 One process (N = 1): the target replaces this process with no distributed environment, so

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from core.config import ModelConfig
-from core.feature_spec import FeatureSpec
+from features.spec import FeatureSpec
 
 
 class FieldEmbedding(nn.Module):

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from core.feature_spec import MULTI_FIELDS, SINGLE_FIELDS, FeatureSpec
+from features.spec import MULTI_FIELDS, SINGLE_FIELDS, FeatureSpec
 
 
 def make_spec(n_categories: int = 8, vocab: int = 50) -> FeatureSpec:

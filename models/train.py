@@ -40,8 +40,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from core.config import ModelConfig, PipelineConfig, build
-from core.feature_spec import FeatureSpec
 from core.metrics import auc
+from features.spec import FeatureSpec
 from models.batching import (EncodedData, ImageTable, encode_examples, make_batch, plan_batches,
                              preprocess_images, shard_range)
 from models.ctr import CTRModel

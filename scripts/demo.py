@@ -119,7 +119,7 @@ def run_dag(day: dt.date, env: dict[str, str]) -> str:
             for ti in sorted(tis, key=lambda t: t["start_date"] or "~"):
                 if ti["state"] in ("success", "failed", "upstream_failed", "skipped") and ti["task_id"] not in seen:
                     seen[ti["task_id"]] = ti["state"]
-                    print(f"  {ti['task_id']:<22} {ti['state']:<16} {ti['duration'] or 0:7.1f} s", flush=True)
+                    print(f"  {ti['task_id']:<26} {ti['state']:<16} {ti['duration'] or 0:7.1f} s", flush=True)
             state = api.get(f"/api/v2/dags/{DAG_ID}/dagRuns/{run_id}").json()["state"]
             return state if state in ("success", "failed") else None
 

@@ -47,11 +47,11 @@ from torch import nn
 from torch.nn import functional as F
 
 from core.config import ModelConfig, PipelineConfig, build
-from core.feature_spec import FeatureSpec
+from features.encoder import load_encoder_file
+from features.spec import FeatureSpec
 from models.layers import DCN, FieldEmbedding
 from serving.lookup import IntegrityError, LookupTable, loaded_files, read_manifest, sha256_file
-from serving.requests import (EncodedRequests, RequestColumns, RequestEncoder, columns_from_records,
-                              load_encoder_file)
+from serving.requests import EncodedRequests, RequestColumns, RequestEncoder, columns_from_records
 
 log = logging.getLogger(__name__)
 

@@ -10,22 +10,20 @@ Every other feature field is optional (absent or null = out of vocabulary / null
 training). ``impression_id`` and ``event_ts`` may be present and are ignored. Any other key is
 an error, as is a value of the wrong type; the error names the request and the field.
 
-Encoding applies the run's FeatureEncoder (spark_jobs/feature_encoding.py: the very functions the
-features job used), vectorised per field over the whole batch. The encoder travels with a published
-version as ``encoder.npz`` (``save_encoder`` / ``load_encoder_file``).
+Encoding applies the run's FeatureEncoder (features/encoder.py: the very functions the features
+job used), vectorised per field over the whole batch. The encoder travels with a published
+version as ``encoder.npz`` (features.encoder.save_encoder / load_encoder_file).
 """
 
 from __future__ import annotations
 
-import io
-import os
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
 
-from core.feature_spec import MULTI_FIELDS, NUMERIC_FIELDS, SINGLE_FIELDS
-from spark_jobs.feature_encoding import VOCAB_FIELDS, FeatureEncoder
+from features.encoder import DirectIds, FeatureEncoder, direct_table
+from features.spec import MULTI_FIELDS, NUMERIC_FIELDS, SINGLE_FIELDS
 
 REQUIRED_FIELDS: tuple[str, ...] = ("user_id", "ad_id", "category_id", "weekday", "hour")
 IGNORED_FIELDS: tuple[str, ...] = ("impression_id", "event_ts")
@@ -35,36 +33,6 @@ _INT_TYPES = (int, np.integer)
 
 class RequestError(ValueError):
     """A scoring request is malformed; the message names the request index and the field."""
-
-
-# --------------------------------------------------------------------------- encoder files
-
-
-def save_encoder(encoder: FeatureEncoder, path: str | os.PathLike) -> None:
-    """Write the encoder as one .npz of plain arrays (readable with allow_pickle=False)."""
-    arrays: dict[str, np.ndarray] = {}
-    for name, (values, ids) in encoder.vocab.items():
-        arrays[f"vocab_values.{name}"] = np.asarray(values, dtype=np.int64)
-        arrays[f"vocab_ids.{name}"] = np.asarray(ids, dtype=np.int32)
-    for name, edges in encoder.bin_edges.items():
-        arrays[f"bin_edges.{name}"] = np.asarray(edges, dtype=np.float64)
-    arrays["ad_window_counts.ad_id"] = np.asarray(encoder.ad_window_counts[0], dtype=np.int64)
-    arrays["ad_window_counts.impressions"] = np.asarray(encoder.ad_window_counts[1], dtype=np.int64)
-    buf = io.BytesIO()
-    np.savez(buf, **arrays)
-    tmp = f"{os.fspath(path)}.tmp"
-    with open(tmp, "wb") as f:
-        f.write(buf.getvalue())
-    os.replace(tmp, path)
-
-
-def load_encoder_file(path: str | os.PathLike) -> FeatureEncoder:
-    """The FeatureEncoder written by ``save_encoder``."""
-    with np.load(path, allow_pickle=False) as z:
-        vocab = {n: (z[f"vocab_values.{n}"], z[f"vocab_ids.{n}"]) for n in VOCAB_FIELDS}
-        edges = {n: z[f"bin_edges.{n}"] for n in NUMERIC_FIELDS}
-        counts = (z["ad_window_counts.ad_id"], z["ad_window_counts.impressions"])
-    return FeatureEncoder(vocab, edges, counts)
 
 
 # --------------------------------------------------------------------------- validation
@@ -203,55 +171,42 @@ def _encode(ids_of: Callable[..., np.ndarray], cols: RequestColumns, single_name
 class RequestEncoder:
     """``encode_requests`` for one encoder and model layout, with the vocabulary lookups direct.
 
-    A vocabulary whose raw values span at most ``max_span`` integers becomes a direct-address
-    array (raw value - lowest value + 1 -> id, 0 outside), so a lookup is one gather instead of a
-    binary search: ~14 dependent cache misses per value for a 10k vocabulary once the model's
-    weights have pushed it out of cache. Wider vocabularies, numeric binning and fields without a
+    A vocabulary whose raw values span at most ``max_span`` integers is looked up through its
+    direct-address table (features.encoder.direct_table / DirectIds), so a lookup is one gather
+    instead of a binary search: ~14 dependent cache misses per value for a 10k vocabulary once
+    the model's weights have pushed it out of cache. The single-valued fields with a table are
+    looked up together, in one gather. Wider vocabularies, numeric binning and fields without a
     vocabulary use ``FeatureEncoder.encode_single`` itself; the ids are the same either way
-    (tests/serving/test_requests_encoder.py). Arrays are built once, within ``max_bytes`` in all.
+    (tests/serving/test_requests_encoder.py). Tables are built once, within ``max_bytes`` in all.
     """
 
     def __init__(self, encoder: FeatureEncoder, single_names: tuple[str, ...], multi_names: tuple[str, ...],
                  max_span: int = 1 << 21, max_bytes: int = 64 << 20) -> None:
         self.encoder = encoder
         self.single_names, self.multi_names = tuple(single_names), tuple(multi_names)
-        self.direct: dict[str, tuple[int, np.ndarray]] = {}  # name -> (shift, ids (span + 2,) int32)
+        tables: dict[str, tuple[int, np.ndarray]] = {}  # name -> (shift, ids (span + 2,) int32)
         budget = max_bytes
         for name in dict.fromkeys((*self.single_names, *self.multi_names)):
             if name not in encoder.vocab or name in NUMERIC_FIELDS:
                 continue
             values, ids = encoder.vocab[name]
-            # Values within +-2^62 keep raw - shift from wrapping into the table's range.
-            if values.size == 0 or values[0] <= -(1 << 62) or values[-1] >= (1 << 62):
+            if values.size and 4 * (int(values[-1]) - int(values[0]) + 3) > budget:  # 4 bytes x (span + 2)
                 continue
-            span = int(values[-1]) - int(values[0]) + 1
-            if span > max_span or 4 * (span + 2) > budget:
-                continue
-            shift = int(values[0]) - 1  # raw value v -> slot v - shift; slots 0 and span + 1 stay 0 (OOV)
-            table = np.zeros(span + 2, np.int32)
-            table[values - shift] = ids
-            self.direct[name] = (shift, table)
-            budget -= table.nbytes
-        # The single-valued fields with a direct array, looked up together: their arrays concatenated
-        # (field k's slots start at bases[k]), raw values shifted and clipped per field, one gather.
-        self._direct_names = [n for n in self.single_names if n in self.direct]
-        names = self._direct_names
-        sizes = np.array([len(self.direct[n][1]) for n in names], dtype=np.int64)
-        self._shifts = np.array([self.direct[n][0] for n in names], dtype=np.int64)[:, None]  # (k, 1)
-        self._last_slots = (sizes - 1)[:, None]  # (k, 1)
-        self._bases = (np.cumsum(sizes) - sizes)[:, None]  # (k, 1)
-        self._direct_table = np.concatenate([self.direct[n][1] for n in names]) if names else np.zeros(0, np.int32)
+            table = direct_table(values, ids, max_span)
+            if table is not None:
+                tables[name] = table
+                budget -= table[1].nbytes
+        self.direct: dict[str, DirectIds] = {name: DirectIds([t]) for name, t in tables.items()}
+        self._direct_names = [n for n in self.single_names if n in tables]
+        self._direct_singles = DirectIds([tables[n] for n in self._direct_names])
 
     def ids(self, name: str, values: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
         """Ids of one field's raw values (B,), as ``FeatureEncoder.encode_single`` gives them."""
         direct = self.direct.get(name)
         if direct is None:
             return self.encoder.encode_single(name, values, valid)
-        shift, table = direct
-        out = table[np.clip(np.asarray(values, dtype=np.int64) - shift, 0, len(table) - 1)]  # (B,)
-        if valid is not None:
-            out[~valid] = 0
-        return out
+        x = np.asarray(values, dtype=np.int64)[None]  # (1, B)
+        return direct.lookup(x, None if valid is None else valid[None])[0]  # (B,)
 
     def encode(self, cols: RequestColumns) -> EncodedRequests:
         """Model inputs of validated request columns (``encode_requests``'s result)."""
@@ -259,7 +214,6 @@ class RequestEncoder:
         if not direct_names:
             return _encode(self.ids, cols, self.single_names, self.multi_names)
         raw = np.stack([cols.single[n][0] for n in direct_names])  # (k, B) int64
-        slots = np.clip(raw - self._shifts, 0, self._last_slots)  # (k, B)
-        ids = self._direct_table[slots + self._bases]  # (k, B) int32
-        ids[~np.stack([cols.single[n][1] for n in direct_names])] = 0  # null values -> OOV id 0
+        valid = np.stack([cols.single[n][1] for n in direct_names])  # (k, B) bool; null values -> OOV id 0
+        ids = self._direct_singles.lookup(raw, valid)  # (k, B) int32
         return _encode(self.ids, cols, self.single_names, self.multi_names, dict(zip(direct_names, ids)))

@@ -7,10 +7,9 @@
                 + 2 * w_category * category_specificity * (conjunction - P(conjunction))
 
 The factor 2 makes the default category_specificity = 0.5 give the nominal weights (1.5 for the
-positional pattern, 2 for the category conjunction), the mixture DESIGN.md section 5 predicts
-will separate every rung of the paper's Table 8. The intercept is calibrated per day on
-everything but the weekday effect, so the mean CTR is close to `base_ctr` and the weekday
-effect still moves it.
+positional pattern, 2 for the category conjunction), the mixture meant to separate every rung
+of the paper's Table 8. The intercept is calibrated per day on everything but the weekday effect,
+so the mean CTR is close to `base_ctr` and the weekday effect still moves it.
 """
 
 from __future__ import annotations

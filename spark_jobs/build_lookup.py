@@ -20,6 +20,9 @@ The published lookup table (<warehouse>/lookup_table, the Airflow Asset) is writ
 from the published version's files, only after every gate passed (serving.registry).
 
 Images are decoded on the driver for the kept ads only, and embedded in inference.batch_size chunks.
+
+torch (models.train) is imported inside the functions that embed, so that a bad argument is
+reported without loading it (tests/test_cli_errors.py).
 """
 
 from __future__ import annotations
@@ -39,9 +42,18 @@ if __package__ in (None, ""):  # spark-submit runs this file as a script
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np
+from PIL import Image
+from pyspark.sql import Window
+from pyspark.sql import functions as F
 
+from core.cli import run_cli, run_stage
 from core.config import PipelineConfig
 from core.paths import Paths, local_path
+from core.spark import get_spark
+from features.encoder import save_encoder
+from features.tables import AD_COUNTS_TABLE, load_encoder
+from serving.lookup import (CATEGORY_IDS_FILE, bytes_per_ad, make_reduction, select_ads, sha256_file,
+                            write_lookup_files)
 
 if TYPE_CHECKING:  # pragma: no cover
     from pyspark.sql import DataFrame, SparkSession
@@ -63,9 +75,6 @@ class BuildLookupError(RuntimeError):
 
 def with_latest_catalog(ads_df: "DataFrame", run_date: dt.date) -> Callable[["DataFrame"], "DataFrame"]:
     """Add category_id from each ad's latest catalog row on a day <= run_date (inner join)."""
-    from pyspark.sql import Window
-    from pyspark.sql import functions as F
-
     def inner(df: "DataFrame") -> "DataFrame":
         latest_df = (ads_df.where(F.col("dt") <= F.lit(run_date)).where(F.col("ad_id").isNotNull())
                      .withColumn("_rank", F.row_number().over(Window.partitionBy("ad_id").orderBy(F.col("dt").desc())))
@@ -76,8 +85,6 @@ def with_latest_catalog(ads_df: "DataFrame", run_date: dt.date) -> Callable[["Da
 
 def with_window_impressions(counts_df: "DataFrame") -> Callable[["DataFrame"], "DataFrame"]:
     """Add impressions (in the training window; 0 when the ad was not shown there)."""
-    from pyspark.sql import functions as F
-
     def inner(df: "DataFrame") -> "DataFrame":
         return (df.join(counts_df.select("ad_id", "impressions"), on="ad_id", how="left")
                 .withColumn("impressions", F.coalesce(F.col("impressions"), F.lit(0)).cast("bigint")))
@@ -112,8 +119,6 @@ def model_version(model_path: Path, manifest_path: Path, run_date: dt.date, mode
 
 def decode_png(data: bytes, ad_id: int) -> np.ndarray:
     """uint8 (H, W, 3) RGB pixels of an image file's bytes."""
-    from PIL import Image
-
     try:
         with Image.open(io.BytesIO(data)) as img:
             return np.asarray(img.convert("RGB"), dtype=np.uint8)
@@ -123,8 +128,6 @@ def decode_png(data: bytes, ad_id: int) -> np.ndarray:
 
 def read_images(spark: "SparkSession", paths: Paths, ad_ids: np.ndarray) -> dict[int, np.ndarray]:
     """Decoded bronze images (ad_id -> uint8 (H, W, 3)) of the given ads (absent ones are skipped)."""
-    from pyspark.sql import functions as F
-
     wanted = np.unique(np.asarray(ad_ids, dtype=np.int64))
     if wanted.size == 0:
         return {}
@@ -169,13 +172,7 @@ def embed_ads(model: Any, images: np.ndarray, categories: np.ndarray, batch_size
 
 def run(cfg: PipelineConfig, spark: "SparkSession", run_date: dt.date) -> dict[str, Any]:
     """Embed the kept ads of run date D and write the lookup table and serving files; returns metadata."""
-    from pyspark.sql import functions as F
-
     from models.train import load_model
-    from serving.lookup import (CATEGORY_IDS_FILE, bytes_per_ad, make_reduction, select_ads, sha256_file,
-                                write_lookup_files)
-    from serving.requests import save_encoder
-    from spark_jobs import features
 
     started = time.monotonic()
     ic = cfg.inference
@@ -189,10 +186,10 @@ def run(cfg: PipelineConfig, spark: "SparkSession", run_date: dt.date) -> dict[s
                                "tower; a lookup table needs a visual variant (cnn_fixed, cnn_finetune, cbam, cscnn)")
     model_sha = sha256_file(model_path)
     version = model_version(model_path, manifest_path, run_date, model_sha)
-    encoder = features.load_encoder(cfg, spark, run_date)
+    encoder = load_encoder(cfg, spark, run_date)
 
     day = f"run_date = DATE'{run_date.isoformat()}'"
-    counts_df = spark.read.format("delta").load(paths.table(features.AD_COUNTS_TABLE)).where(day)
+    counts_df = spark.read.format("delta").load(paths.table(AD_COUNTS_TABLE)).where(day)
     candidates_df = (spark.read.format("delta").load(paths.bronze_images).select("ad_id").distinct()
                      .transform(with_latest_catalog(spark.read.format("delta").load(paths.bronze_ads), run_date))
                      .transform(with_window_impressions(counts_df)))
@@ -264,18 +261,9 @@ def run(cfg: PipelineConfig, spark: "SparkSession", run_date: dt.date) -> dict[s
 
 
 def main(argv: list[str] | None = None) -> int:
-    from core.cli import config_from_args, parse_date, setup_logging, stage_parser
-    from core.spark import get_spark
-
-    setup_logging()
-    args = stage_parser("Embed the kept ads of a run date into the lookup table and serving files.").parse_args(argv)
-    cfg = config_from_args(args)
-    meta = run(cfg, get_spark(cfg.spark), parse_date(args.date))
-    print(json.dumps(meta, default=str))
-    return 0
+    return run_stage("Embed the kept ads of a run date into the lookup table and serving files.",
+                     lambda cfg, run_date, args: run(cfg, get_spark(cfg.spark), run_date), argv, log_name="build_lookup")
 
 
 if __name__ == "__main__":
-    from core.cli import run_cli
-
     sys.exit(run_cli(main))

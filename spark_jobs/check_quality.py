@@ -25,21 +25,26 @@ import json
 import logging
 import os
 import sys
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 if __package__ in (None, ""):  # spark-submit runs this file as a script
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import pandas as pd
+from pyspark.errors import AnalysisException
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from core.cli import run_cli, run_stage
 from core.config import PipelineConfig
+from core.delta import read_required
+from core.files import write_json
 from core.paths import Paths, local_path
-from core.exit_codes import BAD_DATA, BadDataError
+from core.spark import get_spark
 from expectations.bronze import (QUARANTINE_TABLES, build_ads_suite, build_impressions_suite,
                                  build_landing_schema_suite, build_quarantine_suite, quarantine_rate_column)
 from expectations.runner import QualityResult, raise_on_critical, validate
 from spark_jobs.day_status import record_verdict
-
-if TYPE_CHECKING:  # pragma: no cover
-    from pyspark.sql import DataFrame, SparkSession
 
 log = logging.getLogger("check_quality")
 
@@ -47,29 +52,23 @@ log = logging.getLogger("check_quality")
 # --------------------------------------------------------------------------- pure transforms
 
 
-def filter_day(df: "DataFrame", day: dt.date) -> "DataFrame":
+def filter_day(df: DataFrame, day: dt.date) -> DataFrame:
     """Rows of partition dt = day."""
-    from pyspark.sql import functions as F
-
     return df.where(F.col("dt") == F.lit(day))
 
 
-def agg_daily_rows(df: "DataFrame", first: dt.date, last: dt.date) -> "DataFrame":
+def agg_daily_rows(df: DataFrame, first: dt.date, last: dt.date) -> DataFrame:
     """Row count per dt for dt in [first, last] (days without rows are absent): dt, rows."""
-    from pyspark.sql import functions as F
-
     return (df.where(F.col("dt").between(F.lit(first), F.lit(last)))
             .groupBy("dt").agg(F.count(F.lit(1)).alias("rows")))
 
 
-def trailing_volume(df: "DataFrame", day: dt.date, trailing_days: int) -> dict[str, Any] | None:
+def trailing_volume(df: DataFrame, day: dt.date, trailing_days: int) -> dict[str, Any] | None:
     """{'mean_rows', 'days'} over the days in [day - trailing_days, day - 1] that have rows; None if none.
 
     Days absent from the table (not ingested, or ingested empty) do not pull the mean down: the
     volume check compares the day with the days that did arrive.
     """
-    from pyspark.sql import functions as F
-
     row = (agg_daily_rows(df, day - dt.timedelta(days=trailing_days), day - dt.timedelta(days=1))
            .agg(F.avg("rows").alias("mean_rows"), F.count(F.lit(1)).alias("days")).collect()[0])
     if not row["days"]:
@@ -80,18 +79,12 @@ def trailing_volume(df: "DataFrame", day: dt.date, trailing_days: int) -> dict[s
 # --------------------------------------------------------------------------- the job
 
 
-def _read_delta(spark: "SparkSession", uri: str, what: str) -> "DataFrame":
-    from delta.tables import DeltaTable
-
-    if not DeltaTable.isDeltaTable(spark, uri):
-        raise FileNotFoundError(f"{what} Delta table not found at {uri}; run ingest for this date first")
-    return spark.read.format("delta").load(uri)
+def _read_delta(spark: SparkSession, uri: str, what: str) -> DataFrame:
+    return read_required(spark, uri, what, "run ingest for this date first")
 
 
-def _landing_schema_df(spark: "SparkSession", uri: str) -> "DataFrame | None":
+def _landing_schema_df(spark: SparkSession, uri: str) -> DataFrame | None:
     """The landing impressions file with no rows (only its schema matters), or None if it is gone."""
-    from pyspark.errors import AnalysisException
-
     try:
         return spark.read.parquet(uri).limit(0)
     except AnalysisException as e:  # PATH_NOT_FOUND: the drop was cleaned up or never landed
@@ -99,10 +92,8 @@ def _landing_schema_df(spark: "SparkSession", uri: str) -> "DataFrame | None":
         return None
 
 
-def read_ingest_record(spark: "SparkSession", paths: Paths, day: dt.date) -> dict[str, Any]:
+def read_ingest_record(spark: SparkSession, paths: Paths, day: dt.date) -> dict[str, Any]:
     """Ingest's run record of `day` (ops/ingest_runs): landing, bronze and quarantined counts, reasons."""
-    from pyspark.sql import functions as F
-
     rows = (_read_delta(spark, paths.ingest_runs, "ingest runs").where(F.col("dt") == F.lit(day))
             .select("record").collect())
     if not rows:
@@ -130,15 +121,11 @@ def verdict_reason(results: list[QualityResult]) -> str:
 def write_summary(cfg: PipelineConfig, day: dt.date, summary: dict[str, Any], suffix: str = "") -> str:
     """Write the day's summary JSON atomically to <reports>/quality/<D><suffix>.json; return its path."""
     path = local_path(Paths.of(cfg).quality_summary(day, suffix))
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as fh:
-        json.dump(summary, fh, indent=2, sort_keys=True, default=str)
-    os.replace(tmp, path)
+    write_json(path, summary)
     return path
 
 
-def run(cfg: PipelineConfig, spark: "SparkSession", day: dt.date) -> dict[str, Any]:
+def run(cfg: PipelineConfig, spark: SparkSession, day: dt.date) -> dict[str, Any]:
     """Validate day D's bronze impressions, bronze ads and landing schema; write the summary JSON.
 
     Returns the summary ({'date', 'success', 'summary_path', 'suites': {suite: {...}}}); raises
@@ -156,23 +143,21 @@ def run(cfg: PipelineConfig, spark: "SparkSession", day: dt.date) -> dict[str, A
                  run_name),
         validate(cfg, filter_day(ads_df, day), build_ads_suite(cfg), "bronze_ads", run_name),
     ]
-    suites: dict[str, Any] = {r.suite_name: _summary_entry(r) for r in results}
+    suites: dict[str, Any] = {r.suite_name: summary_entry(r) for r in results}
     landing_uri = paths.landing_impressions(day)
     landing_df = _landing_schema_df(spark, landing_uri)
     if landing_df is not None:
         landing = validate(cfg, landing_df, build_landing_schema_suite(cfg), "landing_impressions", run_name)
         results.append(landing)
-        suites[landing.suite_name] = _summary_entry(landing)
+        suites[landing.suite_name] = summary_entry(landing)
     else:
         suites["landing_impressions_schema"] = {"success": False, "failed": [f"file not readable: {landing_uri}"],
                                                 "failed_critical": [], "report_path": None, "statistics": {}}
-    import pandas as pd
-
     quarantine = quarantine_breakdown(read_ingest_record(spark, paths, day))
     rates_df = pd.DataFrame({quarantine_rate_column(t): [quarantine[t]["rate"]] for t in QUARANTINE_TABLES})
     budget = validate(cfg, rates_df, build_quarantine_suite(cfg), "quarantine_rates", run_name)
     results.append(budget)
-    suites[budget.suite_name] = _summary_entry(budget)
+    suites[budget.suite_name] = summary_entry(budget)
     log.info("%s: quarantined impressions %.4f, ads %.4f of landing rows (at most %s allowed)", day,
              quarantine["impressions"]["rate"], quarantine["ads"]["rate"], cfg.quality.max_quarantine_rate)
     summary = {
@@ -190,52 +175,20 @@ def run(cfg: PipelineConfig, spark: "SparkSession", day: dt.date) -> dict[str, A
     return summary
 
 
-def check_examples(cfg: PipelineConfig, spark: "SparkSession", run_date: dt.date) -> dict[str, Any]:
-    """GX on the run date's encoded examples (both splits): ids within vocabularies, no nulls,
-    label rate within bounds, holdout not empty. Raises DataQualityError on critical failures,
-    after writing the summary to <reports>/quality/<D>-examples.json."""
-    from pyspark.sql import functions as F
-
-    from expectations.examples import build_examples_suite, project_examples
-    from spark_jobs.features import load_feature_spec, read_examples
-
-    spec = load_feature_spec(cfg, spark, run_date)
-    examples_df = read_examples(cfg, spark, run_date)
-    results = []
-    for split in ("train", "holdout"):
-        split_df = project_examples(examples_df.where(F.col("split") == split), spec)
-        results.append(validate(cfg, split_df, build_examples_suite(spec, cfg, split), f"examples_{split}",
-                                run_date.isoformat()))
-    summary = {"date": run_date.isoformat(), "success": all(r.success for r in results),
-               "suites": {r.suite_name: _summary_entry(r) for r in results}}
-    summary["summary_path"] = write_summary(cfg, run_date, summary, suffix="-examples")
-    raise_on_critical(*results)
-    return summary
-
-
-def _summary_entry(r: QualityResult) -> dict[str, Any]:
+def summary_entry(r: QualityResult) -> dict[str, Any]:
+    """A suite's line of a quality summary: success, failed and critical expectations, report, statistics."""
     return {"success": r.success, "failed": r.failed, "failed_critical": r.failed_critical,
             "report_path": r.report_path, "statistics": r.statistics}
 
 
 def main(argv: list[str] | None = None) -> int:
-    from core.cli import config_from_args, parse_date, setup_logging, stage_parser
-    from core.spark import get_spark
+    def job(cfg: PipelineConfig, day: dt.date, args) -> dict[str, Any]:
+        summary = run(cfg, get_spark(cfg.spark), day)
+        return {"date": summary["date"], "success": summary["success"], "summary_path": summary["summary_path"]}
 
-    setup_logging()
-    args = stage_parser("Check one day's bronze data quality with Great Expectations.").parse_args(argv)
-    cfg = config_from_args(args)
-    try:
-        summary = run(cfg, get_spark(cfg.spark), parse_date(args.date))
-    except BadDataError as err:
-        log.error("%s", err)
-        return BAD_DATA
-    print(json.dumps({"date": summary["date"], "success": summary["success"],
-                      "summary_path": summary["summary_path"]}))
-    return 0
+    return run_stage("Check one day's bronze data quality with Great Expectations.", job, argv,
+                     log_name="check_quality")
 
 
 if __name__ == "__main__":
-    from core.cli import run_cli
-
     sys.exit(run_cli(main))

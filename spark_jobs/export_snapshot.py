@@ -1,7 +1,10 @@
-"""Export one run date's training snapshot: the ad images and feature spec beside its examples.
+"""Export one run date's training snapshot (the DAG's `export_training_snapshot` stage).
 
-The trainer (models/train_job.py, launched by torchrun, possibly on a GPU worker without Spark)
-reads this snapshot with pyarrow instead of Delta through Spark:
+    python spark_jobs/export_snapshot.py --date 2026-02-02 [--config FILE] [--set k=v]
+
+Writes the ad images and the feature spec beside the run date's examples, once they passed
+check_examples_quality. The trainer (spark_jobs/train_model.py, launched by models.launch,
+possibly on a GPU worker without Spark) reads this snapshot with pyarrow instead of Delta:
 
     <artifacts>/runs/D/snapshot/images/*.parquet    ad_id, image_bytes of every ad in either split
     <artifacts>/runs/D/snapshot/feature_spec.json   the FeatureSpec of the run date
@@ -16,31 +19,30 @@ directly. The snapshot is derived data: re-exporting replaces it.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import os
 import shutil
 import sys
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if __package__ in (None, ""):
+if __package__ in (None, ""):  # spark-submit runs this file as a script
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import pandas as pd
+import pyarrow.compute as pc
+from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
+
+from core.cli import run_cli, run_stage
 from core.config import PipelineConfig
+from core.files import write_json, write_text
 from core.paths import Paths, is_local, local_path
+from core.spark import get_spark
+from features.examples import SPLITS, read_example_files
+from features.tables import examples_uri, load_feature_spec
 
-if TYPE_CHECKING:  # pragma: no cover
-    from pyspark.sql import SparkSession
 
-
-def export_training_snapshot(cfg: PipelineConfig, spark: "SparkSession", run_date: dt.date) -> dict[str, Any]:
+def export_training_snapshot(cfg: PipelineConfig, spark: SparkSession, run_date: dt.date) -> dict[str, Any]:
     """Write the snapshot of `run_date` (see module docstring); returns its row counts."""
-    import pandas as pd
-    import pyarrow.compute as pc
-    from pyspark.sql import functions as F
-
-    from spark_jobs.examples import read_example_files
-    from spark_jobs.features import examples_uri, load_feature_spec
-
     paths = Paths.of(cfg)
     out = paths.snapshot(run_date)
     if is_local(out) and os.path.exists(local_path(out)):
@@ -48,7 +50,7 @@ def export_training_snapshot(cfg: PipelineConfig, spark: "SparkSession", run_dat
     uri = examples_uri(cfg, run_date)
     counts: dict[str, Any] = {}
     ad_ids = set()
-    for split in ("train", "holdout"):
+    for split in SPLITS:
         ads = read_example_files(uri, split, columns=["ad_id"]).column("ad_id")
         counts[split] = len(ads)
         ad_ids.update(x for x in pc.unique(ads).to_pylist() if x is not None)
@@ -60,11 +62,19 @@ def export_training_snapshot(cfg: PipelineConfig, spark: "SparkSession", run_dat
     counts["examples"] = uri
     spec = load_feature_spec(cfg, spark, run_date)
     if is_local(out):
-        with open(os.path.join(local_path(out), "feature_spec.json"), "w") as f:
-            f.write(spec.to_json())
-        with open(os.path.join(local_path(out), "_SUCCESS"), "w") as f:
-            json.dump(counts, f)
+        write_text(os.path.join(local_path(out), "feature_spec.json"), spec.to_json())
+        write_json(os.path.join(local_path(out), "_SUCCESS"), counts, indent=None, sort_keys=False)
     else:
         spark.createDataFrame([(spec.to_json(),)], "spec string").coalesce(1).write.mode("overwrite").text(
             f"{out}/feature_spec")
     return counts
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_stage("Export one run date's training snapshot (images, feature spec) for the trainer.",
+                     lambda cfg, run_date, args: export_training_snapshot(cfg, get_spark(cfg.spark), run_date), argv,
+                     log_name="export_snapshot")
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

@@ -25,9 +25,13 @@ commits mean a crash mid-write leaves every table at its previous version.
 from __future__ import annotations
 
 import datetime as dt
+import errno
+import hashlib
+import io
 import json
 import logging
 import os
+import stat
 import sys
 import time
 from dataclasses import dataclass
@@ -37,14 +41,24 @@ from typing import TYPE_CHECKING, Any
 if __package__ in (None, ""):  # spark-submit runs this file as a script
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import pandas as pd
+from delta.tables import DeltaTable
+from PIL import Image
+from pyspark.errors import AnalysisException
+from pyspark.sql import DataFrame, Window
+from pyspark.sql import functions as F
+
 from core import contract
+from core.cli import config_from_args, date_arg, parse_date, run_cli, setup_logging, stage_parser
 from core.config import PipelineConfig
+from core.delta import delta_exists, latest_version, replace_where
 from core.exit_codes import BAD_DATA, BadDataError
 from core.files import write_json_local
-from core.paths import Paths
+from core.paths import Paths, is_local, local_path
+from core.spark import get_spark
 
 if TYPE_CHECKING:  # pragma: no cover
-    from pyspark.sql import Column, DataFrame, SparkSession
+    from pyspark.sql import Column, SparkSession
 
 log = logging.getLogger("ingest")
 
@@ -75,9 +89,6 @@ def with_contract_columns(df: "DataFrame", fields: tuple[contract.Field, ...]) -
     null on every other row. A missing required field is an error: nothing about those rows
     could be trusted.
     """
-    from pyspark.errors import AnalysisException
-    from pyspark.sql import functions as F
-
     present = set(df.columns)
     wanted = contract.names(fields)
     missing = [f.name for f in fields if f.name not in present]
@@ -110,15 +121,11 @@ def with_contract_columns(df: "DataFrame", fields: tuple[contract.Field, ...]) -
 
 def _bad_type(df: "DataFrame") -> "Column":
     """True on rows with_contract_columns flagged as holding an unconvertible value."""
-    from pyspark.sql import functions as F
-
     return F.col("_bad_type").isNotNull() if "_bad_type" in df.columns else F.lit(False)
 
 
 def _first_reason(checks: list[tuple[str, "Column"]]) -> "Column":
     """A column holding the first rule name whose condition is true, else null."""
-    from pyspark.sql import functions as F
-
     expr = F.lit(None).cast("string")
     for name, cond in reversed(checks):
         expr = F.when(cond, F.lit(name)).otherwise(expr)
@@ -126,8 +133,6 @@ def _first_reason(checks: list[tuple[str, "Column"]]) -> "Column":
 
 
 def _any_null(names: list[str]) -> "Column":
-    from pyspark.sql import functions as F
-
     cond = F.lit(False)
     for n in names:
         cond = cond | F.col(n).isNull()
@@ -136,8 +141,6 @@ def _any_null(names: list[str]) -> "Column":
 
 def with_uri_escape_flag(ads_df: "DataFrame") -> "DataFrame":
     """Flag image URIs that could leave the landing area: schemes, absolute paths, '..' parts."""
-    from pyspark.sql import functions as F
-
     uri = F.col("image_uri")
     escapes = (uri.rlike(r"^[A-Za-z][A-Za-z0-9+.-]*:") | uri.startswith("/") | uri.startswith("\\")
                | uri.rlike(r"(^|[/\\])\.\.([/\\]|$)") | uri.contains("\x00"))
@@ -147,9 +150,6 @@ def with_uri_escape_flag(ads_df: "DataFrame") -> "DataFrame":
 def with_ad_reason(ads_df: "DataFrame", image_status_df: "DataFrame") -> "DataFrame":
     """Add `_reason` to catalog rows of one or more days (column `dt`, duplicates judged per day);
     `image_status_df` has (image_uri, _image_ok, _image_exists, _image_escapes)."""
-    from pyspark.sql import Window
-    from pyspark.sql import functions as F
-
     w = Window.partitionBy("dt", "ad_id").orderBy(F.col("image_uri").asc_nulls_last(), F.col("category_id"))
     df = (ads_df.transform(with_uri_escape_flag)
           .join(image_status_df, on="image_uri", how="left")
@@ -169,9 +169,6 @@ def with_ad_reason(ads_df: "DataFrame", image_status_df: "DataFrame") -> "DataFr
 
 def with_impression_reason(imp_df: "DataFrame", ads_reason_df: "DataFrame") -> "DataFrame":
     """Add `_reason` to impression rows, each judged against its own day's (`dt`) catalog and reasons."""
-    from pyspark.sql import Window
-    from pyspark.sql import functions as F
-
     catalog = (ads_reason_df.where(F.col("ad_id").isNotNull())
                .groupBy("dt", "ad_id")
                .agg(F.max(F.when(F.col("_reason").isNull(), 1).otherwise(0)).alias("_ad_ok"))
@@ -201,8 +198,6 @@ def to_quarantine(df: "DataFrame", source: str, key: str, fields: tuple[contract
 
     A `bad_type` row keeps its raw landing row (`_raw_record`), the unconvertible value included.
     """
-    from pyspark.sql import functions as F
-
     contract_json = F.to_json(F.struct(*[F.col(n) for n in contract.names(fields)]))
     return (df.where(F.col("_reason").isNotNull())
             .select(F.col("dt"), F.lit(source).alias("source"), F.col("_reason").alias("reason"),
@@ -222,8 +217,6 @@ def _hadoop_fs(spark: "SparkSession", uri: str):
 
 def existing_files(spark: "SparkSession", uris: list[str]) -> set[str]:
     """Which of `uris` exist (through Hadoop's FileSystem, so s3a:// works too)."""
-    from core.paths import is_local, local_path
-
     if all(is_local(u) for u in uris):  # one stat per file, without a JVM round trip each
         return {u for u in uris if os.path.isfile(local_path(u))}
     found = set()
@@ -254,9 +247,6 @@ def read_inside(root_fd: int, rel: str) -> bytes | None:
     never opened, so what a sender links to (an image, any other file, nothing) cannot change
     the outcome. O_NOFOLLOW on every part keeps a symlink swapped in meanwhile out as well.
     """
-    import errno
-    import stat
-
     parts = [p for p in rel.split("/") if p not in ("", ".")]
     if not parts or ".." in parts:
         raise _PathRefused(rel)  # not below the root; the URI check quarantines these first
@@ -295,10 +285,6 @@ def read_inside(root_fd: int, rel: str) -> bytes | None:
 
 def _decode_check(content: bytes) -> tuple[bool, int | None, int | None]:
     """(whether `content` decodes as an image, width, height)."""
-    import io
-
-    from PIL import Image
-
     try:
         with Image.open(io.BytesIO(content)) as im:
             im.load()  # forces a full decode: verify() alone misses truncated data
@@ -309,8 +295,6 @@ def _decode_check(content: bytes) -> tuple[bool, int | None, int | None]:
 
 
 def _image_status_frame(rows: list[dict]) -> "pandas.DataFrame":
-    import pandas as pd
-
     cols = [c.split(" ")[0] for c in IMAGE_STATUS_SCHEMA.split(", ")]
     df = pd.DataFrame(rows, columns=cols)
     for c in ("width", "height"):
@@ -323,8 +307,6 @@ def read_local_images(spark: "SparkSession", landing_dir: str, rel_uris: list[st
 
     A path with a symlink on it is `_image_escapes` (quarantined as image_uri_escapes), never read.
     """
-    import hashlib
-
     def read_batches(batches):
         root_fd = os.open(landing_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
@@ -359,10 +341,6 @@ def read_new_images(spark: "SparkSession", landing: str, candidates_df: "DataFra
     A local landing area is read with read_local_images, so no symlink below it is followed;
     other file systems (s3a://) have no symlinks and are read with Spark's binaryFile source.
     """
-    from pyspark.sql import functions as F
-
-    from core.paths import is_local, local_path
-
     rel_uris = [r.image_uri for r in candidates_df.select("image_uri").distinct().collect()]
     if is_local(landing):
         return read_local_images(spark, local_path(landing), rel_uris)
@@ -374,8 +352,6 @@ def read_new_images(spark: "SparkSession", landing: str, candidates_df: "DataFra
         return missing_df
 
     def decode(batches):
-        import hashlib
-
         for pdf in batches:
             rows = []
             for path, content in zip(pdf["path"], pdf["content"]):
@@ -401,12 +377,6 @@ def read_new_images(spark: "SparkSession", landing: str, candidates_df: "DataFra
 # --------------------------------------------------------------------------- I/O
 
 
-def _delta_exists(spark: "SparkSession", uri: str) -> bool:
-    from delta.tables import DeltaTable
-
-    return DeltaTable.isDeltaTable(spark, uri)
-
-
 def _days_predicate(days: list[dt.date]) -> str:
     """The replaceWhere predicate selecting exactly `days` (consecutive dates, in order)."""
     if len(days) == 1:
@@ -416,16 +386,7 @@ def _days_predicate(days: list[dt.date]) -> str:
 
 def _replace_partitions(df: "DataFrame", uri: str, days: list[dt.date]) -> None:
     """Overwrite exactly the rows of `days` in one commit (creating the table on first write)."""
-    (df.write.format("delta").mode("overwrite").partitionBy("dt")
-     .option("replaceWhere", _days_predicate(days)).save(uri))
-
-
-def table_version(spark: "SparkSession", uri: str) -> int | None:
-    from delta.tables import DeltaTable
-
-    if not _delta_exists(spark, uri):
-        return None
-    return int(DeltaTable.forPath(spark, uri).history(1).select("version").collect()[0][0])
+    replace_where(df, uri, ["dt"], _days_predicate(days))
 
 
 def _require_complete(spark: "SparkSession", paths: Paths, days: list[dt.date]) -> None:
@@ -442,12 +403,6 @@ def _require_complete(spark: "SparkSession", paths: Paths, days: list[dt.date]) 
                        "or wait for upstream)")
 
 
-def read_landing(spark: "SparkSession", paths: Paths, day: dt.date) -> tuple["DataFrame", "DataFrame"]:
-    """The raw (impressions, ads) landing files of `day`; fails if its drop is not complete."""
-    _require_complete(spark, paths, [day])
-    return (spark.read.parquet(paths.landing_impressions(day)), spark.read.parquet(paths.landing_ads(day)))
-
-
 def read_landing_days(spark: "SparkSession", paths: Paths,
                       days: list[dt.date]) -> tuple["DataFrame", "DataFrame", dict[dt.date, dict]]:
     """Every day's drop projected onto the contract with its `dt`: (impressions_df, ads_df, drift).
@@ -455,9 +410,6 @@ def read_landing_days(spark: "SparkSession", paths: Paths,
     drift[day] = {"impressions": {"extra": [...], "missing": [...]}, "ads": {...}}, per day because
     each day's files may drift differently. All markers are checked before any file is read.
     """
-    from pyspark.sql import DataFrame
-    from pyspark.sql import functions as F
-
     _require_complete(spark, paths, days)
     parts: dict[str, list[DataFrame]] = {"impressions": [], "ads": []}
     drift: dict[dt.date, dict] = {}
@@ -497,8 +449,6 @@ class _Batch:
 
 def _prepare(spark: "SparkSession", paths: Paths, days: list[dt.date]) -> _Batch:
     """Read the days' drops and give every row its reason (null: it goes to bronze)."""
-    from pyspark.sql import functions as F
-
     started = time.time()
     imp_df, ads_df, drift = read_landing_days(spark, paths, days)
 
@@ -506,7 +456,7 @@ def _prepare(spark: "SparkSession", paths: Paths, days: list[dt.date]) -> _Batch
     ads_df = ads_df.cache()
     safe_df = ads_df.transform(with_uri_escape_flag).where(~F.col("_uri_escapes") & F.col("image_uri").isNotNull())
     known_df = known_ads_df = None
-    if _delta_exists(spark, paths.bronze_images):
+    if delta_exists(spark, paths.bronze_images):
         images_df = spark.read.format("delta").load(paths.bronze_images)
         known_df, known_ads_df = images_df.select("image_uri"), images_df.select("ad_id")
         candidates_df = safe_df.join(known_df, on="image_uri", how="left_anti")
@@ -532,9 +482,6 @@ def _image_conflicts(batch: _Batch) -> list[str]:
     the old URI forgotten), an ad already in bronze images gets a new URI, or a new URI belongs to
     several ads (a later day would find it known). Returns up to three examples; empty: no conflict.
     """
-    from pyspark.sql import DataFrame
-    from pyspark.sql import functions as F
-
     accepted_new_df = (batch.ads_reason_df.where(F.col("_reason").isNull()).select("ad_id", "image_uri")
                        .join(batch.new_images_df.select("image_uri"), on="image_uri", how="left_semi"))
     checks = [
@@ -556,8 +503,6 @@ def _counts_by_day(df: "DataFrame") -> dict[dt.date, int]:
 
 def _commit(spark: "SparkSession", paths: Paths, batch: _Batch) -> list[dict[str, Any]]:
     """Write a prepared batch (one commit per table) and its per-day ingest-run records."""
-    from pyspark.sql import functions as F
-
     days, first, last = batch.days, batch.days[0], batch.days[-1]
     try:
         bronze_ads_df = (batch.ads_reason_df.where(F.col("_reason").isNull())
@@ -582,7 +527,7 @@ def _commit(spark: "SparkSession", paths: Paths, batch: _Batch) -> list[dict[str
     in_batch = F.col("dt").between(F.lit(first), F.lit(last))
     bronze_imp = _counts_by_day(spark.read.format("delta").load(paths.bronze_impressions).where(in_batch))
     bronze_ads = _counts_by_day(spark.read.format("delta").load(paths.bronze_ads).where(in_batch))
-    versions = {name: table_version(spark, uri) for name, uri in
+    versions = {name: latest_version(spark, uri) for name, uri in
                 (("impressions", paths.bronze_impressions), ("ads", paths.bronze_ads),
                  ("images", paths.bronze_images), ("quarantine", paths.quarantine))}
     seconds = round(time.time() - batch.started, 2)
@@ -622,15 +567,12 @@ def _merge_images(spark: "SparkSession", paths: Paths, new_images_df: "DataFrame
     """Insert decodable new images of accepted ads, first seen on the first day their ad was accepted
     with them; an ad already in bronze images is updated when its image's sha256 differs.
     Returns the rows merged per first-seen day."""
-    from delta.tables import DeltaTable
-    from pyspark.sql import functions as F
-
     first_seen_df = (ads_reason_df.where(F.col("_reason").isNull()).select("ad_id", "image_uri", "dt")
                      .groupBy("ad_id", "image_uri").agg(F.min("dt").alias("first_seen_dt")))
     good_df = (first_seen_df.join(new_images_df.where(F.col("_image_ok")), on="image_uri", how="inner")
                .select("ad_id", "image_bytes", "width", "height", "sha256", "image_uri", "first_seen_dt"))
     per_day = {r["first_seen_dt"]: int(r["count"]) for r in good_df.groupBy("first_seen_dt").count().collect()}
-    if not _delta_exists(spark, paths.bronze_images):
+    if not delta_exists(spark, paths.bronze_images):
         good_df.write.format("delta").mode("overwrite").save(paths.bronze_images)
         return per_day
     if not per_day:
@@ -674,9 +616,6 @@ def run_range(cfg: PipelineConfig, spark: "SparkSession", first: dt.date, last: 
 
 
 def main(argv: list[str] | None = None) -> int:
-    from core.cli import config_from_args, date_arg, parse_date, setup_logging, stage_parser
-    from core.spark import get_spark
-
     setup_logging()
     ap = stage_parser("Ingest landing days into the bronze Delta tables.")
     ap.add_argument("--end-date", type=date_arg, help="ingest every day from --date to this date (inclusive) "
@@ -698,6 +637,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from core.cli import run_cli
-
     sys.exit(run_cli(main))

@@ -26,8 +26,14 @@ from typing import TYPE_CHECKING, Any
 if __package__ in (None, ""):  # spark-submit runs this file as a script
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from core.cli import run_cli, run_stage
 from core.config import PipelineConfig
 from core.paths import Paths, local_path
+from core.spark import get_spark
+from features.tables import FeaturesError, load_run_metadata
+from serving.lookup import sha256_file
+from serving.registry import PublishError, code_version, publish_version
+from spark_jobs.build_lookup import model_paths
 
 if TYPE_CHECKING:  # pragma: no cover
     from pyspark.sql import SparkSession
@@ -37,8 +43,6 @@ log = logging.getLogger("publish")
 
 def check_validation(record: dict[str, Any] | None, path: Path, model_sha256: str, manifest_sha256: str) -> None:
     """Raise PublishError unless the record passed every gate and matches the files to publish."""
-    from serving.registry import PublishError
-
     if record is None:
         raise PublishError(f"no validation record at {path}; run the validate stage for this date first")
     failed = [g["name"] for g in record.get("gates", []) if not g.get("passed")]
@@ -52,11 +56,6 @@ def check_validation(record: dict[str, Any] | None, path: Path, model_sha256: st
 
 def run(cfg: PipelineConfig, spark: "SparkSession", run_date: dt.date) -> dict[str, Any]:
     """Publish D's model + lookup table as a new version and make it live; returns its pointer entry."""
-    from serving.lookup import sha256_file
-    from serving.registry import code_version, publish_version
-    from spark_jobs import features
-    from spark_jobs.build_lookup import model_paths
-
     paths = Paths.of(cfg)
     record_path = Path(local_path(paths.validation_record(run_date)))
     record_bytes = record_path.read_bytes() if record_path.is_file() else None
@@ -67,8 +66,8 @@ def run(cfg: PipelineConfig, spark: "SparkSession", run_date: dt.date) -> dict[s
     check_validation(record, record_path, sha256_file(model_path) if model_path.is_file() else "",
                      sha256_file(lookup_dir / "manifest.json") if (lookup_dir / "manifest.json").is_file() else "")
     try:
-        input_versions = features.load_run_metadata(cfg, spark, run_date).get("bronze_versions", {})
-    except features.FeaturesError as e:
+        input_versions = load_run_metadata(cfg, spark, run_date).get("bronze_versions", {})
+    except FeaturesError as e:
         log.warning("no features run metadata for %s (%s); publishing without input versions", run_date, e)
         input_versions = {}
     # model.pt and its manifest only: the training checkpoint beside them is not part of a version.
@@ -88,18 +87,12 @@ def run(cfg: PipelineConfig, spark: "SparkSession", run_date: dt.date) -> dict[s
 
 
 def main(argv: list[str] | None = None) -> int:
-    from core.cli import config_from_args, parse_date, setup_logging, stage_parser
-    from core.spark import get_spark
+    def job(cfg: PipelineConfig, run_date: dt.date, args) -> dict[str, Any]:
+        entry = run(cfg, get_spark(cfg.spark), run_date)
+        return {"version": entry["version"], "dir": entry["dir"], "run_date": entry["run_date"]}
 
-    setup_logging()
-    args = stage_parser("Publish a validated run date's model and lookup table.").parse_args(argv)
-    cfg = config_from_args(args)
-    entry = run(cfg, get_spark(cfg.spark), parse_date(args.date))
-    print(json.dumps({"version": entry["version"], "dir": entry["dir"], "run_date": entry["run_date"]}))
-    return 0
+    return run_stage("Publish a validated run date's model and lookup table.", job, argv, log_name="publish")
 
 
 if __name__ == "__main__":
-    from core.cli import run_cli
-
     sys.exit(run_cli(main))

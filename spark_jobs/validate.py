@@ -29,6 +29,9 @@ only in those (serving.predictor).
 The record is written to <artifacts>/runs/D/validation.json before GateFailed is raised, and the
 run report's calibration bins and attention panels (reports.report_data) under
 <artifacts>/runs/D/report_data/ before any gate is evaluated.
+
+torch (models.*, serving.predictor) is imported inside the functions that score, so that a bad
+argument is reported without loading it (tests/test_cli_errors.py).
 """
 
 from __future__ import annotations
@@ -48,9 +51,24 @@ if __package__ in (None, ""):  # spark-submit runs this file as a script
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np
+import pyarrow as pa
+from pyspark.sql import functions as F
 
+from core.cli import run_cli, run_stage
 from core.config import PipelineConfig
 from core.paths import Paths, local_path
+from core.spark import get_spark
+from expectations.lookup import build_lookup_suite, project_lookup
+from expectations.runner import validate
+from features.encoder import load_encoder_file
+from features.spec import MULTI_FIELDS, SINGLE_FIELDS
+from features.tables import AD_COUNTS_TABLE, load_examples
+from reports.report_data import category_ids_of, write_report_data
+from serving.lookup import coverage_curve, sha256_file
+from serving.registry import read_current, verify_version, version_dir
+from serving.requests import EncodedRequests
+from spark_jobs.build_lookup import ENCODER_FILE, candidates_uri, model_paths, read_images, stack_images
+from spark_jobs.feature_transforms import with_catalog
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -108,8 +126,6 @@ def holdout_coverage_curve(table_ads: np.ndarray, window_impressions: np.ndarray
                            points: int = 6) -> list[dict[str, float]]:
     """Coverage of the holdout impressions by the table's top-b ads (frequency control order) for
     budgets b = n / 2^k, k = points-1 .. 0 (n = table rows)."""
-    from serving.lookup import coverage_curve
-
     n = len(table_ads)
     budgets = sorted({max(1, n >> k) for k in range(points)}) if n else []
     return coverage_curve(window_impressions, table_ads, holdout_ads, budgets)
@@ -129,7 +145,6 @@ def reference_scores(model: Any, holdout: "pd.DataFrame", images: dict[int, np.n
 
     from models.batching import encode_examples
     from models.train import embed_images, predict
-    from spark_jobs.build_lookup import stack_images
 
     full = predict(model, holdout, images, batch_size=batch_size)
     data = encode_examples(holdout, model.spec, require_label=False)
@@ -152,7 +167,6 @@ def reference_scores(model: Any, holdout: "pd.DataFrame", images: dict[int, np.n
 def holdout_requests(model_spec: Any, holdout: "pd.DataFrame") -> Any:
     """The holdout rows as the predictor's encoded requests (serving.requests.EncodedRequests)."""
     from models.batching import encode_examples
-    from serving.requests import EncodedRequests
 
     data = encode_examples(holdout, model_spec, require_label=False)
     multi_values = {k: v for k, (v, _) in data.multi.items()}
@@ -187,11 +201,6 @@ def check_precisions(predictor: Any, requests: Any, fp32_scores: np.ndarray, in_
 
 def raw_holdout(cfg: PipelineConfig, spark: "SparkSession", run_date: dt.date) -> Any:
     """The holdout day's raw joined rows (bronze impressions of D + their catalog rows) as Arrow."""
-    from pyspark.sql import functions as F
-
-    from core.feature_spec import MULTI_FIELDS, SINGLE_FIELDS
-    from spark_jobs.features import with_catalog
-
     paths = Paths.of(cfg)
     imp_df = spark.read.format("delta").load(paths.bronze_impressions).where(F.col("dt") == F.lit(run_date))
     ads_df = spark.read.format("delta").load(paths.bronze_ads)
@@ -203,12 +212,7 @@ def raw_holdout(cfg: PipelineConfig, spark: "SparkSession", run_date: dt.date) -
 def live_model_auc(cfg: PipelineConfig, spark: "SparkSession", run_date: dt.date, live: dict[str, Any],
                    batch_size: int) -> float:
     """Holdout AUC of the live version: its encoder on the raw holdout rows, its full model (with CNN)."""
-    import pyarrow as pa
-
     from models.train import auc_score, load_model, predict
-    from serving.registry import verify_version, version_dir
-    from serving.requests import load_encoder_file
-    from spark_jobs.build_lookup import read_images
 
     folder = version_dir(cfg, live)
     verify_version(folder, live.get("version_sha256"))  # the live files, checked from the pointer down
@@ -229,15 +233,8 @@ def live_model_auc(cfg: PipelineConfig, spark: "SparkSession", run_date: dt.date
 
 def run(cfg: PipelineConfig, spark: "SparkSession", run_date: dt.date) -> dict[str, Any]:
     """Evaluate every gate of run date D, write validation.json, raise GateFailed if any failed."""
-    from expectations.lookup import build_lookup_suite, project_lookup
-    from expectations.runner import validate
     from models.train import compute_metrics, load_model
-    from reports.report_data import category_ids_of, write_report_data
-    from serving.lookup import sha256_file
     from serving.predictor import Predictor
-    from serving.registry import read_current
-    from spark_jobs import features
-    from spark_jobs.build_lookup import ENCODER_FILE, candidates_uri, model_paths, read_images
 
     started = time.monotonic()
     gc, bs = cfg.gates, cfg.inference.batch_size
@@ -248,7 +245,7 @@ def run(cfg: PipelineConfig, spark: "SparkSession", run_date: dt.date) -> dict[s
     # Verifies the files as serving will. The score-match gate compares the table path with the CNN
     # in the model's own arithmetic (fp32); reduced serving precisions are checked against fp32 below.
     predictor = Predictor.load(model_path, lookup_dir, precision="fp32")
-    holdout = features.load_examples(cfg, spark, run_date, "holdout")
+    holdout = load_examples(cfg, spark, run_date, "holdout")
     if holdout.empty:
         raise RuntimeError(f"the holdout of {run_date} has no rows; nothing to validate against (no record written)")
     images = read_images(spark, paths, holdout["ad_id"].to_numpy())
@@ -286,7 +283,7 @@ def run(cfg: PipelineConfig, spark: "SparkSession", run_date: dt.date) -> dict[s
         Verdict("lookup_quality", not gx.failed_critical, float(len(gx.failed_critical)), 0.0,
                 ("; ".join(gx.failed_critical) + "; " if gx.failed_critical else "") + f"report {gx.report_path}"),
     ]
-    counts = (spark.read.format("delta").load(paths.table(features.AD_COUNTS_TABLE))
+    counts = (spark.read.format("delta").load(paths.table(AD_COUNTS_TABLE))
               .where(f"run_date = DATE'{run_date.isoformat()}'").select("ad_id", "impressions").toArrow())
     impressions_of = dict(zip(counts.column("ad_id").to_pylist(), counts.column("impressions").to_pylist()))
     table_ads = np.asarray(predictor.table.ad_ids)
@@ -325,18 +322,12 @@ def run(cfg: PipelineConfig, spark: "SparkSession", run_date: dt.date) -> dict[s
 
 
 def main(argv: list[str] | None = None) -> int:
-    from core.cli import config_from_args, parse_date, setup_logging, stage_parser
-    from core.spark import get_spark
+    def job(cfg: PipelineConfig, run_date: dt.date, args) -> dict[str, Any]:
+        record = run(cfg, get_spark(cfg.spark), run_date)
+        return {"run_date": record["run_date"], "passed": record["passed"]}
 
-    setup_logging()
-    args = stage_parser("Evaluate the publication gates of a run date.").parse_args(argv)
-    cfg = config_from_args(args)
-    record = run(cfg, get_spark(cfg.spark), parse_date(args.date))
-    print(json.dumps({"run_date": record["run_date"], "passed": record["passed"]}))
-    return 0
+    return run_stage("Evaluate the publication gates of a run date.", job, argv, log_name="validate")
 
 
 if __name__ == "__main__":
-    from core.cli import run_cli
-
     sys.exit(run_cli(main))

@@ -27,11 +27,13 @@ GOOD_DATE = "2026-02-02"
 STAGES = {
     "ingest": (["spark_jobs/ingest.py"], "--date", False),
     "check_quality": (["spark_jobs/check_quality.py"], "--date", False),
-    "features": (["spark_jobs/features.py"], "--date", False),
+    "build_window": (["spark_jobs/build_window.py"], "--date", False),
+    "check_examples": (["spark_jobs/check_examples.py"], "--date", False),
+    "export_snapshot": (["spark_jobs/export_snapshot.py"], "--date", False),
     "build_lookup": (["spark_jobs/build_lookup.py"], "--date", False),
     "validate": (["spark_jobs/validate.py"], "--date", False),
     "publish": (["spark_jobs/publish.py"], "--date", False),
-    "train_job": (["-m", "models.train_job"], "--date", False),
+    "train_model": (["-m", "spark_jobs.train_model"], "--date", False),
 }
 OTHER_CLIS = {
     "simworld": (["-m", "simworld", "--end", "2026-01-02"], "--start", False),

@@ -25,9 +25,10 @@ from pyspark.sql import functions as F
 
 from core.config import load_config
 from core.paths import Paths
+from features import tables
 from serving.registry import read_current
 from simworld.generate import generate_day
-from spark_jobs import features, ingest
+from spark_jobs import ingest
 from spark_jobs.day_status import latest_verdicts
 from tests.dags.test_dag_run import _dags_test
 from tests.dags.tiny_world import CONFIG, EPOCH
@@ -63,7 +64,7 @@ def _example_rows_of(spark, cfg, run_date: dt.date, day: dt.date) -> int:
     day_ids = (spark.read.format("delta").load(Paths.of(cfg).bronze_impressions)
                .where(F.col("dt") == F.lit(day)).select("impression_id"))
     assert day_ids.count() > 0, f"bronze holds no impressions of {day}"
-    return features.read_examples(cfg, spark, run_date).join(day_ids, "impression_id", "left_semi").count()
+    return tables.read_examples(cfg, spark, run_date).join(day_ids, "impression_id", "left_semi").count()
 
 
 @pytest.mark.timeout(4800)  # four whole-DAG runs, beyond the suite-wide 1200 s

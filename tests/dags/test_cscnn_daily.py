@@ -16,13 +16,16 @@ DAG_ID = "cscnn_daily"
 SPARK_TASKS = {
     "ingest_day": "ingest.py",
     "check_bronze_quality": "check_quality.py",
-    "build_window": "features.py",
+    "build_window": "build_window.py",
+    "check_examples_quality": "check_examples.py",
+    "export_training_snapshot": "export_snapshot.py",
     "build_lookup_table": "build_lookup.py",
     "validate_gates": "validate.py",
     "publish": "publish.py",
 }
-PIPELINE_ORDER = ["build_config", "ingest_day", "check_bronze_quality", "build_window", "train_model",
-                  "build_lookup_table", "validate_gates", "publish", "render_report", "conclude_run"]
+PIPELINE_ORDER = ["build_config", "ingest_day", "check_bronze_quality", "build_window", "check_examples_quality",
+                  "export_training_snapshot", "train_model", "build_lookup_table", "validate_gates", "publish",
+                  "render_report", "conclude_run"]
 
 
 def _run_python(code: str, extra_env: dict[str, str] | None = None) -> dict:
@@ -135,7 +138,7 @@ def test_train_model_runs_the_loopback_launcher_on_the_configured_queue(dag):
     from dags.cscnn_daily import train_command
 
     command = train_command("/runs/2026-02-02/config.json")
-    assert f"{sys.executable} -m models.launch --nproc-per-node \"$NPROC\" -m models.train_job" in command
+    assert f"{sys.executable} -m models.launch --nproc-per-node \"$NPROC\" -m spark_jobs.train_model" in command
     assert "torchrun" not in command
     assert "--date {{ ds }} --config /runs/2026-02-02/config.json" in command
 

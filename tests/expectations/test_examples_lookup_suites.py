@@ -7,10 +7,10 @@ import math
 
 import pytest
 
-from core.feature_spec import FeatureSpec
 from expectations.examples import build_examples_suite, project_examples
 from expectations.lookup import build_lookup_suite, project_lookup
 from expectations.runner import DataQualityError, raise_on_critical, validate
+from features.spec import FeatureSpec
 from tests.expectations.conftest import failed_keys
 
 SPEC = FeatureSpec(single={"user_id": 5, "ad_id": 4, "category_id": 3}, multi={"title_words": 6})

@@ -6,7 +6,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from spark_jobs.feature_encoding import FeatureEncoder, apply_bin_edges, lookup_ids
+from features.encoder import FeatureEncoder, apply_bin_edges, lookup_ids
 
 
 def test_apply_bin_edges_scalars_arrays_and_nulls():
@@ -78,5 +78,5 @@ def test_encode_single_arrays_equal_the_binary_search(span):
     got = encoder.encode_single("user_id", values, valid)
     assert got.dtype == np.int32
     np.testing.assert_array_equal(got, lookup_ids(*encoder.vocab["user_id"], values, valid))
-    assert (encoder._dense_table("user_id") is None) == (span > 10**6)
+    assert (encoder.direct_ids("user_id") is None) == (span > 10**6)
     assert encoder.encode_single("user_id", next(iter(entries))) == 1  # scalars take the same ids

@@ -1,4 +1,4 @@
-"""The examples assembly's numpy parts (spark_jobs/examples.py) on small arrays and tables."""
+"""The examples assembly's numpy parts (spark_jobs/example_assembly.py) on small arrays and tables."""
 
 from __future__ import annotations
 
@@ -8,10 +8,13 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from spark_jobs.examples import NULL_AD_KEY, ad_group_layout, ad_order, take_rows
+from features.examples import take_rows
+from spark_jobs.example_assembly import NULL_AD_KEY, ad_group_layout, ad_order
 
 
 @pytest.mark.parametrize("seed", range(6))
+
+
 def test_ad_order_is_lexsort_with_nulls_ties_and_huge_ids(seed):
     rng = np.random.default_rng(seed)
     pool = np.array([NULL_AD_KEY, -5, 0, 3, 7, 2**62, 2**63 - 1], dtype=np.int64)

@@ -11,9 +11,10 @@ from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 
 from core.paths import Paths
-from spark_jobs import features
+from features import tables
+from spark_jobs import build_window
+from spark_jobs.build_window import FailedDaysError
 from spark_jobs.day_status import record_verdict
-from spark_jobs.features import FailedDaysError
 from tests.features.bronze_fixture import replace_bronze_day
 from tests.features.test_run import DAYS, day_impressions, make_cfg, table, write_days
 
@@ -27,7 +28,7 @@ def _verdict(spark, cfg, day, passed):
 
 def _days_in_examples(spark, cfg, run_date) -> set[str]:
     """The %m%d prefixes of the impression ids in a run date's examples (one per bronze day)."""
-    rows = (features.read_examples(cfg, spark, run_date)
+    rows = (tables.read_examples(cfg, spark, run_date)
             .select(F.split("impression_id", "-")[0].alias("d")).distinct().collect())
     return {r["d"] for r in rows}
 
@@ -36,11 +37,11 @@ def _assert_same_as_full_rebuild(spark, cfg, meta, full_root, run_date, steps):
     """A full rebuild on a fresh root, after `steps(full_cfg)`, gives the incremental run's outputs."""
     full_cfg = make_cfg(full_root, **{"features.incremental": False})
     steps(full_cfg)
-    full = features.run(full_cfg, spark, run_date)
-    for name in (features.VOCAB_TABLE, features.BINS_TABLE, features.AD_COUNTS_TABLE):
+    full = build_window.run(full_cfg, spark, run_date)
+    for name in (tables.VOCAB_TABLE, tables.BINS_TABLE, tables.AD_COUNTS_TABLE):
         assertDataFrameEqual(table(spark, full_cfg, name, run_date), table(spark, cfg, name, run_date))
-    assertDataFrameEqual(features.read_examples(full_cfg, spark, run_date),
-                         features.read_examples(cfg, spark, run_date))
+    assertDataFrameEqual(tables.read_examples(full_cfg, spark, run_date),
+                         tables.read_examples(cfg, spark, run_date))
     for key in ("window_days", "excluded_days", "feature_spec", "vocab_sizes", "bin_edges", "rows", "oov_rate"):
         assert full[key] == meta[key], key
 
@@ -52,13 +53,13 @@ def test_failed_day_is_excluded_then_included_again_after_it_passes(spark, tmp_p
     _verdict(spark, cfg, FAILED, True)
     _verdict(spark, cfg, FAILED, False)  # the latest verdict wins
 
-    first = features.run(cfg, spark, DAYS[3])
+    first = build_window.run(cfg, spark, DAYS[3])
     assert first["excluded_days"] == [{"date": FAILED.isoformat(), "reason": REASON}]
     assert first["window_days"] == [d.isoformat() for d in DAYS[0:2]] and first["missing_days"] == []
     assert first["short_window"] is True
     assert _days_in_examples(spark, cfg, DAYS[3]) == {f"{d:%m%d}" for d in (*DAYS[0:2], DAYS[3])}
 
-    second = features.run(cfg, spark, DAYS[4])
+    second = build_window.run(cfg, spark, DAYS[4])
     assert second["window_days"] == [DAYS[1].isoformat(), DAYS[3].isoformat()]
     assert FAILED.isoformat() not in second["counted_days"]
 
@@ -72,7 +73,7 @@ def test_failed_day_is_excluded_then_included_again_after_it_passes(spark, tmp_p
     corrected = day_impressions(2, salt=1)
     replace_bronze_day(spark, cfg, FAILED, corrected)
     _verdict(spark, cfg, FAILED, True)
-    again = features.run(cfg, spark, DAYS[4])
+    again = build_window.run(cfg, spark, DAYS[4])
     assert again["excluded_days"] == [] and again["short_window"] is False
     assert again["window_days"] == [d.isoformat() for d in DAYS[1:4]]
     assert again["counted_days"] == [FAILED.isoformat()]  # only the re-ingested day is recounted
@@ -90,9 +91,9 @@ def test_fail_policy_and_a_failed_holdout_stop_the_stage(spark, tmp_path):
     write_days(spark, cfg, range(4))
     _verdict(spark, cfg, FAILED, False)
     with pytest.raises(FailedDaysError, match=f"{FAILED}: {REASON[:20]}.*features.failed_days=exclude"):
-        features.run(cfg, spark, DAYS[3])
+        build_window.run(cfg, spark, DAYS[3])
     with pytest.raises(FailedDaysError, match=f"holdout day {FAILED} failed its quality check"):
-        features.run(cfg.replace({"features.failed_days": "exclude"}), spark, FAILED)
+        build_window.run(cfg.replace({"features.failed_days": "exclude"}), spark, FAILED)
 
 
 def test_failed_days_policy_is_validated(tmp_path):

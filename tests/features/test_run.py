@@ -10,10 +10,11 @@ from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 
 from core.config import load_config
-from core.feature_spec import FeatureSpec
 from core.paths import Paths
-from spark_jobs import features
-from spark_jobs.features import FeaturesError
+from features import tables
+from features.spec import FeatureSpec
+from features.tables import FeaturesError
+from spark_jobs import build_window
 from tests.features.bronze_fixture import D0, ad, impression, replace_bronze_day, write_bronze
 
 DAYS = [D0 + dt.timedelta(days=k) for k in range(5)]  # window of DAYS[3] is DAYS[0..2], of DAYS[4] DAYS[1..3]
@@ -55,8 +56,8 @@ def built(spark, tmp_path_factory):
     """Bronze days 0..4, then incremental runs for DAYS[3] and DAYS[4] (the second reuses counts)."""
     cfg = make_cfg(tmp_path_factory.mktemp("features_incremental"))
     write_days(spark, cfg, range(5))
-    first = features.run(cfg, spark, DAYS[3])
-    second = features.run(cfg, spark, DAYS[4])
+    first = build_window.run(cfg, spark, DAYS[3])
+    second = build_window.run(cfg, spark, DAYS[4])
     return cfg, first, second
 
 
@@ -73,18 +74,18 @@ def test_full_rebuild_gives_identical_outputs(spark, built, tmp_path):
     cfg, _first, incremental = built
     full_cfg = make_cfg(tmp_path / "full", **{"features.incremental": False})
     write_days(spark, full_cfg, range(5))
-    full = features.run(full_cfg, spark, DAYS[4])
+    full = build_window.run(full_cfg, spark, DAYS[4])
     assert full["counted_days"] == [d.isoformat() for d in DAYS[1:4]]
-    for name in (features.VOCAB_TABLE, features.BINS_TABLE, features.AD_COUNTS_TABLE):
+    for name in (tables.VOCAB_TABLE, tables.BINS_TABLE, tables.AD_COUNTS_TABLE):
         assertDataFrameEqual(table(spark, full_cfg, name, DAYS[4]), table(spark, cfg, name, DAYS[4]))
-    assertDataFrameEqual(features.read_examples(full_cfg, spark, DAYS[4]), features.read_examples(cfg, spark, DAYS[4]))
+    assertDataFrameEqual(tables.read_examples(full_cfg, spark, DAYS[4]), tables.read_examples(cfg, spark, DAYS[4]))
     for key in ("feature_spec", "vocab_sizes", "bin_edges", "rows", "oov_rate", "oov_rate_window"):
         assert full[key] == incremental[key], key
 
 
 def test_vocabulary_bins_and_oov_of_a_run(spark, built):
     cfg, _first, second = built
-    vocab = table(spark, cfg, features.VOCAB_TABLE, DAYS[4]).where(F.col("field").isin("user_location", "ad_id",
+    vocab = table(spark, cfg, tables.VOCAB_TABLE, DAYS[4]).where(F.col("field").isin("user_location", "ad_id",
                                                                                        "hist_categories"))
     expected = spark.createDataFrame([
         (DAYS[4], "user_location", 1, 1, 21),  # the null location of each day is not a value
@@ -95,21 +96,21 @@ def test_vocabulary_bins_and_oov_of_a_run(spark, built):
     # price (16 bins asked): ad 1 at 11, 12, 13 (4 impressions each), ad 3 at 30 (3), ad 2 null (9);
     # so the k/16 quantiles of 15 non-null values are 11 (k <= 4), 12, 13 (k <= 12) and 30.
     # review_count: 1 (12 impressions), 2 (9), null (3).
-    bins = table(spark, cfg, features.BINS_TABLE, DAYS[4])
+    bins = table(spark, cfg, tables.BINS_TABLE, DAYS[4])
     assertDataFrameEqual(bins, spark.createDataFrame(
         [(DAYS[4], "price", [11.0, 12.0, 13.0, 30.0]), (DAYS[4], "review_count", [1.0, 2.0])],
         "run_date date, field string, edges array<double>"))
     assert second["oov_rate_window"]["user_location"] == pytest.approx(3 / 24)
     assert second["oov_rate"]["holdout"]["user_id"] == pytest.approx(1 / 9)  # user 999 is unseen
     assert second["vocab_sizes"]["price"] == 6 and second["vocab_sizes"]["ad_id"] == 4
-    holdout = features.read_examples(cfg, spark, DAYS[4]).where("split = 'holdout' AND ad_id = 9")
+    holdout = tables.read_examples(cfg, spark, DAYS[4]).where("split = 'holdout' AND ad_id = 9")
     row = holdout.select("f_user_id", "f_ad_id", "f_price", "is_cold").collect()
     assert [tuple(r) for r in row] == [(0, 0, 5, True)]  # unseen user and ad -> OOV; 99.0 above all edges
 
 
 def test_groups_and_row_order(spark, built):
     cfg, _first, _second = built
-    examples = features.read_examples(cfg, spark, DAYS[4])
+    examples = tables.read_examples(cfg, spark, DAYS[4])
     per_group = examples.groupBy("split", "group_id").agg(F.count(F.lit(1)).alias("n"),
                                                           F.countDistinct("ad_id").alias("ads"))
     assert per_group.where((F.col("n") > 2) | (F.col("ads") != 1)).count() == 0
@@ -122,35 +123,35 @@ def test_groups_and_row_order(spark, built):
 
 def test_readers_for_the_trainer(spark, built):
     cfg, _first, second = built
-    spec = features.load_feature_spec(cfg, spark, DAYS[4])
+    spec = tables.load_feature_spec(cfg, spark, DAYS[4])
     assert spec == FeatureSpec(**second["feature_spec"])
-    train = features.load_examples(cfg, spark, DAYS[4], "train")
-    assert list(train.columns) == list(features.EXAMPLE_COLUMNS)
+    train = tables.load_examples(cfg, spark, DAYS[4], "train")
+    assert list(train.columns) == list(tables.EXAMPLE_COLUMNS)
     assert train["row_idx"].tolist() == list(range(24))
     for name, size in spec.single.items():
         assert train[f"f_{name}"].between(0, size - 1).all(), name
-    assert features.load_run_metadata(cfg, spark, DAYS[4])["counted_days"] == second["counted_days"]
-    encoder = features.load_encoder(cfg, spark, DAYS[4])
+    assert tables.load_run_metadata(cfg, spark, DAYS[4])["counted_days"] == second["counted_days"]
+    encoder = tables.load_encoder(cfg, spark, DAYS[4])
     assert encoder.encode_single("ad_id", 2) == 2 and encoder.encode_single("price", 12.5) == 3
     with pytest.raises(FeaturesError, match="unknown split 'test'"):
-        features.load_examples(cfg, spark, DAYS[4], "test")
+        tables.load_examples(cfg, spark, DAYS[4], "test")
     with pytest.raises(FeaturesError, match="2026-03-01"):
-        features.load_feature_spec(cfg, spark, DAYS[0])
+        tables.load_feature_spec(cfg, spark, DAYS[0])
 
 
 def test_missing_window_days_error_or_short_window(spark, tmp_path, caplog):
     cfg = make_cfg(tmp_path / "short")
     write_days(spark, cfg, [0, 2, 3])
     with pytest.raises(FeaturesError, match=r"1 of 3 window days .*: 2026-03-02;"):
-        features.run(cfg, spark, DAYS[3])
+        build_window.run(cfg, spark, DAYS[3])
     with pytest.raises(FeaturesError, match="holdout day 2026-03-05"):
-        features.run(cfg, spark, DAYS[4])
+        build_window.run(cfg, spark, DAYS[4])
     short_cfg = cfg.replace({"features.allow_short_window": True})
     with caplog.at_level(logging.WARNING, logger="features"):
-        meta = features.run(short_cfg, spark, DAYS[3])
+        meta = build_window.run(short_cfg, spark, DAYS[3])
     assert "short window, 1 missing day(s): 2026-03-02" in caplog.text
     assert meta["window_days"] == ["2026-03-01", "2026-03-03"] and meta["missing_days"] == ["2026-03-02"]
-    run_row = table(spark, cfg, features.RUNS_TABLE, DAYS[3]).select("window_days", "short_window").collect()
+    run_row = table(spark, cfg, tables.RUNS_TABLE, DAYS[3]).select("window_days", "short_window").collect()
     assert [tuple(r) for r in run_row] == [([DAYS[0], DAYS[2]], True)]
     assert meta["rows"]["train"] == 16
 
@@ -158,17 +159,17 @@ def test_missing_window_days_error_or_short_window(spark, tmp_path, caplog):
 def test_rerun_replaces_and_pinned_versions_reproduce(spark, tmp_path):
     cfg = make_cfg(tmp_path / "rerun")
     write_days(spark, cfg, range(4))
-    first = features.run(cfg, spark, DAYS[3])
-    first_examples = features.read_examples(cfg, spark, DAYS[3]).toPandas()
+    first = build_window.run(cfg, spark, DAYS[3])
+    first_examples = tables.read_examples(cfg, spark, DAYS[3]).toPandas()
 
     replace_bronze_day(spark, cfg, DAYS[1], day_impressions(1, salt=1)[:6])  # late correction of a window day
-    second = features.run(cfg, spark, DAYS[3])
+    second = build_window.run(cfg, spark, DAYS[3])
     assert second["counted_days"] == [DAYS[1].isoformat()]  # only the changed day is recounted
     assert second["rows"]["train"] == 22
-    assert features.read_examples(cfg, spark, DAYS[3]).count() == 22 + 8  # replaced, not appended
+    assert tables.read_examples(cfg, spark, DAYS[3]).count() == 22 + 8  # replaced, not appended
 
-    again = features.run(cfg, spark, DAYS[3], bronze_versions=first["bronze_versions"])
+    again = build_window.run(cfg, spark, DAYS[3], bronze_versions=first["bronze_versions"])
     assert again["bronze_versions"] == first["bronze_versions"] and again["rows"] == first["rows"]
-    assertDataFrameEqual(features.read_examples(cfg, spark, DAYS[3]), spark.createDataFrame(first_examples))
+    assertDataFrameEqual(tables.read_examples(cfg, spark, DAYS[3]), spark.createDataFrame(first_examples))
     with pytest.raises(FeaturesError, match=r"bronze_versions\['ads'\] = 99"):
-        features.run(cfg, spark, DAYS[3], bronze_versions={"ads": 99})
+        build_window.run(cfg, spark, DAYS[3], bronze_versions={"ads": 99})

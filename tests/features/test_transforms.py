@@ -10,10 +10,12 @@ from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 
 from core.config import FeaturesConfig
-from spark_jobs.feature_encoding import FeatureEncoder
-from spark_jobs.examples import NULL_AD_KEY, ad_group_layout, encode_day_rows, within_ad_keys
-from spark_jobs.features import (FeaturesError, agg_bin_edges, agg_daily_value_counts, agg_vocabulary,
-                                 agg_window_counts, min_count_thresholds, with_ad_positions)
+from features.encoder import FeatureEncoder
+from features.tables import FeaturesError
+from spark_jobs.build_window import min_count_thresholds
+from spark_jobs.example_assembly import NULL_AD_KEY, ad_group_layout, encode_day_rows, within_ad_keys
+from spark_jobs.feature_transforms import (agg_bin_edges, agg_daily_value_counts, agg_vocabulary,
+                                           agg_window_counts, with_ad_positions)
 from tests.features.bronze_fixture import D0, JOINED_DDL, ad, as_tuples, impression
 
 COUNTS_DDL = "field string, value bigint, num_value double, count bigint"

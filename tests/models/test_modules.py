@@ -31,7 +31,7 @@ def data():
 
 
 def test_field_embedding_shape_and_empty_lists_pool_to_zero():
-    from core.feature_spec import FeatureSpec
+    from features.spec import FeatureSpec
     spec = FeatureSpec(single={"b": 5, "a": 3}, multi={"words": 7})
     emb = FieldEmbedding(spec, dim=4)
     single = torch.tensor([[1, 2], [0, 4]])  # columns in sorted order: a, b

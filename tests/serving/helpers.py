@@ -9,9 +9,9 @@ import numpy as np
 import pandas as pd
 
 from core.config import load_config
-from core.feature_spec import MULTI_FIELDS, NUMERIC_FIELDS, SINGLE_FIELDS
+from features.encoder import VOCAB_FIELDS, FeatureEncoder
+from features.spec import MULTI_FIELDS, NUMERIC_FIELDS, SINGLE_FIELDS
 from models.synthetic import make_examples, make_spec
-from spark_jobs.feature_encoding import VOCAB_FIELDS, FeatureEncoder
 
 VOCAB = 13
 SMALL = {"model.deep_dims": [16, 8], "model.head_dims": [8], "model.visual_dim": 6,

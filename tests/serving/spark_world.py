@@ -20,14 +20,15 @@ import pandas as pd
 import pyarrow as pa
 from PIL import Image
 
-from core.feature_spec import MULTI_FIELDS, NUMERIC_FIELDS, SINGLE_FIELDS
 from core.paths import Paths
-from spark_jobs import examples, features
+from features import tables
+from features.examples import FILE_COLUMNS
+from features.spec import MULTI_FIELDS, NUMERIC_FIELDS, SINGLE_FIELDS
+from spark_jobs import example_assembly
 from tests.serving.helpers import identity_encoder, requests_from_examples, synthetic_world
 
 D = dt.date(2026, 3, 2)
 AD_FIELDS = ("category_id", "parent_category_id", "brand_id", "shop_id", "price", "review_count", "title_words")
-
 
 VOCAB = 64  # > n_ads: every ad gets its own ad-id embedding
 
@@ -93,22 +94,22 @@ def write_tables(spark, cfg, world, run_date: dt.date = D) -> None:
         df = df.assign(run_date=run_date)
         for name in MULTI_FIELDS:
             df[f"m_{name}"] = df[f"m_{name}"].map(lambda v: [int(x) for x in v])
-        split_tables[split] = pa.Table.from_pandas(df[list(examples.FILE_COLUMNS)], preserve_index=False)
-    examples.write_examples_table(spark, features.examples_uri(cfg, run_date), split_tables)
+        split_tables[split] = pa.Table.from_pandas(df[list(FILE_COLUMNS)], preserve_index=False)
+    example_assembly.write_examples_table(spark, tables.examples_uri(cfg, run_date), split_tables)
 
     enc = identity_encoder(ad_code, VOCAB)
     vocab_rows = [(run_date, name, int(v), int(i), 10) for name, (vals, ids) in enc.vocab.items()
                   for v, i in zip(vals.tolist(), ids.tolist())]
     spark.createDataFrame(vocab_rows, "run_date date, field string, value bigint, id int, count bigint") \
-        .write.format("delta").mode("overwrite").save(paths.table(features.VOCAB_TABLE))
+        .write.format("delta").mode("overwrite").save(paths.table(tables.VOCAB_TABLE))
     spark.createDataFrame([(run_date, n, enc.bin_edges[n].tolist()) for n in NUMERIC_FIELDS],
                           "run_date date, field string, edges array<double>") \
-        .write.format("delta").mode("overwrite").save(paths.table(features.BINS_TABLE))
+        .write.format("delta").mode("overwrite").save(paths.table(tables.BINS_TABLE))
     counts = train_df.groupby("ad_id").size()
     spark.createDataFrame([(run_date, int(a), int(c)) for a, c in counts.items()],
                           "run_date date, ad_id bigint, impressions bigint") \
-        .write.format("delta").mode("overwrite").save(paths.table(features.AD_COUNTS_TABLE))
+        .write.format("delta").mode("overwrite").save(paths.table(tables.AD_COUNTS_TABLE))
     meta = {"run_date": run_date.isoformat(), "bronze_versions": {"impressions": 0, "ads": 0}}
     spark.createDataFrame([(run_date, spec.to_json(), json.dumps(meta))],
                           "run_date date, feature_spec string, metadata string") \
-        .write.format("delta").mode("overwrite").save(paths.table(features.RUNS_TABLE))
+        .write.format("delta").mode("overwrite").save(paths.table(tables.RUNS_TABLE))

@@ -19,10 +19,10 @@ import torch
 
 from models.ctr import CTRModel
 from models.train import WarmStartError, warm_start
-from models.train_job import live_model_path
 from serving import registry
 from serving.lookup import IntegrityError, sha256_file
 from serving.predictor import Predictor
+from spark_jobs.train_model import live_model_path
 from tests.serving.helpers import requests_from_examples, small_cfg
 from tests.serving.test_predictor import served  # noqa: F401  (fixture)
 

@@ -6,21 +6,22 @@ import numpy as np
 import pytest
 import torch
 
+from core.config import load_config
+from features.spec import FeatureSpec
 from models.train import embed_images, predict, train
 from serving.lookup import IntegrityError, make_reduction, sha256_file, write_lookup_files
-from core.config import load_config
-from core.feature_spec import FeatureSpec
-from serving import predictor as predictor_module
 from serving.predictor import PRECISION_TOLERANCE, InferenceHead, ModelHead, Predictor
 from serving.requests import RequestError, save_encoder
+from serving import predictor as predictor_module
 from spark_jobs.build_lookup import stack_images
-
 from tests.serving.helpers import identity_encoder, requests_from_examples, small_cfg, synthetic_world
 
 REDUCED = [p for p in PRECISION_TOLERANCE if p != "fp32"]
 
 
 @pytest.fixture(scope="module")
+
+
 def served(tmp_path_factory):
     """A trained tiny CSCNN model and float32 serving files of every ad of its examples."""
     root = tmp_path_factory.mktemp("predictor")

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from core.feature_spec import MULTI_FIELDS, NUMERIC_FIELDS, SINGLE_FIELDS
+from features.encoder import VOCAB_FIELDS, FeatureEncoder
+from features.spec import MULTI_FIELDS, NUMERIC_FIELDS, SINGLE_FIELDS
 from serving.requests import RequestColumns, RequestEncoder, encode_requests
-from spark_jobs.feature_encoding import VOCAB_FIELDS, FeatureEncoder
 
 SINGLE_NAMES = tuple(sorted(SINGLE_FIELDS))
 MULTI_NAMES = tuple(sorted(MULTI_FIELDS))

@@ -1,40 +1,50 @@
-"""Pure encoding of raw contract values into the ids of core/feature_spec.py (no Spark needed).
+"""Raw contract values -> the model ids of features/spec.py, and the encoder's saved form (no Spark).
 
-The features job applies these functions inside Spark (`mapInArrow`), and serving or offline
-inference applies the very same functions to single values or arrays, so the training and the
-serving encodings cannot drift apart:
+The features job encodes the window's rows with FeatureEncoder.encode_batch (the examples
+assembly, spark_jobs/example_assembly.py), and serving and offline inference encode requests with
+the very same encoder, so the training and the serving encodings cannot drift apart:
 
     edges = np.array([9.5, 20.0, 45.0])
     apply_bin_edges(edges, 20.0)                      # 2   (bin ids: 0 = null/NaN, 1..len(edges)+1)
     apply_bin_edges(edges, np.array([1.0, np.nan]))   # array([1, 0], dtype=int32)
     lookup_ids(np.array([3, 7]), np.array([1, 2]), 7) # 2   (0 = out of vocabulary)
 
-Conventions (core/feature_spec.py): id 0 is OOV for categorical fields (rare, unseen or null);
+Conventions (features/spec.py): id 0 is OOV for categorical fields (rare, unseen or null);
 numeric fields get bin ids 0 = null, 1.. = quantile bins; a value equal to an edge falls in the
 lower bin (bin k holds edges[k-2] < x <= edges[k-1]).
+
+A vocabulary maps a raw value to its id in one of two ways with the same ids: `lookup_ids`, a
+binary search over the sorted values (any vocabulary, scalars), or `DirectIds`, a gather from a
+direct-address table (raw value - shift -> id) for vocabularies of a narrow value span, which
+FeatureEncoder.encode_single and serving's RequestEncoder both use on arrays. The encoder travels
+with a published version as ``encoder.npz`` (``save_encoder`` / ``load_encoder_file``).
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Sequence
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from core.feature_spec import COLD_MAX_IMPRESSIONS, MULTI_FIELDS, NUMERIC_FIELDS, SINGLE_FIELDS
+from core.files import replace_file
+from features.spec import COLD_MAX_IMPRESSIONS, MULTI_FIELDS, NUMERIC_FIELDS, SINGLE_FIELDS
 
 # Single-valued fields that get a vocabulary (the numeric ones get bins instead).
 CATEGORICAL_SINGLE_FIELDS: tuple[str, ...] = tuple(f for f in SINGLE_FIELDS if f not in NUMERIC_FIELDS)
 # Every field with a vocabulary (single- and multi-valued).
 VOCAB_FIELDS: tuple[str, ...] = CATEGORICAL_SINGLE_FIELDS + MULTI_FIELDS
 
-# A vocabulary whose raw values are all in [0, max(DENSE_MIN_SPAN, DENSE_SPAN_PER_ENTRY * entries))
-# is looked up through a dense id-by-value array (at most 4 bytes x that span) instead of a
+# A vocabulary whose raw values span at most max(DENSE_MIN_SPAN, DENSE_SPAN_PER_ENTRY * entries)
+# integers is looked up through a direct-address id array (4 bytes x that span) instead of a
 # binary search.
 DENSE_MIN_SPAN = 1 << 20
 DENSE_SPAN_PER_ENTRY = 16
+# Raw values beyond +-2^62 keep raw - shift from wrapping into a direct table's range.
+_DIRECT_VALUE_LIMIT = 1 << 62
 
 # Raw columns (joined impression + catalog row) the encoder reads, besides the feature fields.
 PASSTHROUGH_COLUMNS: tuple[str, ...] = ("split", "impression_id", "event_ts")
@@ -75,6 +85,50 @@ def lookup_ids(vocab_values: np.ndarray, vocab_ids: np.ndarray, values, valid: n
             hit &= valid
         out = np.where(hit, vocab_ids[pos], 0).astype(np.int32)
     return int(out[0]) if scalar else out
+
+
+def direct_table(vocab_values: np.ndarray, vocab_ids: np.ndarray, max_span: int) -> tuple[int, np.ndarray] | None:
+    """(shift, table) of a direct-address lookup: table[v - shift] = id of raw value v, int32.
+
+    Slots 0 and len(table) - 1 hold 0, where values below and above the vocabulary land once
+    clipped (``DirectIds.lookup``). None when the vocabulary is empty, spans more than `max_span`
+    integers, or holds values beyond +-2^62.
+    """
+    if (vocab_values.size == 0 or vocab_values[0] <= -_DIRECT_VALUE_LIMIT
+            or vocab_values[-1] >= _DIRECT_VALUE_LIMIT):
+        return None
+    span = int(vocab_values[-1]) - int(vocab_values[0]) + 1
+    if span > max_span:
+        return None
+    shift = int(vocab_values[0]) - 1  # raw value v -> slot v - shift; slots 0 and span + 1 stay 0 (OOV)
+    table = np.zeros(span + 2, np.int32)
+    table[vocab_values - shift] = vocab_ids
+    return shift, table
+
+
+class DirectIds:
+    """The direct-address tables of k vocabularies (``direct_table``), looked up with one gather.
+
+    Their tables are concatenated (field j's slots start at bases[j]); raw values are shifted
+    and clipped per field, so a value outside a vocabulary's span lands on an OOV slot. The ids
+    equal ``lookup_ids``'s for every int64 value (tests/features/test_encoding.py).
+    """
+
+    def __init__(self, tables: Sequence[tuple[int, np.ndarray]]) -> None:
+        sizes = np.array([len(t) for _, t in tables], dtype=np.int64)
+        self.nbytes = int(4 * sizes.sum())
+        self._shifts = np.array([s for s, _ in tables], dtype=np.int64)[:, None]  # (k, 1)
+        self._last_slots = (sizes - 1)[:, None]  # (k, 1)
+        self._bases = (np.cumsum(sizes) - sizes)[:, None]  # (k, 1)
+        self._table = np.concatenate([t for _, t in tables]) if tables else np.zeros(0, np.int32)
+
+    def lookup(self, values: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
+        """Ids (k, B) int32 of raw int64 values (k, B), 0 where `valid` (k, B) is False."""
+        slots = np.clip(values - self._shifts, 0, self._last_slots)  # (k, B)
+        ids = self._table[slots + self._bases]  # (k, B)
+        if valid is not None:
+            ids[~valid] = 0
+        return ids
 
 
 def _int_values(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
@@ -128,20 +182,17 @@ class FeatureEncoder:
         ids = self.vocab[name][1]
         return int(ids.max()) + 1 if ids.size else 1
 
-    def _dense_table(self, name: str) -> np.ndarray | None:
-        """id by raw value (int32, 0 = OOV) for a vocabulary of small non-negative values, else None.
+    def direct_ids(self, name: str) -> DirectIds | None:
+        """The direct-address lookup of a vocabulary of narrow value span, else None.
 
-        Built on first use and kept: indexing it is several times faster than a binary search
-        over the sorted values, with the same ids.
+        Built on first use and kept: a gather is several times faster than a binary search over
+        the sorted values, with the same ids.
         """
-        cache = self.__dict__.setdefault("_dense_tables", {})  # frozen fields; a private cache
+        cache = self.__dict__.setdefault("_direct_ids", {})  # frozen fields; a private cache
         if name not in cache:
             values, ids = self.vocab[name]
-            table = None
-            if values.size and values[0] >= 0 and values[-1] < max(DENSE_MIN_SPAN, DENSE_SPAN_PER_ENTRY * values.size):
-                table = np.zeros(int(values[-1]) + 1, dtype=np.int32)
-                table[values] = ids
-            cache[name] = table
+            table = direct_table(values, ids, max(DENSE_MIN_SPAN, DENSE_SPAN_PER_ENTRY * values.size))
+            cache[name] = None if table is None else DirectIds([table])
         return cache[name]
 
     def encode_single(self, name: str, values, valid: np.ndarray | None = None):
@@ -153,14 +204,11 @@ class FeatureEncoder:
         vocab_values, vocab_ids = self.vocab[name]
         if values is None or np.isscalar(values):
             return lookup_ids(vocab_values, vocab_ids, values, valid)
-        table = self._dense_table(name)
-        if table is None:
+        direct = self.direct_ids(name)
+        if direct is None:
             return lookup_ids(vocab_values, vocab_ids, values, valid)
-        x = np.asarray(values, dtype=np.int64)
-        hit = (x >= 0) & (x < table.size)
-        if valid is not None:
-            hit &= valid
-        return np.where(hit, table[np.where(hit, x, 0)], 0).astype(np.int32, copy=False)
+        x = np.asarray(values, dtype=np.int64)[None]  # (1, B)
+        return direct.lookup(x, None if valid is None else np.asarray(valid, dtype=bool)[None])[0]
 
     def is_cold(self, ad_ids: np.ndarray) -> np.ndarray:
         """True where the ad had fewer than COLD_MAX_IMPRESSIONS impressions in the window."""
@@ -172,8 +220,8 @@ class FeatureEncoder:
             n = np.where(ads[pos] == x, counts[pos], 0)
         return n < COLD_MAX_IMPRESSIONS
 
-    def encode_batch(self, batch: pa.RecordBatch, keep: tuple[str, ...] = ()) -> pa.RecordBatch:
-        """Encode a batch of joined impression rows into ENCODED_BATCH_COLUMNS, then `keep` as is.
+    def encode_batch(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+        """Encode a batch of joined impression rows into ENCODED_BATCH_COLUMNS.
 
         Inputs: PASSTHROUGH_COLUMNS, click and the raw SINGLE_FIELDS / MULTI_FIELDS columns.
         """
@@ -204,21 +252,37 @@ class FeatureEncoder:
             np.cumsum(lengths, out=offsets[1:])
             out[f"m_{name}"] = pa.ListArray.from_arrays(pa.array(offsets, type=pa.int32()),
                                                          pa.array(flat_ids, type=pa.int32()))
-        return pa.RecordBatch.from_arrays([out[c] for c in ENCODED_BATCH_COLUMNS] + [cols[c] for c in keep],
-                                          names=[*ENCODED_BATCH_COLUMNS, *keep])
-
-    def encode_batches(self, batches: Iterator[pa.RecordBatch], keep: tuple[str, ...] = ()
-                       ) -> Iterator[pa.RecordBatch]:
-        """`encode_batch` over an iterator (the shape `DataFrame.mapInArrow` wants)."""
-        for batch in batches:
-            yield self.encode_batch(batch, keep)
+        return pa.RecordBatch.from_arrays([out[c] for c in ENCODED_BATCH_COLUMNS], names=list(ENCODED_BATCH_COLUMNS))
 
 
-# Columns produced by FeatureEncoder.encode_batch, in order, with their Spark types.
-ENCODED_BATCH_FIELDS: tuple[tuple[str, str], ...] = (
-    ("split", "string"), ("impression_id", "string"), ("event_ts", "timestamp"), ("ad_id", "bigint"),
-    ("label", "int"), ("is_cold", "boolean"), ("category_idx", "int"),
-    *[(f"f_{n}", "int") for n in SINGLE_FIELDS], *[(f"m_{n}", "array<int>") for n in MULTI_FIELDS],
+# Columns produced by FeatureEncoder.encode_batch, in order.
+ENCODED_BATCH_COLUMNS: tuple[str, ...] = (
+    "split", "impression_id", "event_ts", "ad_id", "label", "is_cold", "category_idx",
+    *[f"f_{n}" for n in SINGLE_FIELDS], *[f"m_{n}" for n in MULTI_FIELDS],
 )
-ENCODED_BATCH_COLUMNS: tuple[str, ...] = tuple(name for name, _ in ENCODED_BATCH_FIELDS)
-ENCODED_BATCH_DDL: str = ", ".join(f"{name} {tp}" for name, tp in ENCODED_BATCH_FIELDS)
+
+
+# --------------------------------------------------------------------------- the saved form
+
+
+def save_encoder(encoder: FeatureEncoder, path: str | os.PathLike) -> None:
+    """Write the encoder as one .npz of plain arrays (readable with allow_pickle=False), atomically."""
+    arrays: dict[str, np.ndarray] = {}
+    for name, (values, ids) in encoder.vocab.items():
+        arrays[f"vocab_values.{name}"] = np.asarray(values, dtype=np.int64)
+        arrays[f"vocab_ids.{name}"] = np.asarray(ids, dtype=np.int32)
+    for name, edges in encoder.bin_edges.items():
+        arrays[f"bin_edges.{name}"] = np.asarray(edges, dtype=np.float64)
+    arrays["ad_window_counts.ad_id"] = np.asarray(encoder.ad_window_counts[0], dtype=np.int64)
+    arrays["ad_window_counts.impressions"] = np.asarray(encoder.ad_window_counts[1], dtype=np.int64)
+    with replace_file(path, "wb") as f:
+        np.savez(f, **arrays)
+
+
+def load_encoder_file(path: str | os.PathLike) -> FeatureEncoder:
+    """The FeatureEncoder written by ``save_encoder``."""
+    with np.load(path, allow_pickle=False) as z:
+        vocab = {n: (z[f"vocab_values.{n}"], z[f"vocab_ids.{n}"]) for n in VOCAB_FIELDS}
+        edges = {n: z[f"bin_edges.{n}"] for n in NUMERIC_FIELDS}
+        counts = (z["ad_window_counts.ad_id"], z["ad_window_counts.impressions"])
+    return FeatureEncoder(vocab, edges, counts)

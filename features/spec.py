@@ -1,4 +1,4 @@
-"""The interface between the features stage (Spark) and the models (PyTorch).
+"""The feature spec: the interface between the features stage (Spark), the models (PyTorch) and serving.
 
 Encoded examples are rows of integer ids. Id conventions, for every categorical field:
   0          = out of vocabulary (rare, unseen or null value)
@@ -7,7 +7,7 @@ Multi-valued fields are arrays of such ids (possibly empty); numeric fields arri
 ids (0 = null, 1..n_bins = quantile bins).
 
 Encoded example columns (one Delta table per run date, `features/examples/<D>`, partitioned by
-split; see spark_jobs/examples.py):
+split; features/examples.py holds its schema, spark_jobs/example_assembly.py writes it):
   run_date date, split string ('train' | 'holdout'), row_idx bigint (training order: ad
   groups, shuffled deterministically), group_id bigint, impression_id string, ad_id bigint,
   category_idx int (= the encoded category_id, used by CSCNN to pick priors), label int,
@@ -35,6 +35,8 @@ COLD_MAX_IMPRESSIONS = 5
 
 
 @dataclass(frozen=True)
+
+
 class FeatureSpec:
     """Vocabulary sizes (including the OOV id 0) per field of one run date's encoding."""
 

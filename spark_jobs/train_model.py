@@ -1,13 +1,16 @@
-"""The train stage: read the run date's snapshot, train, write the model and its manifest.
+"""The train_model stage: read the run date's snapshot, train, write the model and its manifest.
 
-    python -m models.launch --nproc-per-node N -m models.train_job --date 2026-02-02 --config FILE
+    python -m models.launch --nproc-per-node N -m spark_jobs.train_model --date 2026-02-02 --config FILE
 
 Runs on CPU or on every visible GPU with the same code (models.launch sets RANK/WORLD_SIZE for
-N > 1, around a store on 127.0.0.1; one process is `python -m models.train_job ...`). Reads the plain-parquet snapshot that
-the features stage exported (spark_jobs/export_snapshot.py) and the parquet files of the run
-date's examples table, so no Spark is needed here.
+N > 1, around a store on 127.0.0.1; one process is `python -m spark_jobs.train_model ...`). Reads
+the plain-parquet snapshot that export_training_snapshot wrote (spark_jobs/export_snapshot.py)
+and the parquet files of the run date's examples table, so no Spark is needed here: this stage
+lives with the other stage jobs but never imports pyspark.
 Warm-starts from the live published model when `train.warm_start` and shapes match.
-Output: <artifacts>/runs/D/model/{model.pt, checkpoint.pt, metrics.json, manifest.json}.
+Output: <artifacts>/runs/D/model/{model.pt, checkpoint.pt, manifest.json} (the manifest holds the
+holdout metrics). torch (models.train) is imported in `run`, so that a bad argument is reported
+without loading it (tests/test_cli_errors.py).
 """
 
 from __future__ import annotations
@@ -22,20 +25,22 @@ import time
 from typing import Any
 
 import numpy as np
+import pyarrow.parquet as pq
+from PIL import Image
 
 from core.cli import config_from_args, parse_date, run_cli, setup_logging, stage_parser
 from core.config import PipelineConfig
-from core.feature_spec import FeatureSpec
-from core.files import sha256_file
+from core.files import sha256_file, write_json
 from core.paths import Paths, local_path
+from features.examples import read_example_files
+from features.spec import FeatureSpec
+from serving.registry import live_model
 
 log = logging.getLogger("train_job")
 
 
 def decode_images(image_bytes: list[bytes], ad_ids: list[int]) -> dict[int, np.ndarray]:
     """PNG/JPEG bytes -> uint8 (H, W, 3) arrays keyed by ad id (the one preprocessing entry)."""
-    from PIL import Image
-
     out = {}
     for ad_id, data in zip(ad_ids, image_bytes):
         with Image.open(io.BytesIO(data)) as im:
@@ -44,19 +49,16 @@ def decode_images(image_bytes: list[bytes], ad_ids: list[int]) -> dict[int, np.n
 
 
 def read_snapshot(cfg: PipelineConfig, run_date: dt.date) -> tuple[FeatureSpec, Any, Any, dict[int, np.ndarray]]:
-    import pyarrow.parquet as pq
-
-    from spark_jobs.examples import read_example_files
-
+    """(feature spec, train examples, holdout examples, images by ad id) of the run date's snapshot."""
     snap = local_path(Paths.of(cfg).snapshot(run_date))
     if not os.path.exists(os.path.join(snap, "_SUCCESS")):
         raise FileNotFoundError(f"no complete training snapshot for {run_date} at {snap}; "
-                                f"run the build_window stage (spark_jobs/features.py) for that date first")
+                                f"run the build_window and export_training_snapshot stages for that date first")
     with open(os.path.join(snap, "_SUCCESS")) as f:
         examples = json.load(f).get("examples")
     if not examples:
         raise FileNotFoundError(f"the training snapshot at {snap} names no examples table; re-run the "
-                                f"build_window stage (spark_jobs/features.py) for {run_date}")
+                                f"export_training_snapshot stage (spark_jobs/export_snapshot.py) for {run_date}")
     with open(os.path.join(snap, "feature_spec.json")) as f:
         spec = FeatureSpec.from_json(f.read())
     train = read_example_files(examples, "train")
@@ -69,13 +71,12 @@ def read_snapshot(cfg: PipelineConfig, run_date: dt.date) -> tuple[FeatureSpec, 
 def live_model_path(cfg: PipelineConfig) -> tuple[str, str] | None:
     """(model.pt, its published sha256) of the version live now (the registry's `current` pointer,
     its chain of checksums verified: serving.registry.live_model), if any."""
-    from serving.registry import live_model
-
     live = live_model(cfg)
     return None if live is None else (str(live[0]), live[1])
 
 
 def run(cfg: PipelineConfig, run_date: dt.date) -> dict[str, Any]:
+    """Train the run date's model from its snapshot; rank 0 writes the manifest. Returns the metrics."""
     from models.train import train
 
     t0 = time.time()
@@ -93,14 +94,14 @@ def run(cfg: PipelineConfig, run_date: dt.date) -> dict[str, Any]:
                     "feature_spec": json.loads(spec.to_json()), "model_config": cfg.to_dict()["model"],
                     "files": {"model.pt": sha256_file(model_path)}, "warm_start_from": init_from,
                     "config_hash": cfg.config_hash(), "metrics": metrics, "seconds": round(time.time() - t0, 1)}
-        with open(os.path.join(out_dir, "manifest.json.tmp"), "w") as f:
-            json.dump(manifest, f, indent=2, default=float)
-        os.replace(os.path.join(out_dir, "manifest.json.tmp"), os.path.join(out_dir, "manifest.json"))
+        write_json(os.path.join(out_dir, "manifest.json"), manifest, sort_keys=False, default=float)
         print(json.dumps({"run_date": run_date.isoformat(), "metrics": metrics}, default=float))
     return metrics
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Not core.cli.run_stage: only rank 0 prints the summary (run() does), and no stage here
+    # reports bad data.
     setup_logging()
     args = stage_parser("Train the CTR model of one run date from its snapshot.").parse_args(argv)
     run(config_from_args(args), parse_date(args.date))

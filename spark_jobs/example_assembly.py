@@ -32,9 +32,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from core.feature_spec import MULTI_FIELDS, SINGLE_FIELDS
 from core.paths import is_local, local_path
-from spark_jobs.feature_encoding import FeatureEncoder
+from features.encoder import FeatureEncoder
+from features.examples import FILE_COLUMNS, FILE_SCHEMA, SPLITS, in_row_order, take_columns, workers
+from features.spec import MULTI_FIELDS, SINGLE_FIELDS
 
 if TYPE_CHECKING:  # pragma: no cover
     from pyspark.sql import SparkSession
@@ -42,20 +43,7 @@ if TYPE_CHECKING:  # pragma: no cover
 log = logging.getLogger("features")
 
 NULL_AD_KEY = -(2**63)  # groups impressions whose ad_id is null (never a real id)
-SPLITS = ("train", "holdout")
-EXAMPLE_COLUMNS: tuple[str, ...] = (
-    "run_date", "split", "row_idx", "group_id", "impression_id", "ad_id", "category_idx", "label", "is_cold",
-    *[f"f_{n}" for n in SINGLE_FIELDS], *[f"m_{n}" for n in MULTI_FIELDS],
-)
-# Columns of a split's parquet files (split itself is the table's partition column).
-FILE_COLUMNS: tuple[str, ...] = tuple(c for c in EXAMPLE_COLUMNS if c != "split")
-# Arrow types of FILE_COLUMNS (Spark reads them back as date, bigint, string, int, boolean, array<int>).
-FILE_SCHEMA = pa.schema([
-    ("run_date", pa.date32()), ("row_idx", pa.int64()), ("group_id", pa.int64()), ("impression_id", pa.string()),
-    ("ad_id", pa.int64()), ("category_idx", pa.int32()), ("label", pa.int32()), ("is_cold", pa.bool_()),
-    *[(f"f_{n}", pa.int32()) for n in SINGLE_FIELDS], *[(f"m_{n}", pa.list_(pa.int32())) for n in MULTI_FIELDS],
-])
-# Columns of a day-rows file (features.DAY_ROW_COLUMNS without dt) that the assembly reads.
+# Columns of a day-rows file (day_store.DAY_ROW_COLUMNS without dt) that the assembly reads.
 DAY_ROW_READ_COLUMNS: tuple[str, ...] = ("impression_id", "event_ts", "click", *SINGLE_FIELDS, *MULTI_FIELDS, "ad_pos")
 ROWS_PER_FILE = 1 << 20  # at least this many rows per examples file (a split may use fewer files)
 _POS_BITS = 32  # within-ad order key: day number << 32 | position of the row within its ad and day
@@ -172,29 +160,6 @@ def encode_day_rows(encoder: FeatureEncoder, table: pa.Table, day: dt.date,
     return enc.select(keep), ad_key, keys
 
 
-def _workers() -> int:
-    return max(1, min(8, os.cpu_count() or 1))
-
-
-def take_rows(table: pa.Table, indices: np.ndarray) -> pa.Table:
-    """table.take(indices), one column per thread (Arrow's take releases the GIL)."""
-    return take_columns(table.columns, table.schema, indices)
-
-
-def take_columns(columns: list[pa.ChunkedArray], schema: pa.Schema, indices: np.ndarray) -> pa.Table:
-    """The table of `columns` (emptied as it goes) reordered by `indices`.
-
-    Each column is released as soon as its reordered copy exists, so with no other reference
-    to the input the peak is one copy of the table plus a column per thread, not two copies.
-    """
-    idx = pa.array(indices)
-    columns.reverse()  # pop() from the end hands out the first column first
-    with ThreadPoolExecutor(_workers()) as pool:
-        # A finished task drops its input column: the pool keeps no reference to a work item it ran.
-        futures = [pool.submit(pa.ChunkedArray.take, columns.pop(), idx) for _ in range(len(columns))]
-    return pa.Table.from_arrays([f.result() for f in futures], schema=schema)
-
-
 def assemble_split(encoder: FeatureEncoder, files: Iterable[tuple[dt.date, str]], split: str, run_date: dt.date,
                    group_size: int, seed: int) -> pa.Table:
     """One split's examples from day-rows files [(day, local parquet path)], in row_idx order.
@@ -210,7 +175,7 @@ def assemble_split(encoder: FeatureEncoder, files: Iterable[tuple[dt.date, str]]
         day, path = item
         return encode_day_rows(encoder, pq.read_table(path, columns=list(DAY_ROW_READ_COLUMNS)), day, split)
 
-    with ThreadPoolExecutor(_workers()) as pool:
+    with ThreadPoolExecutor(workers()) as pool:
         parts = list(pool.map(encode, files))
     table = pa.concat_tables([p[0] for p in parts])
     group_id, row_idx = ad_group_layout(np.concatenate([p[1] for p in parts]), np.concatenate([p[2] for p in parts]),
@@ -226,11 +191,6 @@ def assemble_split(encoder: FeatureEncoder, files: Iterable[tuple[dt.date, str]]
              .append_column("row_idx", pa.array(row_idx[order]))
              .append_column("group_id", pa.array(group_id[order])))
     return table.select(list(FILE_COLUMNS))
-
-
-def examples_location(table_root: str, run_date: dt.date) -> str:
-    """The Delta table of a run date's examples under `features/examples` of the warehouse."""
-    return f"{table_root.rstrip('/')}/{run_date.isoformat()}"
 
 
 def write_examples_table(spark: "SparkSession", uri: str, splits: dict[str, pa.Table]) -> dict[str, int]:
@@ -258,14 +218,14 @@ def write_examples_table(spark: "SparkSession", uri: str, splits: dict[str, pa.T
     try:
         for split, table in splits.items():
             os.makedirs(os.path.join(staging, f"split={split}"))
-            table = _in_row_order(table.select(list(FILE_SCHEMA.names)).cast(FILE_SCHEMA))
+            table = in_row_order(table.select(list(FILE_SCHEMA.names)).cast(FILE_SCHEMA))
             counts[split] = table.num_rows
-            n_files = max(1, min(_workers(), -(-table.num_rows // ROWS_PER_FILE)))
+            n_files = max(1, min(workers(), -(-table.num_rows // ROWS_PER_FILE)))
             step = max(1, -(-table.num_rows // n_files))
             folder = os.path.join(staging, f"split={split}")
             jobs += [(table.slice(k * step, step), os.path.join(folder, f"part-{k:05d}.parquet"))
                      for k in range(n_files)]
-        with ThreadPoolExecutor(_workers()) as pool:
+        with ThreadPoolExecutor(workers()) as pool:
             list(pool.map(lambda job: pq.write_table(job[0], job[1], row_group_size=1 << 20), jobs))
         written = time.monotonic()
         spark.sql(f"CONVERT TO DELTA parquet.`{staging}` NO STATISTICS PARTITIONED BY (split STRING)")
@@ -294,26 +254,6 @@ def _forget_cached_delta_logs(spark: "SparkSession") -> None:
         jvm.org.apache.spark.sql.delta.DeltaLog.clearCache()
 
 
-def read_example_files(uri: str, split: str, columns: list[str] | None = None) -> pa.Table:
-    """A split's examples straight from the table's parquet files (no Spark), in row_idx order."""
-    folder = os.path.join(local_path(uri), f"split={split}")
-    if not os.path.isdir(folder):
-        raise FileNotFoundError(f"no {split} examples at {folder}")
-    files = sorted(os.path.join(folder, f) for f in os.listdir(folder) if f.endswith(".parquet"))
-    table = pa.concat_tables([pq.read_table(f, columns=columns) for f in files])
-    if "row_idx" in table.column_names:
-        table = _in_row_order(table)
-    return table
-
-
-def _in_row_order(table: pa.Table) -> pa.Table:
-    """`table` sorted by row_idx (written that way already: then only checked)."""
-    row_idx = np.asarray(table.column("row_idx").to_numpy(), np.int64)
-    if row_idx.size > 1 and not np.all(row_idx[1:] > row_idx[:-1]):
-        table = take_rows(table, np.argsort(row_idx, kind="stable"))
-    return table
-
-
 def assemble(spark: "SparkSession", encoder: FeatureEncoder, files: dict[str, list[tuple[dt.date, str]]],
              uri: str, run_date: dt.date, group_size: int, seed: int) -> dict[str, Any]:
     """Encode, group and write both splits of a run date.
@@ -334,7 +274,7 @@ def assemble(spark: "SparkSession", encoder: FeatureEncoder, files: dict[str, li
 
 def split_stats(table: pa.Table) -> dict[str, int]:
     """Rows, clicks, groups, cold rows and OOV (id 0) occurrences per field of one split's examples
-    (the keys features._split_summary reads)."""
+    (the keys build_window._split_summary reads)."""
     def total(arr) -> int:
         value = pc.sum(arr).as_py()
         return int(value or 0)

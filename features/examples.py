@@ -1,0 +1,82 @@
+"""The encoded examples table of a run date: its schema, location and file reader (no Spark).
+
+One Delta table per run date, `features/examples/<D>` under the warehouse, partitioned by split
+(SPLITS); its columns are EXAMPLE_COLUMNS (features/spec.py says what they mean). The features
+job writes it whole and never updates it in place (spark_jobs/example_assembly.py), so the
+trainer and the stages read its parquet files directly with `read_example_files`, without Spark.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from core.paths import local_path
+from features.spec import MULTI_FIELDS, SINGLE_FIELDS
+
+SPLITS = ("train", "holdout")
+EXAMPLE_COLUMNS: tuple[str, ...] = (
+    "run_date", "split", "row_idx", "group_id", "impression_id", "ad_id", "category_idx", "label", "is_cold",
+    *[f"f_{n}" for n in SINGLE_FIELDS], *[f"m_{n}" for n in MULTI_FIELDS],
+)
+# Columns of a split's parquet files (split itself is the table's partition column).
+FILE_COLUMNS: tuple[str, ...] = tuple(c for c in EXAMPLE_COLUMNS if c != "split")
+# Arrow types of FILE_COLUMNS (Spark reads them back as date, bigint, string, int, boolean, array<int>).
+FILE_SCHEMA = pa.schema([
+    ("run_date", pa.date32()), ("row_idx", pa.int64()), ("group_id", pa.int64()), ("impression_id", pa.string()),
+    ("ad_id", pa.int64()), ("category_idx", pa.int32()), ("label", pa.int32()), ("is_cold", pa.bool_()),
+    *[(f"f_{n}", pa.int32()) for n in SINGLE_FIELDS], *[(f"m_{n}", pa.list_(pa.int32())) for n in MULTI_FIELDS],
+])
+
+
+def examples_location(table_root: str, run_date: dt.date) -> str:
+    """The Delta table of a run date's examples under `features/examples` of the warehouse."""
+    return f"{table_root.rstrip('/')}/{run_date.isoformat()}"
+
+
+def read_example_files(uri: str, split: str, columns: list[str] | None = None) -> pa.Table:
+    """A split's examples straight from the table's parquet files (no Spark), in row_idx order."""
+    folder = os.path.join(local_path(uri), f"split={split}")
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"no {split} examples at {folder}")
+    files = sorted(os.path.join(folder, f) for f in os.listdir(folder) if f.endswith(".parquet"))
+    table = pa.concat_tables([pq.read_table(f, columns=columns) for f in files])
+    if "row_idx" in table.column_names:
+        table = in_row_order(table)
+    return table
+
+
+def in_row_order(table: pa.Table) -> pa.Table:
+    """`table` sorted by row_idx (written that way already: then only checked)."""
+    row_idx = np.asarray(table.column("row_idx").to_numpy(), np.int64)
+    if row_idx.size > 1 and not np.all(row_idx[1:] > row_idx[:-1]):
+        table = take_rows(table, np.argsort(row_idx, kind="stable"))
+    return table
+
+
+def workers() -> int:
+    return max(1, min(8, os.cpu_count() or 1))
+
+
+def take_rows(table: pa.Table, indices: np.ndarray) -> pa.Table:
+    """table.take(indices), one column per thread (Arrow's take releases the GIL)."""
+    return take_columns(table.columns, table.schema, indices)
+
+
+def take_columns(columns: list[pa.ChunkedArray], schema: pa.Schema, indices: np.ndarray) -> pa.Table:
+    """The table of `columns` (emptied as it goes) reordered by `indices`.
+
+    Each column is released as soon as its reordered copy exists, so with no other reference
+    to the input the peak is one copy of the table plus a column per thread, not two copies.
+    """
+    idx = pa.array(indices)
+    columns.reverse()  # pop() from the end hands out the first column first
+    with ThreadPoolExecutor(workers()) as pool:
+        # A finished task drops its input column: the pool keeps no reference to a work item it ran.
+        futures = [pool.submit(pa.ChunkedArray.take, columns.pop(), idx) for _ in range(len(columns))]
+    return pa.Table.from_arrays([f.result() for f in futures], schema=schema)
