@@ -27,9 +27,6 @@ import os
 import sys
 from typing import TYPE_CHECKING, Any
 
-if __package__ in (None, ""):  # spark-submit runs this file as a script
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
 from core.config import PipelineConfig
 from core.paths import Paths, local_path
 from core.exit_codes import BAD_DATA, BadDataError

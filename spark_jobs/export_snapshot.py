@@ -19,11 +19,7 @@ import datetime as dt
 import json
 import os
 import shutil
-import sys
 from typing import TYPE_CHECKING, Any
-
-if __package__ in (None, ""):
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from core.config import PipelineConfig
 from core.paths import Paths, is_local, local_path

@@ -50,14 +50,10 @@ import datetime as dt
 import hashlib
 import json
 import logging
-import os
 import re
 import sys
 import time
 from typing import TYPE_CHECKING, Any, Callable
-
-if __package__ in (None, ""):  # spark-submit runs this file as a script
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from core.config import FeaturesConfig, PipelineConfig
 from core.exit_codes import BAD_DATA, BadDataError

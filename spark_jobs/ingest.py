@@ -34,9 +34,6 @@ from dataclasses import dataclass
 from functools import reduce
 from typing import TYPE_CHECKING, Any
 
-if __package__ in (None, ""):  # spark-submit runs this file as a script
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
 from core import contract
 from core.config import PipelineConfig
 from core.exit_codes import BAD_DATA, BadDataError
