@@ -12,11 +12,11 @@ out="$(realpath -m "${1:-$here/dist/cscnn_pipeline.zip}")"
 source "$here/scripts/uv.sh"
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
-# Built from a copy of the checkout's files (tracked and not ignored), so nothing stale in an
-# old build/ folder (a module moved or deleted since) ends up in the zip.
+# Built from a copy of what the wheel is made of (the packaging files and every top-level package
+# folder), so nothing stale in an old build/ folder (a module moved or deleted since) gets in.
 mkdir "$work/src"
-(cd "$here" && git ls-files -z --cached --others --exclude-standard) \
-  | tar -C "$here" --null --files-from=- --ignore-failed-read -cf - 2>/dev/null | tar -C "$work/src" -xf -
+(cd "$here" && tar --exclude=__pycache__ -cf - pyproject.toml README.md requirements.in requirements-test.in \
+   $(dirname */__init__.py)) | tar -C "$work/src" -xf -
 "$UV" build -q --wheel --out-dir "$work" "$work/src"
 wheels=("$work"/cscnn_pipeline-*.whl)
 [ "${#wheels[@]}" -eq 1 ] && [ -f "${wheels[0]}" ] || { echo "build_pyfiles: expected one wheel in $work" >&2; exit 1; }
