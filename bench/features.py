@@ -34,11 +34,9 @@ import shutil
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from core.cli import setup_logging  # noqa: E402
-from core.config import load_config, parse_overrides  # noqa: E402
-from core.paths import Paths  # noqa: E402
+from core.cli import setup_logging
+from core.config import load_config, parse_overrides
+from core.paths import Paths
 
 log = logging.getLogger("bench.features")
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "features.json")

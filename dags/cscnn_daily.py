@@ -19,7 +19,8 @@ Environment (all optional):
                                e.g. AIRFLOW_CONN_SPARK_DEFAULT='{"conn_type": "spark", "host": "local[*]"}')
     CSCNN_SPARK_CONF           JSON object of extra spark.* settings merged over the defaults
     CSCNN_SPARK_DRIVER_MEMORY  spark-submit --driver-memory (default 4g)
-    CSCNN_SPARK_PY_FILES       comma-separated .zip/.py files shipped to executors (cluster mode)
+    CSCNN_SPARK_PY_FILES       comma-separated .zip/.py files shipped to executors (cluster mode),
+                               e.g. the project's packages: scripts/build_pyfiles.sh -> dist/cscnn_pipeline.zip
     CSCNN_SPARK_IVY_DIR        ivy cache for the Delta jars (default ~/.cache/cscnn-pipeline/ivy)
     CSCNN_SPARK_LOG_LEVEL      log level of Spark's JVM in the stages (default WARN; conf/spark/log4j2.properties)
     CSCNN_GX_LOG_LEVEL         log level of Great Expectations in the stages (default WARNING)

@@ -3,8 +3,8 @@
 #     . scripts/airflow_env.sh
 #
 # Sets AIRFLOW_HOME (default <repo>/var/airflow, ignored by git), a SQLite metadata DB with the
-# LocalExecutor, this repo's dags/ and plugins/ folders, loopback-only servers, PYTHONPATH and
-# the spark_default connection (local[*]). Values already in the environment win where noted.
+# LocalExecutor, this repo's dags/ and plugins/ folders, loopback-only servers and the
+# spark_default connection (local[*]). Values already in the environment win where noted.
 # shellcheck shell=bash
 
 if [ "${BASH_SOURCE[0]}" = "$0" ]; then
@@ -15,14 +15,9 @@ fi
 CSCNN_REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 export CSCNN_REPO_ROOT
 
-# The project's venv (keyed by the lock file's hash, as the bootstrap script builds it) puts
-# airflow, spark-submit and torchrun on PATH. CSCNN_VENV overrides it.
-if [ -z "${CSCNN_VENV:-}" ]; then
-  _cscnn_lock_hash="$(sha256sum "$CSCNN_REPO_ROOT/requirements.lock.txt" | cut -c1-12)"
-  CSCNN_VENV="$HOME/.cache/cscnn-pipeline/venv-$_cscnn_lock_hash"
-  unset _cscnn_lock_hash
-fi
-export CSCNN_VENV
+# The project's venv (<repo>/.venv, as scripts/bootstrap.sh makes it, with this repo installed
+# in it) puts airflow, spark-submit and torchrun on PATH. CSCNN_VENV overrides it.
+export CSCNN_VENV="${CSCNN_VENV:-$CSCNN_REPO_ROOT/.venv}"
 if [ -x "$CSCNN_VENV/bin/airflow" ]; then
   case ":$PATH:" in *":$CSCNN_VENV/bin:"*) ;; *) export PATH="$CSCNN_VENV/bin:$PATH" ;; esac
 else
@@ -53,11 +48,6 @@ export AIRFLOW__CORE__EXECUTION_API_SERVER_URL="http://127.0.0.1:$AIRFLOW__API__
 export AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT="${AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT:-8793}"
 export AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT="${AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT:-8794}"
 export AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_SERVER_HOST=127.0.0.1
-
-case ":${PYTHONPATH:-}:" in
-  *":$CSCNN_REPO_ROOT:"*) ;;
-  *) export PYTHONPATH="$CSCNN_REPO_ROOT${PYTHONPATH:+:$PYTHONPATH}" ;;
-esac
 
 # Spark through spark-submit; a cluster only changes this connection (and CSCNN_SPARK_CONF).
 if [ -z "${AIRFLOW_CONN_SPARK_DEFAULT:-}" ]; then

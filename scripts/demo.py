@@ -29,13 +29,11 @@ import sys
 import time
 from pathlib import Path
 
+from core.cli import CliParser, date_arg, run_cli
+from core.config import load_config
+from core.paths import Paths, local_path
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-
-from core.cli import CliParser, date_arg, run_cli  # noqa: E402
-from core.config import load_config  # noqa: E402
-from core.paths import Paths, local_path  # noqa: E402
-
 
 DAG_ID = "cscnn_daily"
 RUN_TIMEOUT_S = 3 * 3600
@@ -186,7 +184,6 @@ def main(argv: list[str] | None = None) -> int:
           f"{os.path.relpath(os.path.abspath(args.config), ROOT)} scripts/airflow_ui.sh start")
     out = {"wall_s": wall, "impressions_per_day": cfg.world.impressions_per_day, "days": W + 1,
            "run_date": str(day), "steps": steps, "config": os.path.relpath(args.config, ROOT)}
-    sys.path.insert(0, ROOT)
     from bench.common import machine, write_result
 
     out["machine"] = machine()

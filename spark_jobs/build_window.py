@@ -55,13 +55,9 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-import os
 import sys
 import time
 from typing import Any
-
-if __package__ in (None, ""):  # spark-submit runs this file as a script
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F

@@ -13,12 +13,8 @@ core.exit_codes.BAD_DATA, which the DAG does not retry.
 from __future__ import annotations
 
 import datetime as dt
-import os
 import sys
 from typing import Any
-
-if __package__ in (None, ""):  # spark-submit runs this file as a script
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F

@@ -23,12 +23,8 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-import os
 import sys
 from typing import Any
-
-if __package__ in (None, ""):  # spark-submit runs this file as a script
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import pandas as pd
 from pyspark.errors import AnalysisException

@@ -24,9 +24,6 @@ import shutil
 import sys
 from typing import Any
 
-if __package__ in (None, ""):  # spark-submit runs this file as a script
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
 import pandas as pd
 import pyarrow.compute as pc
 from pyspark.sql import SparkSession

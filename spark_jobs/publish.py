@@ -18,13 +18,9 @@ import datetime as dt
 import hashlib
 import json
 import logging
-import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-
-if __package__ in (None, ""):  # spark-submit runs this file as a script
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from core.cli import run_cli, run_stage
 from core.config import PipelineConfig

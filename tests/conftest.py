@@ -3,13 +3,8 @@
 from __future__ import annotations
 
 import os
-import sys
 
 import pytest
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
 
 os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
 

@@ -6,11 +6,9 @@ import json
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-
-from core.config import load_config  # noqa: E402
-from models.synthetic import make_examples, make_spec  # noqa: E402
-from models.train import train  # noqa: E402
+from core.config import load_config
+from models.synthetic import make_examples, make_spec
+from models.train import train
 
 DDP_OVERRIDES = {"model.variant": "dcn", "model.deep_dims": [16, 8, 4], "model.head_dims": [8],
                  "train.batch_size": 40, "train.max_steps": 4, "train.checkpoint_every": 0,

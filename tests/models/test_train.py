@@ -19,11 +19,12 @@ from models.batching import shard_range
 from models.synthetic import make_examples, make_spec
 from models.train import auc_score, compute_metrics, embed_images, load_model, predict, train, warm_start
 
+# This folder's helpers: pytest puts tests/models on sys.path (the folder has no __init__.py).
+from ddp_worker import DDP_OVERRIDES, ddp_data
+from listeners import is_loopback, listeners_while_running
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
-sys.path.insert(0, HERE)
-from ddp_worker import DDP_OVERRIDES, ddp_data  # noqa: E402
-from listeners import is_loopback, listeners_while_running  # noqa: E402
 
 SMALL = {"model.deep_dims": [16, 8, 4], "model.head_dims": [8], "model.visual_dim": 6,
          "model.prior_channels": 3, "model.prior_spatial": 3, "model.attention_layers": 2,
