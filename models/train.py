@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from core.config import ModelConfig, PipelineConfig, build
+from core.files import replace_file
 from core.metrics import auc
 from features.spec import FeatureSpec
 from models.batching import (EncodedData, ImageTable, encode_examples, make_batch, plan_batches,
@@ -196,10 +197,8 @@ def warm_start(model: CTRModel, source: str | os.PathLike | Mapping[str, torch.T
 
 
 def _atomic_save(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with replace_file(path, "wb") as f:
+        torch.save(obj, f)
 
 
 def _unwrap(model: nn.Module) -> nn.Module:

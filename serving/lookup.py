@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from core.files import sha256_file  # re-exported: serving.lookup.sha256_file
+from core.files import replace_file, sha256_file, write_json  # sha256_file re-exported: serving.lookup.sha256_file
 
 REDUCTIONS = ("none", "float16", "pca")
 FORMAT_VERSION = 1
@@ -180,10 +180,8 @@ def _check_reduction(method: str) -> None:
 
 
 def _save_npy(folder: Path, name: str, array: np.ndarray) -> None:
-    tmp = folder / (name + ".tmp")
-    with open(tmp, "wb") as f:
+    with replace_file(folder / name, "wb") as f:
         np.save(f, array, allow_pickle=False)
-    os.replace(tmp, folder / name)
 
 
 def fallback_rows(stored: np.ndarray, categories: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -236,9 +234,7 @@ def write_lookup_files(folder: str | os.PathLike, ad_ids: np.ndarray, categories
         "fallback": "mean stored row of the ad's category, else the global mean",
         "files": checksums, **(extra or {}),
     }
-    tmp = folder / (MANIFEST_FILE + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True))
-    os.replace(tmp, folder / MANIFEST_FILE)
+    write_json(folder / MANIFEST_FILE, manifest)
     return manifest
 
 

@@ -19,7 +19,7 @@ import pyarrow.compute as pc
 
 from core.config import BadDataConfig, WorldConfig
 from core.contract import IMPRESSION_FIELDS, required
-from simworld.images import write_bytes_atomic
+from core.files import write_bytes
 from simworld.seeding import stream
 
 UNKNOWN_AD_BASE = 9_000_000_000_000  # ad ids at and above this are never in any catalog
@@ -154,7 +154,7 @@ def inject_catalog(bad: BadDataConfig, rng: np.random.Generator, table: pa.Table
     for i in corrupt:
         uris[i] = f"images/corrupt/{day}/{ad_ids[i]}.png"
         # Garbage that no decoder accepts (does not start with any image signature).
-        write_bytes_atomic(os.path.join(landing_root, uris[i]), b"not an image\x00" + rng.bytes(48))
+        write_bytes(os.path.join(landing_root, uris[i]), b"not an image\x00" + rng.bytes(48))
     for i in missing:
         uris[i] = f"images/missing/{day}/{ad_ids[i]}.png"
     forms = ("../../etc/passwd", "/abs/path/{}.png", "http://x/{}.png")

@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 
 from core.config import PipelineConfig, WorldConfig
 from core.contract import AD_FIELDS, IMPRESSION_FIELDS, TRUTH_FIELDS
+from core.files import replace_file, write_text
 from core.paths import Paths, local_path
 from simworld import baddata
 from simworld.images import image_relpath, write_images
@@ -106,18 +107,8 @@ def catalog_table(world: WorldConfig, ads: AdTable) -> pa.Table:
 
 
 def _write_parquet(table: pa.Table, path: str) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    pq.write_table(table, tmp, compression="snappy")
-    os.replace(tmp, path)
-
-
-def _write_text(path: str, text: str) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    with replace_file(path, "wb") as f:
+        pq.write_table(table, f, compression="snappy")
 
 
 def generate_day(cfg: PipelineConfig, day: dt.date | str) -> dict[str, Any]:
@@ -151,9 +142,9 @@ def generate_day(cfg: PipelineConfig, day: dt.date | str) -> dict[str, Any]:
     _write_parquet(catalog, local_path(paths.landing_ads(day)))
     _write_parquet(impressions, local_path(paths.landing_impressions(day)))
     _write_parquet(truth, local_path(paths.truth_day(day)))
-    _write_text(os.path.join(local_path(paths.landing_day(day)), INJECTED_FILE),
+    write_text(os.path.join(local_path(paths.landing_day(day)), INJECTED_FILE),
                 json.dumps(report, indent=1, sort_keys=True) + "\n")
-    _write_text(success, "")
+    write_text(success, "")
 
     clicks = 0 if report["empty_day"] else int(traffic.click.sum())
     return {

@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image
 
 from core.config import WorldConfig
+from core.files import write_bytes
 from simworld.world import BLOB_COLOURS, NOISE_RES, AdTable, categories
 
 BLOB_RADIUS = 0.13  # blob radius, share of the image side
@@ -78,14 +79,7 @@ def write_images(cfg: WorldConfig, ads: AdTable, landing_root: str) -> int:
         idx = todo[start:start + batch]
         pixels = render(cfg, ads.take(idx))
         for j, i in enumerate(idx):
-            write_bytes_atomic(paths[i], encode_png(pixels[j]))
+            write_bytes(paths[i], encode_png(pixels[j]))
     return len(todo)
 
 
-def write_bytes_atomic(path: str, data: bytes) -> None:
-    """Write `data` to `path` via a temporary file and rename, so readers never see half a file."""
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
