@@ -19,14 +19,13 @@ from typing import Any
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
-from core.cli import run_cli, run_stage
+from core.cli import run_cli
 from core.config import PipelineConfig
-from core.spark import get_spark
 from expectations.examples import build_examples_suite, project_examples
 from expectations.runner import raise_on_critical, validate
 from features.examples import SPLITS
 from features.tables import load_feature_spec, read_examples
-from spark_jobs.check_quality import summary_entry, write_summary
+from spark_jobs.check_quality import run_check_stage, summary_entry, write_summary
 
 
 def check_examples(cfg: PipelineConfig, spark: SparkSession, run_date: dt.date) -> dict[str, Any]:
@@ -48,12 +47,7 @@ def check_examples(cfg: PipelineConfig, spark: SparkSession, run_date: dt.date) 
 
 
 def main(argv: list[str] | None = None) -> int:
-    def job(cfg: PipelineConfig, run_date: dt.date, args) -> dict[str, Any]:
-        summary = check_examples(cfg, get_spark(cfg.spark), run_date)
-        return {"date": summary["date"], "success": summary["success"], "summary_path": summary["summary_path"]}
-
-    return run_stage("Check one run date's encoded examples with Great Expectations.", job, argv,
-                     log_name="check_quality")
+    return run_check_stage(check_examples, "Check one run date's encoded examples with Great Expectations.", argv)
 
 
 if __name__ == "__main__":

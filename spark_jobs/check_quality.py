@@ -24,7 +24,7 @@ import datetime as dt
 import json
 import logging
 import sys
-from typing import Any
+from typing import Any, Callable
 
 import pandas as pd
 from pyspark.errors import AnalysisException
@@ -177,13 +177,19 @@ def summary_entry(r: QualityResult) -> dict[str, Any]:
             "report_path": r.report_path, "statistics": r.statistics}
 
 
-def main(argv: list[str] | None = None) -> int:
+def run_check_stage(check: Callable[[PipelineConfig, SparkSession, dt.date], dict[str, Any]], description: str,
+                    argv: list[str] | None) -> int:
+    """The command of a quality check stage: `check` on the run date, whose summary's date, verdict
+    and path are the stage's result."""
     def job(cfg: PipelineConfig, day: dt.date, args) -> dict[str, Any]:
-        summary = run(cfg, get_spark(cfg.spark), day)
+        summary = check(cfg, get_spark(cfg.spark), day)
         return {"date": summary["date"], "success": summary["success"], "summary_path": summary["summary_path"]}
 
-    return run_stage("Check one day's bronze data quality with Great Expectations.", job, argv,
-                     log_name="check_quality")
+    return run_stage(description, job, argv, log_name="check_quality")
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_check_stage(run, "Check one day's bronze data quality with Great Expectations.", argv)
 
 
 if __name__ == "__main__":
