@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from core.config import ModelConfig
+from core.files import write_json
 from models.attention import CBAM, CSCNNAttention
 from models.batching import ImageTable, encode_examples, make_batch, plan_batches
 from models.cost import table2
@@ -202,9 +203,7 @@ def main(argv: list[str] | None = None) -> dict:
     }
     print(json.dumps(result, indent=2))
     if args.out:
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with open(args.out, "w") as f:
-            json.dump(result, f, indent=2)
+        write_json(args.out, result, sort_keys=False)
     return result
 
 

@@ -17,8 +17,6 @@ element-wise work, so our +CBAM/+CSCNN increments are smaller than the paper's.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 from typing import Any
 
 import torch
@@ -26,6 +24,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from core.config import ModelConfig
+from core.files import write_json
 from models.visual import RESNET18_ATTENTIVE_CONVS, build_visual_tower
 
 PAPER_TABLE2 = {
@@ -103,9 +102,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for note in NOTES:
         print("-", note)
     if args.out:
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with open(args.out, "w") as f:
-            json.dump(result, f, indent=2)
+        write_json(args.out, result, sort_keys=False)
     return result
 
 
