@@ -1,7 +1,18 @@
 """Non-visual building blocks: per-field embeddings, ReLU-MLPs, the cross network and the
-modified DCN of the paper (eq. 3-6)."""
+modified DCN of the paper (eq. 3-6).
+
+The DCN's forward is defined once, in ``DCNLayers.__call__``, over callables for its parts: the
+model's own modules in training (``DCN.forward``), or a folded copy of them for inference
+(``DCN.folded``: each Linear's weight pre-transposed for ``addmm`` into a reused buffer, the MLPs in
+a chosen dtype, the cross net and the output layer in float32). The cross formula is likewise
+defined once, in ``cross_net``, for ``CrossNet`` and its folded copy.
+"""
 
 from __future__ import annotations
+
+import functools
+import threading
+from typing import Callable, Iterable, NamedTuple
 
 import torch
 from torch import nn
@@ -46,8 +57,77 @@ class FieldEmbedding(nn.Module):
         return torch.cat(parts, dim=1)  # (B, n_fields * d_e)
 
 
+def _joined(parts: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """The concatenation (B, sum in_i) of input parts (B, in_i)."""
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+
+
+class FoldedLinear:
+    """One Linear (optionally followed by in-place ReLU) with its weight laid out once for inference.
+
+    Called with the parts of its input (B, in_i) whose concatenation is the Linear's input: one
+    pre-transposed weight block (in_i, out) per part, ``addmm`` of each part into a reused output
+    buffer, so the parts are never concatenated. Runs in ``dtype`` (inputs cast to it, output in
+    it). Weights are copied: later changes to the Linear are not seen.
+    """
+
+    def __init__(self, linear: nn.Linear, relu: bool, dtype: torch.dtype, part_dims: tuple[int, ...] = ()) -> None:
+        weight = linear.weight.detach()  # (out, in)
+        part_dims = part_dims or (weight.shape[1],)
+        if sum(part_dims) != weight.shape[1]:
+            raise ValueError(f"input parts {part_dims} do not add up to the layer's {weight.shape[1]} inputs")
+        self.relu = relu
+        self.out_features = weight.shape[0]
+        self.n_parts = len(part_dims)
+        self._buffers = threading.local()  # per thread: {(batch, dtype): output buffer}
+        self.weight_t_parts = [w.t().contiguous().to(dtype) for w in torch.split(weight, part_dims, dim=1)]  # each (in_i, out)
+        self.bias = linear.bias.detach().to(dtype, copy=True)  # (out,), a copy: later module changes are not seen
+
+    def __call__(self, *parts: torch.Tensor) -> torch.Tensor:
+        if len(parts) != self.n_parts:
+            raise ValueError(f"this layer takes its input in {self.n_parts} part(s), got {len(parts)}")
+        dtype = self.bias.dtype
+        first, *rest = zip(parts, self.weight_t_parts)
+        # Into a reused per-thread buffer, the input parts multiplied one by one (no concatenation):
+        # no (B, out) or (B, in) allocation per call.
+        y = torch.addmm(self.bias, first[0].to(dtype), first[1], out=self._output(first[0].shape[0], dtype))
+        for x, w in rest:
+            y.addmm_(x.to(dtype), w)  # (B, out) += part_i @ W_i
+        return y.relu_() if self.relu else y
+
+    def _output(self, batch: int, dtype: torch.dtype) -> torch.Tensor:
+        """This thread's (batch, out) output buffer; valid until this layer's next call in the thread."""
+        cache = getattr(self._buffers, "by_shape", None)
+        if cache is None:
+            cache = self._buffers.by_shape = {}
+        buf = cache.get((batch, dtype))
+        if buf is None:
+            if len(cache) >= 8:  # a few batch sizes stay cached, not every size ever seen
+                cache.clear()
+            buf = cache[(batch, dtype)] = torch.empty(batch, self.out_features, dtype=dtype)
+        return buf
+
+
+class FoldedMLP:
+    """An ``MLP`` as ``FoldedLinear`` layers: called like ``MLP.forward`` with its input in parts, the
+    first layer reading them as separate weight blocks; without layers, the parts' concatenation."""
+
+    def __init__(self, layers: list[FoldedLinear]) -> None:
+        self.layers = layers
+
+    def __call__(self, *parts: torch.Tensor) -> torch.Tensor:
+        if not self.layers:
+            return _joined(parts)
+        first, *rest = self.layers
+        h = first(*parts)  # (B, dims[0])
+        for layer in rest:
+            h = layer(h)  # (B, dims[i])
+        return h
+
+
 class MLP(nn.Sequential):
-    """Linear + ReLU for every width in ``dims`` (a ReLU-MLP as in the paper)."""
+    """Linear + ReLU for every width in ``dims`` (a ReLU-MLP as in the paper); called with its input
+    in one or more parts (B, in_i) that it concatenates."""
 
     def __init__(self, in_dim: int, dims: tuple[int, ...]) -> None:
         layers: list[nn.Module] = []
@@ -56,6 +136,23 @@ class MLP(nn.Sequential):
             in_dim = d
         super().__init__(*layers)
         self.out_dim = in_dim
+
+    def forward(self, *parts: torch.Tensor) -> torch.Tensor:
+        return super().forward(_joined(parts))  # (B, out_dim)
+
+    def folded(self, dtype: torch.dtype, part_dims: tuple[int, ...] = ()) -> FoldedMLP:
+        """This MLP's Linears as ``FoldedLinear`` in ``dtype``; the first reads its input in parts of
+        ``part_dims`` (one part when empty)."""
+        linears = [m for m in self if isinstance(m, nn.Linear)]
+        return FoldedMLP([FoldedLinear(m, True, dtype, part_dims if i == 0 else ()) for i, m in enumerate(linears)])
+
+
+def cross_net(z0: torch.Tensor, weights: Iterable[torch.Tensor], biases: Iterable[torch.Tensor]) -> torch.Tensor:
+    """The cross network on z0 (B, D): ``z_{l+1} = z0 * (z_l^T w_l) + b_l + z_l`` for each (w_l, b_l)."""
+    z = z0  # (B, D)
+    for w, b in zip(weights, biases):
+        z = z0 * (z @ w).unsqueeze(1) + b + z  # (B, 1) scalar per row broadcast over D
+    return z
 
 
 class CrossNet(nn.Module):
@@ -67,10 +164,39 @@ class CrossNet(nn.Module):
         self.biases = nn.ParameterList([nn.Parameter(torch.zeros(dim)) for _ in range(n_layers)])
 
     def forward(self, z0: torch.Tensor) -> torch.Tensor:
-        z = z0  # (B, D)
-        for w, b in zip(self.weights, self.biases):
-            z = z0 * (z @ w).unsqueeze(1) + b + z  # (B, 1) scalar per row broadcast over D
-        return z
+        return cross_net(z0, self.weights, self.biases)  # (B, D)
+
+    def folded(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        """``cross_net`` over float32 copies of this net's weights (later changes are not seen)."""
+        return functools.partial(cross_net, weights=[w.detach().float().clone() for w in self.weights],
+                                 biases=[b.detach().float().clone() for b in self.biases])
+
+
+class DCNLayers(NamedTuple):
+    """The parts of a DCN as callables, and the DCN forward over them (eq. 3-6).
+
+    The MLPs and the output layer take their input in parts (B, in_i), the tensors whose
+    concatenation is their input: ``deep`` reads [x_v, h], ``head`` reads [h, z].
+    """
+
+    visual_dim: int
+    nv_mlp: Callable[..., torch.Tensor]
+    deep: Callable[..., torch.Tensor]
+    cross: Callable[[torch.Tensor], torch.Tensor]
+    head: Callable[..., torch.Tensor]
+    out: Callable[..., torch.Tensor]
+
+    def __call__(self, x_nv: torch.Tensor, x_v: torch.Tensor | None) -> torch.Tensor:
+        """Logits (B,) from x_nv (B, D_nv) and x_v (B, visual_dim), or None without a visual input."""
+        h = self.nv_mlp(x_nv)  # (B, deep_dims[0])
+        if self.visual_dim:
+            if x_v is None:
+                raise ValueError("this DCN was built with a visual input; x_v is required")
+            h = self.deep(x_v, h)  # (B, deep_dims[-1]) from [x_v, h] (B, visual_dim + deep_dims[0])
+        else:
+            h = self.deep(h)  # (B, deep_dims[-1])
+        z = self.cross(x_nv)  # (B, D_nv)
+        return self.out(self.head(h, z)).squeeze(1)  # (B,), the head reading [h, z] (B, deep_dims[-1] + D_nv)
 
 
 class DCN(nn.Module):
@@ -84,6 +210,7 @@ class DCN(nn.Module):
     def __init__(self, nv_dim: int, visual_dim: int, cfg: ModelConfig) -> None:
         super().__init__()
         self.visual_dim = visual_dim
+        self.nv_dim = nv_dim
         self.nv_mlp = MLP(nv_dim, cfg.deep_dims[:1])
         self.deep = MLP(cfg.deep_dims[0] + visual_dim, tuple(cfg.deep_dims[1:]))
         self.cross = CrossNet(nv_dim, cfg.cross_layers)
@@ -92,11 +219,14 @@ class DCN(nn.Module):
 
     def forward(self, x_nv: torch.Tensor, x_v: torch.Tensor | None) -> torch.Tensor:
         """Logits (B,) from x_nv (B, D_nv) and x_v (B, visual_dim) or None."""
-        h = self.nv_mlp(x_nv)  # (B, deep_dims[0])
-        if self.visual_dim:
-            if x_v is None:
-                raise ValueError("this DCN was built with a visual input; x_v is required")
-            h = torch.cat([x_v, h], dim=1)  # (B, visual_dim + deep_dims[0])
-        h = self.deep(h)  # (B, deep_dims[-1])
-        z = self.cross(x_nv)  # (B, D_nv)
-        return self.out(self.head(torch.cat([h, z], dim=1))).squeeze(1)  # (B,)
+        return DCNLayers(self.visual_dim, self.nv_mlp, self.deep, self.cross, self.head, self.out)(x_nv, x_v)
+
+    def folded(self, mlp_dtype: torch.dtype) -> DCNLayers:
+        """This DCN laid out for inference from copies of its weights: the MLPs' Linears as
+        ``FoldedLinear`` in ``mlp_dtype`` (each MLP's first layer reading its input parts as
+        separate weight blocks), the cross net and the output layer in float32. Call it under
+        ``torch.inference_mode()``; its output is a view of the output layer's reused buffer."""
+        deep_parts = (self.visual_dim, self.nv_mlp.out_dim) if self.visual_dim else ()
+        return DCNLayers(self.visual_dim, self.nv_mlp.folded(mlp_dtype), self.deep.folded(mlp_dtype, deep_parts),
+                         self.cross.folded(), self.head.folded(mlp_dtype, (self.deep.out_dim, self.nv_dim)),
+                         FoldedLinear(self.out, False, torch.float32))

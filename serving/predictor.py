@@ -13,8 +13,9 @@ pointer's sha256 of version.json, then version.json's sha256 of every file (serv
 The hot path is vectorised: encoding runs per field over the batch (numpy), the ad index is a
 numpy ``searchsorted`` over the sorted ad ids, and the head runs as an ``InferenceHead``: the
 ``ModelHead``'s weights laid out once for inference (one concatenated table and one gather for the
-single-valued fields, one ``embedding_bag`` for all multi-valued fields, pre-transposed weights
-and ``addmm`` + in-place ReLU for every Linear).
+single-valued fields, one ``embedding_bag`` for all multi-valued fields) and the DCN's own folded
+form (``models.layers.DCN.folded``: the model's forward over pre-transposed weights and ``addmm``
++ in-place ReLU for every Linear).
 
 Precision (``Predictor(..., precision=...)``, default ``"auto"``):
   fp32  the model's arithmetic; scores equal ``ModelHead``'s within 1e-4 (the score_match gate).
@@ -36,7 +37,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -50,6 +50,7 @@ from core.config import ModelConfig, PipelineConfig, build
 from features.encoder import load_encoder_file
 from features.spec import FeatureSpec
 from models.layers import DCN, FieldEmbedding
+from serving import registry
 from serving.lookup import IntegrityError, LookupTable, loaded_files, read_manifest, sha256_file
 from serving.requests import EncodedRequests, RequestColumns, RequestEncoder, columns_from_records
 
@@ -58,6 +59,7 @@ log = logging.getLogger(__name__)
 ENCODER_FILE = "encoder.npz"
 MODEL_FILE = "model.pt"
 PRECISIONS = ("fp32", "bf16")
+_MLP_DTYPE = {"fp32": torch.float32, "bf16": torch.bfloat16}  # the dtype of the DCN's MLP Linears per precision
 AUTO = "auto"  # see the module docstring and resolve_precision
 DEFAULT_PRECISION = AUTO
 # Max |score - fp32 model score| each precision is meant to keep (validate records it, tests check it).
@@ -141,66 +143,14 @@ class ModelHead(nn.Module):
         return self.dcn(x_nv, x_v)
 
 
-class _Dense:
-    """One Linear (optionally followed by ReLU) with its weight laid out once for inference.
-
-    Called with the parts of its input (B, in_i) whose concatenation is the Linear's input: one
-    pre-transposed weight block (in_i, out) per part, ``addmm`` of each part into a reused output
-    buffer, so the parts are never concatenated. bf16 runs the same in bfloat16 (output bfloat16).
-    """
-
-    def __init__(self, linear: nn.Linear, relu: bool, precision: str, part_dims: tuple[int, ...] = ()) -> None:
-        if precision not in PRECISIONS:
-            raise ValueError(f"unknown precision {precision!r}; allowed: {', '.join(PRECISIONS)}")
-        weight = linear.weight.detach()  # (out, in)
-        part_dims = part_dims or (weight.shape[1],)
-        if sum(part_dims) != weight.shape[1]:
-            raise ValueError(f"input parts {part_dims} do not add up to the layer's {weight.shape[1]} inputs")
-        self.relu = relu
-        self.out_features = weight.shape[0]
-        self.n_parts = len(part_dims)
-        self._buffers = threading.local()  # per thread: {(batch, dtype): output buffer}
-        dtype = torch.float32 if precision == "fp32" else torch.bfloat16
-        self.weight_t_parts = [w.t().contiguous().to(dtype) for w in torch.split(weight, part_dims, dim=1)]  # each (in_i, out)
-        self.bias = linear.bias.detach().to(dtype, copy=True)  # (out,), a copy: later module changes are not seen
-
-    def __call__(self, *parts: torch.Tensor) -> torch.Tensor:
-        if len(parts) != self.n_parts:
-            raise ValueError(f"this layer takes its input in {self.n_parts} part(s), got {len(parts)}")
-        dtype = self.bias.dtype
-        first, *rest = zip(parts, self.weight_t_parts)
-        # Into a reused per-thread buffer, the input parts multiplied one by one (no concatenation):
-        # no (B, out) or (B, in) allocation per call.
-        y = torch.addmm(self.bias, first[0].to(dtype), first[1], out=self._output(first[0].shape[0], dtype))
-        for x, w in rest:
-            y.addmm_(x.to(dtype), w)  # (B, out) += part_i @ W_i
-        return y.relu_() if self.relu else y
-
-    def _output(self, batch: int, dtype: torch.dtype) -> torch.Tensor:
-        """This thread's (batch, out) output buffer; valid until this layer's next call in the thread."""
-        cache = getattr(self._buffers, "by_shape", None)
-        if cache is None:
-            cache = self._buffers.by_shape = {}
-        buf = cache.get((batch, dtype))
-        if buf is None:
-            if len(cache) >= 8:  # a few batch sizes stay cached, not every size ever seen
-                cache.clear()
-            buf = cache[(batch, dtype)] = torch.empty(batch, self.out_features, dtype=dtype)
-        return buf
-
-
-def _linears(mlp: nn.Module) -> list[nn.Linear]:
-    return [m for m in mlp if isinstance(m, nn.Linear)]
-
-
 class InferenceHead:
     """A ``ModelHead`` laid out for scoring (no autograd, no module dispatch), at one precision.
 
     Embeddings: the single-valued fields' tables concatenated into one (each field's ids shifted by
     its table's start), gathered in one ``embedding``; the multi-valued fields' tables likewise,
-    pooled in one mean ``embedding_bag`` over all fields' bags. The Linear layers of the DCN's
-    MLPs run at ``precision``; the cross net and the output layer always run in float32.
-    Weights are copied at construction: later changes to the ``ModelHead`` are not seen.
+    pooled in one mean ``embedding_bag`` over all fields' bags. The DCN runs its own forward over
+    its folded layers (``DCN.folded``): the Linear layers of its MLPs at ``precision``, the cross
+    net and the output layer always in float32. Weights are copied at construction: later changes to the ``ModelHead`` are not seen.
     """
 
     def __init__(self, head: ModelHead, precision: str = "fp32") -> None:
@@ -217,15 +167,7 @@ class InferenceHead:
         self.multi_table = torch.cat(multi) if multi else torch.zeros(0, emb.dim)  # (sum V_f, d_e)
         self.single_base = torch.from_numpy(np.cumsum(self.single_sizes) - self.single_sizes)  # (n_single,)
         self.multi_base = (np.cumsum(self.multi_sizes) - self.multi_sizes).tolist()
-        self.nv_mlp = [_Dense(m, True, precision) for m in _linears(dcn.nv_mlp)]
-        deep, head_mlp = _linears(dcn.deep), _linears(dcn.head)
-        # The first deep layer reads [x_v, h], the first head layer [h, z]: separate input parts.
-        self.deep = [_Dense(m, True, precision, (dcn.visual_dim, m.in_features - dcn.visual_dim) if i == 0 else ())
-                     for i, m in enumerate(deep)]
-        self.head_mlp = [_Dense(m, True, precision, (m.in_features - emb.out_dim, emb.out_dim) if i == 0 else ())
-                         for i, m in enumerate(head_mlp)]
-        self.out = _Dense(dcn.out, False, "fp32")
-        self.cross = [(w.detach().clone(), b.detach().clone()) for w, b in zip(dcn.cross.weights, dcn.cross.biases)]
+        self.dcn = dcn.folded(_MLP_DTYPE[precision])
 
     def embed(self, single: np.ndarray, multi_values: Mapping[str, np.ndarray],
               multi_offsets: Mapping[str, np.ndarray]) -> torch.Tensor:
@@ -271,21 +213,7 @@ class InferenceHead:
         x_nv = self.embed(single, multi_values, multi_offsets)  # (B, D_nv)
         if x_nv.shape[0] == 0:
             return torch.zeros(0)
-        h = x_nv
-        for layer in self.nv_mlp:
-            h = layer(h)  # (B, deep_dims[0])
-        parts = (torch.from_numpy(x_v), h)  # the input [x_v, h] (B, visual_dim + deep_dims[0]) in parts
-        for layer in self.deep:
-            h = layer(*parts)  # (B, deep_dims[i])
-            parts = (h,)
-        z = x_nv
-        for w, bias in self.cross:
-            z = x_nv * (z @ w).unsqueeze(1) + bias + z  # (B, D_nv), as CrossNet
-        parts = (h, z)  # [h, z] (B, deep_dims[-1] + D_nv)
-        for layer in self.head_mlp:
-            h = layer(*parts)  # (B, head_dims[i])
-            parts = (h,)
-        return self.out(h.float()).squeeze(1).clone()  # (B,), not a view of the reused output buffer
+        return self.dcn(x_nv, torch.from_numpy(x_v)).clone()  # (B,), not a view of the reused output buffer
 
 
 @dataclass
@@ -356,32 +284,28 @@ class Predictor:
         ``version_sha256`` (the pointer's) must match version.json, which must list every file
         loaded here with its sha256. A legacy pointer (no ``version_sha256``) is checked against
         the lookup manifest only and served in fp32 only, with a warning."""
-        from serving.registry import is_legacy, legacy_message, require_listed, verify_version
-
         version_dir = Path(version_dir)
         entry = dict(version or {})
-        info = verify_version(version_dir, entry.get("version_sha256"))
-        if is_legacy(entry):
-            log.warning("%s", legacy_message({**info, **entry}))
+        info = registry.verify_version(version_dir, entry.get("version_sha256"))
+        if registry.is_legacy(entry):
+            log.warning("%s", registry.legacy_message({**info, **entry}))
             return cls.load(version_dir / "model" / MODEL_FILE, version_dir / "lookup", version, precision,
                             ("fp32",))
         manifest = read_manifest(version_dir / "lookup")
         # validation.json may be absent (fp32 only); when present it is listed, hence verified.
-        require_listed(info, [f"model/{MODEL_FILE}", "lookup/manifest.json",
-                              *(f"lookup/{name}" for name in loaded_files(manifest))], version_dir)
+        registry.require_listed(info, [f"model/{MODEL_FILE}", "lookup/manifest.json",
+                                       *(f"lookup/{name}" for name in loaded_files(manifest))], version_dir)
         return cls.load(version_dir / "model" / MODEL_FILE, version_dir / "lookup", version, precision,
                         read_validated_precisions(version_dir / VALIDATION_FILE), verify_lookup=False)
 
     @classmethod
     def from_current(cls, cfg: PipelineConfig, precision: str = DEFAULT_PRECISION) -> "Predictor":
         """The version the `current` pointer names (serving.registry)."""
-        from serving.registry import read_current, version_dir
-
-        current = read_current(cfg)
+        current = registry.read_current(cfg)
         if current is None:
             raise FileNotFoundError("nothing is published yet: no current pointer under the artifacts' "
                                     "published/ folder; run the publish stage first")
-        return cls.load_version(version_dir(cfg, current), current, precision)
+        return cls.load_version(registry.version_dir(cfg, current), current, precision)
 
     # ------------------------------------------------------------------ scoring
 

@@ -3,13 +3,18 @@ and grouped == per-impression forward/backward."""
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
+import pyarrow as pa
 import pytest
 import torch
 
 from core.config import ConfigError, ModelConfig, load_config
-from models.attention import CBAM, CSCNNAttention, NoAttention, make_attention
+from features.spec import FeatureSpec
+from models.attention import CBAM, CSCNNAttention, NoAttention, _ChannelPool, _GatedMaps, make_attention
 from models.batching import ImageTable, encode_examples, make_batch, plan_batches
+from models.bench_speed import _use_reference_forward, tower_round_times
 from models.ctr import CTRModel
 from models.layers import DCN, CrossNet, FieldEmbedding
 from models.synthetic import make_examples, make_spec
@@ -31,7 +36,6 @@ def data():
 
 
 def test_field_embedding_shape_and_empty_lists_pool_to_zero():
-    from features.spec import FeatureSpec
     spec = FeatureSpec(single={"b": 5, "a": 3}, multi={"words": 7})
     emb = FieldEmbedding(spec, dim=4)
     single = torch.tensor([[1, 2], [0, 4]])  # columns in sorted order: a, b
@@ -58,6 +62,7 @@ def test_cross_net_matches_hand_computation():
     # layer 1: z0 . w0 = 1 - 3 = -2 -> z1 = -2 * z0 + b0 + z0 = [-0.9, -1.8, -2.7]
     # layer 2: z1 . w1 = 0.5 * (-5.4) = -2.7 -> z2 = -2.7 * z0 + b1 + z1 = [-4.6, -7.2, -9.8]
     assert torch.allclose(net(z0), torch.tensor([[-4.6, -7.2, -9.8]]), atol=1e-6)
+    assert torch.allclose(net.folded()(z0), torch.tensor([[-4.6, -7.2, -9.8]]), atol=1e-6)
 
 
 def test_dcn_shapes_with_and_without_visual_input():
@@ -67,6 +72,21 @@ def test_dcn_shapes_with_and_without_visual_input():
     assert DCN(12, 0, cfg)(x_nv, None).shape == (7,)
     with pytest.raises(ValueError, match="x_v is required"):
         DCN(12, 6, cfg)(x_nv, None)
+
+
+@pytest.mark.parametrize("visual_dim, changes", [(6, {}), (0, {}), (6, {"deep_dims": (16,)}), (6, {"head_dims": ()}),
+                                                 (6, {"cross_layers": 0})])
+def test_folded_dcn_matches_the_module_and_copies_its_weights(visual_dim, changes):
+    torch.manual_seed(0)
+    dcn = DCN(12, visual_dim, tiny_cfg(**changes)).eval()
+    x_nv, x_v = torch.randn(7, 12), torch.randn(7, visual_dim) if visual_dim else None
+    fp32, bf16 = dcn.folded(torch.float32), dcn.folded(torch.bfloat16)
+    with torch.inference_mode():
+        expected = dcn(x_nv, x_v)  # (7,)
+        torch.testing.assert_close(fp32(x_nv, x_v), expected, atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(bf16(x_nv, x_v), expected, atol=1e-2, rtol=0)
+        dcn.out.bias.add_(1.0)
+        torch.testing.assert_close(fp32(x_nv, x_v), expected, atol=1e-6, rtol=1e-5)
 
 
 @pytest.mark.parametrize("kind", ["none", "cbam", "cscnn"])
@@ -86,8 +106,6 @@ def test_attention_types_and_bad_kind():
 
 def _attention_pair(kind: str, dtype: torch.dtype) -> tuple[torch.nn.Module, torch.nn.Module]:
     """An attention module with non-zero priors and weights, and an identical copy."""
-    import copy
-
     torch.manual_seed(1)
     att = make_attention(kind, 12, n_categories=5, prior_channels=3, prior_spatial=4, reduction=4).to(dtype)
     with torch.no_grad():
@@ -117,8 +135,6 @@ def test_fused_attention_matches_reference_forward_and_gradients(kind, ties):
 
 
 def test_fused_attention_functions_pass_gradcheck():
-    from models.attention import _ChannelPool, _GatedMaps
-
     gen = torch.Generator().manual_seed(3)
 
     def leaf(*shape):
@@ -238,7 +254,6 @@ def test_bad_examples_give_clear_errors(data):
 
 
 def test_encode_accepts_pandas_arrow_and_dict(data):
-    import pyarrow as pa
     spec, df, enc, _ = data
     from_arrow = encode_examples(pa.Table.from_pandas(df, preserve_index=False), spec)
     from_dict = encode_examples({c: df[c].tolist() if c.startswith("m_") else df[c].to_numpy() for c in df}, spec)
@@ -284,13 +299,10 @@ def test_plan_batches_keeps_groups_whole():
 
 
 def test_speed_benchmark_times_fused_and_reference_towers_on_the_same_inputs():
-    from models.bench_speed import _use_reference_forward, tower_round_times
-
     times = tower_round_times(torch.device("cpu"), batch=2, rounds=2, warmup=1, image_size=32, attention_layers=2,
                               n_categories=7, reference=True)
     assert sorted(times) == ["cbam", "cbam_reference", "cscnn", "cscnn_reference", "resnet18"]
     assert all(len(ts) == 2 and min(ts) > 0 for ts in times.values())
-    import copy
 
     torch.manual_seed(0)
     tower = build_visual_tower(tiny_cfg(variant="cscnn", backbone="resnet18", attention_layers=4), n_categories=3)

@@ -15,9 +15,12 @@ import pytest
 import torch
 
 from core.config import load_config
-from models.batching import shard_range
+from models.batching import preprocess_images, shard_range
+from models.ctr import CTRModel
 from models.synthetic import make_examples, make_spec
-from models.train import auc_score, compute_metrics, embed_images, load_model, predict, train, warm_start
+from models.train import (auc_score, compute_metrics, embed_images, image_statistics, load_model, predict,
+                          pretrain_backbone, seed_everything, train, warm_start)
+from models.visual import build_visual_tower
 
 # This folder's helpers: pytest puts tests/models on sys.path (the folder has no __init__.py).
 from ddp_worker import DDP_OVERRIDES, ddp_data
@@ -95,7 +98,6 @@ def test_warm_start_copies_matching_tensors_only(world, tmp_path):
     spec, train_df, hold_df, images = world
     train(cfg_with(model__variant="dcn", train__max_steps=2), spec, train_df, hold_df, images, tmp_path / "a")
     src = weights(tmp_path / "a" / "model.pt")
-    from models.ctr import CTRModel
     model = CTRModel(spec, cfg_with(model__variant="cbam").model)
     skipped = warm_start(model, tmp_path / "a" / "model.pt")
     own = model.state_dict()
@@ -111,8 +113,6 @@ def test_cnn_fixed_pretrains_then_keeps_the_backbone_fixed(world, tmp_path):
     spec, train_df, hold_df, images = world
     train(cfg_with(model__variant="cnn_fixed", train__max_steps=3, train__pretrain_steps=0), spec, train_df,
           hold_df, images, tmp_path / "nopre")
-    from models.ctr import CTRModel
-    from models.train import seed_everything
     seed_everything(1)  # train() seeds with train.seed = 1 before building the model
     initial = CTRModel(spec, cfg_with(model__variant="cnn_fixed").model).state_dict()
     trained = weights(tmp_path / "nopre" / "model.pt")
@@ -187,8 +187,6 @@ def test_two_processes_match_one_process_and_listen_on_loopback_only(tmp_path):
     assert two_metrics["train_impressions"] == single["train_impressions"]
     assert two_metrics["logloss"] == pytest.approx(single["logloss"], abs=1e-5)
     assert single["steps"] == 4 and single["world_size"] == 1
-    from models.ctr import CTRModel
-    from models.train import seed_everything
     seed_everything(load_config(overrides=DDP_OVERRIDES).train.seed)
     initial = CTRModel(spec, load_config(overrides=DDP_OVERRIDES).model).state_dict()
     for name in one:
@@ -240,10 +238,6 @@ def _state(pid: int) -> str:
 
 
 def test_pretraining_learns_the_colour_statistics_it_keeps_for_cnn_fixed():
-    from models.batching import preprocess_images
-    from models.train import image_statistics, pretrain_backbone
-    from models.visual import build_visual_tower
-
     rng = np.random.default_rng(0)
     n = 256
     level = rng.random(n)  # each image's brightness, independent of its category

@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import json
+
 import numpy as np
 import pytest
 import torch
 
 from core.config import load_config
+from features.encoder import save_encoder
 from features.spec import FeatureSpec
-from models.train import embed_images, predict, train
+from models.train import embed_images, load_model, predict, train
+from serving import predict as predict_cli
+from serving import predictor as predictor_module
+from serving import registry
 from serving.lookup import IntegrityError, make_reduction, sha256_file, write_lookup_files
 from serving.predictor import PRECISION_TOLERANCE, InferenceHead, ModelHead, Predictor
-from serving.requests import RequestError, save_encoder
-from serving import predictor as predictor_module
+from serving.requests import RequestError
 from spark_jobs.build_lookup import stack_images
 from tests.serving.helpers import identity_encoder, requests_from_examples, small_cfg, synthetic_world
 
@@ -20,8 +26,6 @@ REDUCED = [p for p in PRECISION_TOLERANCE if p != "fp32"]
 
 
 @pytest.fixture(scope="module")
-
-
 def served(tmp_path_factory):
     """A trained tiny CSCNN model and float32 serving files of every ad of its examples."""
     root = tmp_path_factory.mktemp("predictor")
@@ -29,8 +33,6 @@ def served(tmp_path_factory):
     cfg = small_cfg(root)
     train(cfg, spec, df, None, images, root / "model")
     model_path = root / "model" / "model.pt"
-    from models.train import load_model
-
     model = load_model(model_path)
     ads = np.unique(df["ad_id"].to_numpy())
     cats = df.groupby("ad_id")["category_idx"].first().loc[ads].to_numpy()
@@ -92,13 +94,6 @@ def test_tampered_model_file_is_refused_by_name(served, tmp_path):
 
 
 def test_predict_cli_scores_the_current_version(served, tmp_path, capsys):
-    import datetime as dt
-    import json
-
-    from serving import predict as predict_cli
-    from serving import registry
-    from tests.serving.helpers import small_cfg
-
     model, model_path, lookup, df, images = served
     cfg = small_cfg(tmp_path / "var")
     record = tmp_path / "validation.json"
@@ -133,13 +128,6 @@ def test_files_without_a_validation_record_are_served_in_fp32_by_default(served)
 
 @pytest.mark.parametrize("native", [True, False])
 def test_a_version_is_served_only_in_the_precisions_its_record_allows(served, tmp_path, monkeypatch, native):
-    import json
-
-    import datetime as dt
-
-    from serving import registry
-    from tests.serving.helpers import small_cfg
-
     _, model_path, lookup, _, _ = served
     monkeypatch.setattr(predictor_module, "native_bf16", lambda: native)
     cfg = small_cfg(tmp_path / "var")
