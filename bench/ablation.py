@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import logging
 import math
 import os
@@ -31,9 +32,20 @@ import time
 from typing import Any
 
 import numpy as np
+import pyarrow.parquet as pq
+import torch
 
 from bench.common import machine, write_result
+from core.cli import setup_logging
 from core.config import PipelineConfig, load_config, parse_overrides
+from core.paths import Paths, local_path
+from core.spark import get_spark
+from models.train import train
+from simworld.generate import generate_day
+from simworld.truth import auc, oracle_auc
+from spark_jobs import build_window, ingest
+from spark_jobs.export_snapshot import export_training_snapshot
+from spark_jobs.train_model import read_snapshot
 
 log = logging.getLogger("bench.ablation")
 
@@ -73,10 +85,6 @@ def seed_config(base: PipelineConfig, work: str, seed: int) -> PipelineConfig:
 
 def build_snapshot(cfg: PipelineConfig, spark: Any, run_date: dt.date, test_impressions: int) -> dict[str, Any]:
     """Generate and ingest [D-W, D], build features for D and export the snapshot; returns timings."""
-    from simworld.generate import generate_day
-    from spark_jobs import build_window, ingest
-    from spark_jobs.export_snapshot import export_training_snapshot
-
     window = cfg.features.window_days
     timings: dict[str, float] = {"generate_s": 0.0, "ingest_s": 0.0}
     for i in range(window, -1, -1):
@@ -107,11 +115,6 @@ def oracle_aucs(cfg: PipelineConfig, run_date: dt.date, holdout: Any) -> tuple[f
 
     Overall it is simworld.truth.oracle_auc (every landed impression of the day); the cold one
     joins the truth file to the holdout examples' impression ids, labels and is_cold flags."""
-    import pyarrow.parquet as pq
-
-    from core.paths import Paths, local_path
-    from simworld.truth import auc, oracle_auc
-
     overall = oracle_auc(cfg, run_date)
     truth = pq.read_table(local_path(Paths.of(cfg).truth_day(run_date)))
     rows = holdout.select(["impression_id", "label", "is_cold"]).join(truth, "impression_id", join_type="inner")
@@ -125,9 +128,6 @@ def oracle_aucs(cfg: PipelineConfig, run_date: dt.date, holdout: Any) -> tuple[f
 
 def train_variants(cfg: PipelineConfig, run_date: dt.date, out_root: str) -> dict[str, dict[str, Any]]:
     """Train every variant on the same snapshot, seed and batch order; holdout metrics per variant."""
-    from models.train import train
-    from spark_jobs.train_model import read_snapshot
-
     spec, train_tbl, holdout_tbl, images = read_snapshot(cfg, run_date)
     results: dict[str, dict[str, Any]] = {"_data": {"train_impressions": train_tbl.num_rows,
                                                     "test_impressions": holdout_tbl.num_rows,
@@ -234,8 +234,6 @@ def seeds_from_result(result: dict[str, Any]) -> list[dict[str, Any]]:
 def merge_results(paths: list[str], requested: list[int]) -> dict[str, Any]:
     """One summary from result files of runs with the same settings and world but other seeds
     (seeds run in separate processes); a clear error when settings differ or a seed repeats."""
-    import json
-
     results = []
     for path in paths:
         with open(path) as f:
@@ -308,11 +306,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import torch
-
-    from core.cli import setup_logging
-    from core.spark import get_spark
-
     setup_logging()
     args = parse_args(argv)
     try:
@@ -322,8 +315,6 @@ def main(argv: list[str] | None = None) -> int:
     if not seeds or len(set(seeds)) != len(seeds):
         raise SystemExit(f"bad --seeds {args.seeds!r}; expected distinct integers, e.g. 1,2,3")
     if args.markdown:
-        import json
-
         with open(args.markdown) as f:
             print(markdown(json.load(f)))
         return 0

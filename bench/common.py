@@ -8,6 +8,8 @@ import platform
 import threading
 import time
 
+import psutil
+
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
 
@@ -30,8 +32,6 @@ class PeakRss:
     """Samples the RSS of this process and all its children (the Spark JVM) every 0.2 s."""
 
     def __init__(self) -> None:
-        import psutil
-
         self._proc = psutil.Process()
         self.peak_bytes = 0
         self._stop = threading.Event()

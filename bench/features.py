@@ -34,9 +34,13 @@ import shutil
 import sys
 import time
 
+from pyspark.sql import functions as F
+
 from core.cli import setup_logging
 from core.config import load_config, parse_overrides
 from core.paths import Paths
+from core.spark import get_spark
+from spark_jobs import build_window
 
 log = logging.getLogger("bench.features")
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "features.json")
@@ -47,8 +51,6 @@ TARGET_RATIO = 0.2  # the issue's target: the incremental daily run costs at mos
 
 def write_synthetic_bronze(spark, cfg, first_day: dt.date, n_days: int, impressions_per_day: int) -> None:
     """Bronze impressions and daily ad catalogs for n_days days from first_day (partitioned by dt)."""
-    from pyspark.sql import functions as F
-
     n_ads = max(2_000, impressions_per_day // 20)
     n_users = max(5_000, impressions_per_day // 2)
     paths = Paths.of(cfg)
@@ -132,8 +134,6 @@ def peak_rss_gb() -> float | None:
 
 
 def run_case(spark, base_cfg, work: str, impressions_per_day: int, window_days: int) -> dict:
-    from spark_jobs import build_window
-
     root = os.path.join(work, f"n{impressions_per_day}")
     shutil.rmtree(root, ignore_errors=True)
     cfg = base_cfg.replace({"storage.root": root, "features.window_days": window_days})
@@ -173,8 +173,6 @@ def run_case(spark, base_cfg, work: str, impressions_per_day: int, window_days: 
 
 
 def main(argv: list[str] | None = None) -> int:
-    from core.spark import get_spark
-
     setup_logging()
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default="10000,100000,1000000", help="impressions per day, comma separated")

@@ -42,10 +42,17 @@ from bench.common import machine, write_result
 from core.config import load_config
 from features.encoder import VOCAB_FIELDS, FeatureEncoder
 from features.spec import MULTI_FIELDS, NUMERIC_FIELDS, SINGLE_FIELDS, FeatureSpec
+from models.batching import Batch, encode_examples
+from models.ctr import CTRModel
+from models.synthetic import make_examples, make_spec
+from models.train import auc_score, embed_images, load_model, train
 from serving.lookup import LookupTable, Reduction, bytes_per_ad, coverage_curve, fallback_rows, make_reduction
 from serving.predictor import (AUTO, PRECISION_TOLERANCE, PRECISIONS, ModelHead, Predictor, native_bf16,
                                resolve_precision)
-from serving.requests import columns_from_records
+from serving.requests import EncodedRequests, columns_from_records
+from simworld.traffic import simulate_day
+from simworld.world import active_ads
+from spark_jobs.build_lookup import stack_images
 
 PAPER_DIMS = {"model.deep_dims": [1024, 512, 256], "model.embedding_dim": 4, "model.visual_dim": 150,
               "model.head_dims": [256], "model.cross_layers": 3}
@@ -82,9 +89,6 @@ def head_flops(head: ModelHead, batch: int) -> int:
 
 
 def simulated_coverage(budgets: list[int], window_days: int) -> dict[str, Any]:
-    from simworld.traffic import simulate_day
-    from simworld.world import active_ads
-
     world = load_config().world
     epoch = dt.date.fromisoformat(world.epoch)
     counts: dict[int, int] = {}
@@ -108,12 +112,6 @@ def simulated_coverage(budgets: list[int], window_days: int) -> dict[str, Any]:
 
 
 def auc_cost(quick: bool) -> dict[str, Any]:
-    from models.batching import encode_examples
-    from models.synthetic import make_examples, make_spec
-    from models.train import auc_score, embed_images, load_model, train
-    from serving.requests import EncodedRequests
-    from spark_jobs.build_lookup import stack_images
-
     spec = make_spec(n_categories=8, vocab=40)
     n_ads = 120 if quick else 300
     df, images = make_examples(spec, n_ads=n_ads, impressions_per_ad=(20, 40), image_size=32, seed=5)
@@ -316,9 +314,6 @@ def bench_predictor(quick: bool, rounds: int | None = None) -> dict[str, Any]:
 
 
 def bench_cnn_online(quick: bool) -> dict[str, Any]:
-    from models.batching import Batch
-    from models.ctr import CTRModel
-
     predictor, _, spec = paper_predictor(1000)
     spec.single["category_id"] = 24
     cfg = load_config(overrides={**PAPER_DIMS, "model.variant": "cscnn", "model.backbone": "light"})
@@ -361,10 +356,6 @@ def main(argv: list[str] | None = None) -> int:
 
     cfg = load_config()
     # Build speed: the default tower embedding 64x64 images (what build_lookup runs per ad).
-    from models.ctr import CTRModel
-    from models.synthetic import make_spec
-    from models.train import embed_images
-
     spec = make_spec(n_categories=24)
     model = CTRModel(spec, load_config(overrides=PAPER_DIMS).model).eval()
     n = 256 if args.quick else 2048

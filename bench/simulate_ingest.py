@@ -19,15 +19,14 @@ import time
 
 from bench.common import PeakRss, machine, write_result
 from core.config import load_config
+from core.spark import get_spark
+from simworld.generate import generate_day
+from spark_jobs import ingest
 
 
 def run_case(n: int, spark_master: str) -> dict:
     """Day D on a fresh world (draws and ingests every active ad's image), then the steady-state
     day D+1 (only that day's new ads have new images): both timed, D+1 is the headline."""
-    from core.spark import get_spark
-    from simworld.generate import generate_day
-    from spark_jobs import ingest
-
     root = tempfile.mkdtemp(prefix=f"bench-sim-{n}-")
     try:
         cfg = load_config(overrides={"storage.root": root, "world.impressions_per_day": n,

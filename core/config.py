@@ -4,7 +4,7 @@ Built once per run from defaults, an optional JSON/TOML file and overrides (for 
 DAG's params), then passed around as an object or as JSON (to Spark jobs and trainers).
 Unknown keys and bad values are errors that name the key and what is allowed.
 
-    cfg = load_config("conf/dev.toml", overrides={"features.window_days": 8})
+    cfg = load_config("conf/demo.toml", overrides={"features.window_days": 8})
     cfg.features.window_days  # 8
 """
 

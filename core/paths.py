@@ -6,7 +6,6 @@ URIs are plain strings so that the same code works on a local folder and on s3a:
 from __future__ import annotations
 
 import datetime as dt
-import os
 from dataclasses import dataclass
 
 from core.config import PipelineConfig, StorageConfig
@@ -157,9 +156,3 @@ class Paths:
         """The day's data-quality summary (spark_jobs/check_quality.py; suffix "-examples" for the
         examples suites of run date D)."""
         return _join(self.reports, "quality", f"{day}{suffix}.json")
-
-
-def ensure_dir(uri: str) -> str:
-    if is_local(uri):
-        os.makedirs(local_path(uri), exist_ok=True)
-    return uri

@@ -26,8 +26,6 @@ IVY_SETTINGS = os.path.join(SPARK_CONF_DIR, "ivysettings.xml")  # Maven Central 
 
 def get_spark(cfg: SparkConfig | None = None) -> SparkSession:
     """Return the active session or build one from `cfg` (Delta extensions and catalog on)."""
-    from pyspark.sql import SparkSession
-
     cfg = cfg or SparkConfig()
     active = SparkSession.getActiveSession()
     if active is not None:

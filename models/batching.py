@@ -19,6 +19,7 @@ from dataclasses import dataclass, fields
 from typing import Any, Mapping
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import torch
 
@@ -92,12 +93,8 @@ def _to_arrow(data: Any) -> pa.Table:
         return data
     if hasattr(data, "to_arrow") and not isinstance(data, Mapping):  # e.g. polars
         return data.to_arrow()
-    try:
-        import pandas as pd
-        if isinstance(data, pd.DataFrame):
-            return pa.Table.from_pandas(data, preserve_index=False)
-    except ImportError:  # pandas is optional here
-        pass
+    if isinstance(data, pd.DataFrame):
+        return pa.Table.from_pandas(data, preserve_index=False)
     if isinstance(data, Mapping):
         return pa.table({k: _to_arrow_column(v) for k, v in data.items()})
     raise TypeError(f"encoded examples must be a pandas DataFrame, pyarrow Table, dict of columns or "

@@ -29,9 +29,13 @@ import sys
 import time
 from pathlib import Path
 
+import httpx
+
+from bench.common import machine, write_result
 from core.cli import CliParser, date_arg, run_cli
 from core.config import load_config
 from core.paths import Paths, local_path
+from serving.registry import read_current, version_dir
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -55,8 +59,6 @@ def free_port(preferred: int = 8080) -> int:
 
 def api_client(url: str, home: str):
     """An httpx client with a bearer token for the local API server (admin, generated password)."""
-    import httpx
-
     with open(os.path.join(home, "simple_auth_manager_passwords.json.generated")) as f:
         password = json.load(f)["admin"]
     api = httpx.Client(base_url=url, timeout=30)
@@ -168,8 +170,6 @@ def main(argv: list[str] | None = None) -> int:
     steps["dag_run_s"] = round(time.time() - s, 1)
     wall = round(time.time() - t0, 1)
 
-    from serving.registry import read_current, version_dir
-
     current = read_current(cfg)
     print("\n== demo finished in %.0f s ==" % wall)
     if current is None or current.get("run_date") != str(day):
@@ -184,8 +184,6 @@ def main(argv: list[str] | None = None) -> int:
           f"{os.path.relpath(os.path.abspath(args.config), ROOT)} scripts/airflow_ui.sh start")
     out = {"wall_s": wall, "impressions_per_day": cfg.world.impressions_per_day, "days": W + 1,
            "run_date": str(day), "steps": steps, "config": os.path.relpath(args.config, ROOT)}
-    from bench.common import machine, write_result
-
     out["machine"] = machine()
     write_result("demo.json", out)
     return 0

@@ -16,7 +16,12 @@ from __future__ import annotations
 import json
 import sys
 
+import torch
+
+from core.cli import CliParser, report_user_error, run_cli, setup_logging
+from core.config import load_config, parse_overrides
 from serving.lookup import IntegrityError
+from serving.predictor import AUTO, DEFAULT_PRECISION, PRECISION_TOLERANCE, PRECISIONS, Predictor
 from serving.requests import RequestError
 
 
@@ -35,12 +40,6 @@ def _read_jsonl(path: str) -> list[dict]:
 
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point (see module docstring)."""
-    import torch
-
-    from core.cli import CliParser, report_user_error, setup_logging
-    from core.config import load_config, parse_overrides
-    from serving.predictor import AUTO, DEFAULT_PRECISION, PRECISION_TOLERANCE, PRECISIONS, Predictor
-
     setup_logging()
     ap = CliParser(description="Score raw contract requests with the current published version.")
     ap.add_argument("--requests", required=True, help="JSON-lines file, one request object per line")
@@ -79,6 +78,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from core.cli import run_cli
-
     sys.exit(run_cli(main))

@@ -61,6 +61,7 @@ import contextlib
 import datetime as dt
 import fcntl
 import hashlib
+import importlib.metadata
 import json
 import logging
 import os
@@ -71,14 +72,19 @@ import sys
 import time
 import uuid
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import Any, Iterator
 
+import numpy as np
+from delta.tables import DeltaTable
+from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
+
+from core.cli import CliParser, config_from_args, run_cli, setup_logging
 from core.config import PipelineConfig
 from core.paths import Paths, local_path
-from serving.lookup import IntegrityError, sha256_file
-
-if TYPE_CHECKING:  # pragma: no cover
-    from pyspark.sql import SparkSession
+from core.spark import get_spark
+from serving.lookup import (AD_IDS_FILE, CATEGORIES_FILE, CATEGORY_IDS_FILE, EMBEDDINGS_FILE, IntegrityError,
+                            sha256_file)
 
 log = logging.getLogger(__name__)
 
@@ -236,9 +242,8 @@ def code_version() -> str:
     except (OSError, subprocess.SubprocessError):
         pass
     try:
-        from importlib.metadata import version
-        return version("cscnn-pipeline")
-    except Exception:  # not installed as a package
+        return importlib.metadata.version("cscnn-pipeline")
+    except importlib.metadata.PackageNotFoundError:  # not installed as a package
         return "unknown"
 
 
@@ -393,26 +398,21 @@ def _registry_row(entry: dict[str, Any], action: str, state: str, txn: str | Non
             entry.get("version_sha256"))
 
 
-def append_registry(spark: "SparkSession", cfg: PipelineConfig, entry: dict[str, Any], action: str,
+def append_registry(spark: SparkSession, cfg: PipelineConfig, entry: dict[str, Any], action: str,
                     state: str = LIVE, txn: str | None = None) -> None:
     """Append one row (publish, rollback or recover) to the registry Delta table (one commit)."""
     (spark.createDataFrame([_registry_row(entry, action, state, txn)], REGISTRY_DDL).write.format("delta")
      .mode("append").option("mergeSchema", "true").save(Paths.of(cfg).registry))
 
 
-def set_state(spark: "SparkSession", cfg: PipelineConfig, txn: str, state: str) -> None:
+def set_state(spark: SparkSession, cfg: PipelineConfig, txn: str, state: str) -> None:
     """Set the state of transaction ``txn``'s registry row (one Delta commit)."""
-    from delta.tables import DeltaTable
-    from pyspark.sql import functions as F
-
     DeltaTable.forPath(spark, Paths.of(cfg).registry).update(F.col("txn") == txn, {"state": F.lit(state)})
 
 
-def read_registry(spark: "SparkSession", cfg: PipelineConfig) -> list[dict[str, Any]]:
+def read_registry(spark: SparkSession, cfg: PipelineConfig) -> list[dict[str, Any]]:
     """Registry rows, oldest first ([] when the table does not exist yet); rows written before states
     existed get state "live" and txn None."""
-    from delta.tables import DeltaTable
-
     uri = Paths.of(cfg).registry
     if not DeltaTable.isDeltaTable(spark, uri):
         return []
@@ -443,23 +443,17 @@ def agrees(current: dict[str, Any] | None, rows: list[dict[str, Any]]) -> bool:
 # --------------------------------------------------------------------------- the published lookup table
 
 
-def _published_table_has_versions(spark: "SparkSession", uri: str) -> bool | None:
+def _published_table_has_versions(spark: SparkSession, uri: str) -> bool | None:
     """None: no table; True: the published table (version column); False: a table written by earlier code."""
-    from delta.tables import DeltaTable
-
     if not DeltaTable.isDeltaTable(spark, uri):
         return None
     return "version" in spark.read.format("delta").load(uri).columns
 
 
-def write_published_lookup(spark: "SparkSession", cfg: PipelineConfig, entry: dict[str, Any]) -> None:
+def write_published_lookup(spark: SparkSession, cfg: PipelineConfig, entry: dict[str, Any]) -> None:
     """The version's rows (from its published, checksummed serving files) into the published lookup
     table, partition version = N (replaced: idempotent). A table of the earlier layout (rows written
     before the gates, no version column) is replaced whole."""
-    import numpy as np
-
-    from serving.lookup import AD_IDS_FILE, CATEGORIES_FILE, CATEGORY_IDS_FILE, EMBEDDINGS_FILE
-
     folder = version_dir(cfg, entry) / "lookup"
     ad_ids = np.load(folder / AD_IDS_FILE, allow_pickle=False)  # (n,)
     stored = np.asarray(np.load(folder / EMBEDDINGS_FILE, allow_pickle=False), dtype=np.float32)  # (n, dims)
@@ -478,16 +472,14 @@ def write_published_lookup(spark: "SparkSession", cfg: PipelineConfig, entry: di
         writer.mode("overwrite").option("replaceWhere", f"version = {version}").save(uri)
 
 
-def delete_published_lookup(spark: "SparkSession", cfg: PipelineConfig, version: int) -> None:
+def delete_published_lookup(spark: SparkSession, cfg: PipelineConfig, version: int) -> None:
     """Remove an abandoned version's rows from the published lookup table (no-op when it has none)."""
-    from delta.tables import DeltaTable
-
     uri = Paths.of(cfg).lookup_table
     if _published_table_has_versions(spark, uri):
         DeltaTable.forPath(spark, uri).delete(f"version = {int(version)}")
 
 
-def published_lookup(spark: "SparkSession", cfg: PipelineConfig):
+def published_lookup(spark: SparkSession, cfg: PipelineConfig):
     """The published lookup table's rows of the live version (what a consumer reads), or None."""
     current = read_current(cfg)
     uri = Paths.of(cfg).lookup_table
@@ -499,7 +491,7 @@ def published_lookup(spark: "SparkSession", cfg: PipelineConfig):
 # --------------------------------------------------------------------------- transactions
 
 
-def _abandon(spark: "SparkSession", cfg: PipelineConfig, row: dict[str, Any]) -> None:
+def _abandon(spark: SparkSession, cfg: PipelineConfig, row: dict[str, Any]) -> None:
     """Undo a pending transaction that never moved the pointer."""
     if row["action"] == "publish":
         delete_published_lookup(spark, cfg, row["version"])
@@ -508,7 +500,7 @@ def _abandon(spark: "SparkSession", cfg: PipelineConfig, row: dict[str, Any]) ->
         shutil.rmtree(published_root(cfg) / row["dir"], ignore_errors=True)
 
 
-def recover(spark: "SparkSession", cfg: PipelineConfig) -> dict[str, list]:
+def recover(spark: SparkSession, cfg: PipelineConfig) -> dict[str, list]:
     """Make the registry agree with `current` after a crash (see the module docstring); call under
     ``registry_lock``. Returns what was done."""
     root = published_root(cfg)
@@ -551,7 +543,7 @@ def _next_number(cfg: PipelineConfig, rows: list[dict[str, Any]]) -> int:
     return max([v for v, _, _ in list_version_dirs(cfg)] + [int(r["version"]) for r in rows], default=0) + 1
 
 
-def _commit(spark: "SparkSession", cfg: PipelineConfig, entry: dict[str, Any], action: str,
+def _commit(spark: SparkSession, cfg: PipelineConfig, entry: dict[str, Any], action: str,
             before_pointer: Any = None) -> dict[str, Any]:
     """Steps 2, (3,) 4 and 5 of a transaction for a complete version folder; returns the live pointer."""
     txn = uuid.uuid4().hex
@@ -577,7 +569,7 @@ def _commit(spark: "SparkSession", cfg: PipelineConfig, entry: dict[str, Any], a
     return pointer
 
 
-def publish_version(spark: "SparkSession", cfg: PipelineConfig, run_date: dt.date, sources: dict[str, Path],
+def publish_version(spark: SparkSession, cfg: PipelineConfig, run_date: dt.date, sources: dict[str, Path],
                     metadata: dict[str, Any], expect: dict[str, str] | None = None) -> dict[str, Any]:
     """Publish ``sources`` as a new version and make it live (the five steps of the module docstring);
     ``expect``: see ``stage_version``."""
@@ -589,7 +581,7 @@ def publish_version(spark: "SparkSession", cfg: PipelineConfig, run_date: dt.dat
         return _commit(spark, cfg, entry, "publish", lambda e: write_published_lookup(spark, cfg, e))
 
 
-def rollback(spark: "SparkSession", cfg: PipelineConfig, to_version: int) -> dict[str, Any]:
+def rollback(spark: SparkSession, cfg: PipelineConfig, to_version: int) -> dict[str, Any]:
     """Point `current` at an earlier published version (verified first) and record the rollback."""
     with registry_lock(cfg):
         recover(spark, cfg)
@@ -617,7 +609,7 @@ def rollback(spark: "SparkSession", cfg: PipelineConfig, to_version: int) -> dic
         return _commit(spark, cfg, entry, "rollback")
 
 
-def doctor(spark: "SparkSession", cfg: PipelineConfig) -> dict[str, Any]:
+def doctor(spark: SparkSession, cfg: PipelineConfig) -> dict[str, Any]:
     """Recover, then check that `current` and the registry agree and that the live version verifies."""
     with registry_lock(cfg):
         done = recover(spark, cfg)
@@ -653,8 +645,6 @@ def _config_options() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """`list`, `rollback --to-version N` and `doctor` (see module docstring)."""
-    from core.cli import CliParser, config_from_args, setup_logging
-
     setup_logging()
     ap = CliParser(description="Published versions of the CTR model + lookup table.")
     sub = ap.add_subparsers(dest="command", required=True, parser_class=CliParser)
@@ -675,8 +665,6 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{mark} v{number}  run_date {day}  auc {info.get('metrics', {}).get('auc')}  "
                   f"model {info.get('model_version')}  published {info.get('published_at')}{legacy}")
         return 0
-    from core.spark import get_spark
-
     spark = get_spark(cfg.spark)
     if args.command == "doctor":
         report = doctor(spark, cfg)
@@ -696,6 +684,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from core.cli import run_cli
-
     sys.exit(run_cli(main))

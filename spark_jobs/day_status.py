@@ -10,12 +10,12 @@ it again appends a passing row, which makes the day usable again.
 from __future__ import annotations
 
 import datetime as dt
-from typing import TYPE_CHECKING
+
+from delta.tables import DeltaTable
+from pyspark.sql import SparkSession, Window
+from pyspark.sql import functions as F
 
 from core.paths import Paths
-
-if TYPE_CHECKING:  # pragma: no cover
-    from pyspark.sql import SparkSession
 
 DAY_STATUS_TABLE = "ops/day_status"
 SCHEMA = "dt date, checked_at timestamp, passed boolean, reason string, summary_path string"
@@ -25,7 +25,7 @@ def day_status_uri(paths: Paths) -> str:
     return paths.table(DAY_STATUS_TABLE)
 
 
-def record_verdict(spark: "SparkSession", paths: Paths, day: dt.date, passed: bool, reason: str,
+def record_verdict(spark: SparkSession, paths: Paths, day: dt.date, passed: bool, reason: str,
                    summary_path: str | None) -> None:
     """Append day `day`'s verdict (one Delta commit); the latest row of a day wins."""
     checked_at = dt.datetime.now(dt.timezone.utc)
@@ -33,12 +33,8 @@ def record_verdict(spark: "SparkSession", paths: Paths, day: dt.date, passed: bo
     row_df.write.format("delta").mode("append").partitionBy("dt").save(day_status_uri(paths))
 
 
-def latest_verdicts(spark: "SparkSession", paths: Paths, days: list[dt.date]) -> dict[dt.date, dict]:
+def latest_verdicts(spark: SparkSession, paths: Paths, days: list[dt.date]) -> dict[dt.date, dict]:
     """{day: {'passed', 'reason', 'checked_at', 'summary_path'}} of the days in `days` that were checked."""
-    from delta.tables import DeltaTable
-    from pyspark.sql import Window
-    from pyspark.sql import functions as F
-
     uri = day_status_uri(paths)
     if not days or not DeltaTable.isDeltaTable(spark, uri):
         return {}

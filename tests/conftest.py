@@ -6,15 +6,15 @@ import os
 
 import pytest
 
+from core.config import SparkConfig, load_config
+from core.spark import get_spark
+
 os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
 
 
 @pytest.fixture(scope="session")
 def spark():
     """One local session for the whole test run (JVM start is ~7 s); Delta enabled."""
-    from core.config import SparkConfig
-    from core.spark import get_spark
-
     session = get_spark(SparkConfig(master="local[2]", shuffle_partitions=1, driver_memory="2g",
                                     app_name="cscnn-tests"))
     yield session
@@ -24,8 +24,6 @@ def spark():
 @pytest.fixture
 def tmp_cfg(tmp_path):
     """A PipelineConfig whose storage root is a fresh temporary folder, with a tiny world."""
-    from core.config import load_config
-
     return load_config(overrides={
         "storage.root": str(tmp_path / "var"),
         "world.impressions_per_day": 2000,

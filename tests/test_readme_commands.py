@@ -35,8 +35,10 @@ import tempfile
 import tomllib
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 
+from serving.requests import ALLOWED_FIELDS, IGNORED_FIELDS
 from tests.dags.tiny_world import CONFIG as TINY_WORLD_CONFIG
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -119,10 +121,6 @@ def small_demo_config(readme_config: str) -> str:
 
 def write_requests(clone: Path, n: int = 50) -> None:
     """requests.jsonl from the demo's landing day: impressions with their ads' fields."""
-    import pyarrow.parquet as pq
-
-    from serving.requests import ALLOWED_FIELDS, IGNORED_FIELDS
-
     landing = clone / "var" / "demo" / "landing" / str(DEMO_DATE)
     impressions = pq.read_table(landing / "impressions.parquet").slice(0, n).to_pylist()
     ads = {row["ad_id"]: row for row in pq.read_table(landing / "ads.parquet").to_pylist()}

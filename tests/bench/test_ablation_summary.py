@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
-from bench.ablation import VARIANTS, summarize
+from bench.ablation import VARIANTS, markdown, merge_results, summarize
 
 SETTINGS = {"world": {"image_size": 32}, "run": {"window_days": 2}}
 
@@ -47,10 +49,6 @@ def test_noisy_gain_fails_and_one_seed_decides_nothing():
 
 
 def test_merge_of_seeds_run_apart_equals_one_summary(tmp_path):
-    import json
-
-    from bench.ablation import merge_results
-
     seeds = [_seed(1, dict(zip(VARIANTS, (0.700, 0.705, 0.712, 0.713, 0.720)))),
              _seed(3, dict(zip(VARIANTS, (0.690, 0.696, 0.701, 0.700, 0.711))), oracle=0.79)]
     files = []
@@ -69,8 +67,6 @@ def test_merge_of_seeds_run_apart_equals_one_summary(tmp_path):
 
 
 def test_markdown_shows_every_variant_gain_and_verdict():
-    from bench.ablation import markdown
-
     seeds = [_seed(1, dict(zip(VARIANTS, (0.700, 0.705, 0.712, 0.713, 0.720)))),
              _seed(2, dict(zip(VARIANTS, (0.690, 0.696, 0.701, 0.700, 0.711))))]
     text = markdown(summarize(seeds, [1, 2], SETTINGS))

@@ -9,7 +9,16 @@ import sys
 import textwrap
 
 import pytest
+from airflow.dag_processing.dagbag import DagBag
+from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
+from airflow.sdk import TriggerRule
+from airflow.sdk.definitions.param import ParamsDict
 
+from core.assets import LOOKUP_TABLE_ASSET, MODEL_ASSET
+from core.config import RUN_OVERRIDE_SECTIONS, VARIANTS, ConfigError, PipelineConfig, SparkConfig, load_config
+from core.spark import DEFAULT_IVY_DIR
+from dags import cscnn_daily
+from dags.cscnn_daily import _NPROC_SNIPPET, params_to_overrides, train_command
 from tests.dags.conftest import AIRFLOW_TEST_ENV, DAGS_DIR, REPO_ROOT
 
 DAG_ID = "cscnn_daily"
@@ -39,8 +48,6 @@ def _run_python(code: str, extra_env: dict[str, str] | None = None) -> dict:
 
 @pytest.fixture(scope="module")
 def dagbag():
-    from airflow.dag_processing.dagbag import DagBag
-
     return DagBag(dag_folder=str(DAGS_DIR))
 
 
@@ -93,8 +100,6 @@ def test_task_ids_and_dependency_order(dag):
 
 
 def test_report_renders_after_failures_and_the_run_still_fails(dag):
-    from airflow.sdk import TriggerRule
-
     assert dag.get_task("render_report").trigger_rule == TriggerRule.ALL_DONE
     # The run's state comes from its leaves: conclude_run is the only one, and it needs publish
     # (and the report) to have succeeded, so a failed gate ends the run failed.
@@ -105,10 +110,6 @@ def test_report_renders_after_failures_and_the_run_still_fails(dag):
 
 
 def test_spark_tasks_submit_the_stage_applications(dag):
-    from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
-
-    from dags import cscnn_daily
-
     for task_id, script in SPARK_TASKS.items():
         task = dag.get_task(task_id)
         assert isinstance(task, SparkSubmitOperator), task_id
@@ -125,8 +126,6 @@ def test_spark_tasks_submit_the_stage_applications(dag):
 
 
 def test_publish_emits_the_model_and_lookup_table_assets(dag):
-    from core.assets import LOOKUP_TABLE_ASSET, MODEL_ASSET
-
     assert list(dag.get_task("publish").outlets) == [MODEL_ASSET, LOOKUP_TABLE_ASSET]
     assert all(not dag.get_task(t).outlets for t in PIPELINE_ORDER if t != "publish")
 
@@ -135,8 +134,6 @@ def test_train_model_runs_the_loopback_launcher_on_the_configured_queue(dag):
     task = dag.get_task("train_model")
     assert task.queue == "default"
     assert task.pool == "default_pool"
-    from dags.cscnn_daily import train_command
-
     command = train_command("/runs/2026-02-02/config.json")
     assert f"{sys.executable} -m models.launch --nproc-per-node \"$NPROC\" -m spark_jobs.train_model" in command
     assert "torchrun" not in command
@@ -197,8 +194,6 @@ def test_default_params_validate(dag):
     ("overrides", {"train.batch_size": 256}, "train.batch_size=256"),
 ])
 def test_params_accept_good_and_reject_bad_values(dag, name, good, bad):
-    from airflow.sdk.definitions.param import ParamsDict
-
     params = ParamsDict(dag.params)
     params[name] = good  # validates on assignment
     with pytest.raises(ValueError):
@@ -206,9 +201,6 @@ def test_params_accept_good_and_reject_bad_values(dag, name, good, bad):
 
 
 def test_params_map_to_real_config_keys():
-    from core.config import load_config
-    from dags.cscnn_daily import params_to_overrides
-
     overrides = params_to_overrides({"window_days": 8, "model_variant": "cbam", "epochs": 2, "max_steps": 50,
                                      "auc_floor": 0.6, "live_tolerance": 0.01, "coverage_min": 0.8,
                                      "overrides": {"train.batch_size": 256}})
@@ -219,14 +211,10 @@ def test_params_map_to_real_config_keys():
 
 
 def test_unset_params_keep_the_config_values():
-    from dags.cscnn_daily import params_to_overrides
-
     assert params_to_overrides({"window_days": None, "model_variant": None, "overrides": {}}) == {}
 
 
 def test_conflicting_param_and_override_is_an_error_naming_both():
-    from dags.cscnn_daily import params_to_overrides
-
     with pytest.raises(ValueError, match=r"'epochs'=2 and overrides\['train\.epochs'\]=3 disagree"):
         params_to_overrides({"epochs": 2, "overrides": {"train.epochs": 3}})
 
@@ -234,10 +222,6 @@ def test_conflicting_param_and_override_is_an_error_naming_both():
 @pytest.mark.parametrize("key", ["storage.root", "spark.extra_conf", "features.window_days", "storage",
                                  "train.batch_size.x", "Train.batch_size"])
 def test_overrides_refuse_keys_outside_the_model_train_and_gates_sections(dag, key):
-    from airflow.sdk.definitions.param import ParamsDict
-
-    from dags.cscnn_daily import params_to_overrides
-
     value = {"spark.driver.extraJavaOptions": "-Dx=1"} if key == "spark.extra_conf" else "/elsewhere"
     with pytest.raises(ValueError) as err:
         params_to_overrides({"overrides": {key: value}})
@@ -249,18 +233,12 @@ def test_overrides_refuse_keys_outside_the_model_train_and_gates_sections(dag, k
 
 
 def test_overrides_keys_match_whole():
-    from dags.cscnn_daily import params_to_overrides
-
     assert params_to_overrides({"overrides": {"gates.auc_floor": 0.6}}) == {"gates.auc_floor": 0.6}
     with pytest.raises(ValueError, match=r"may not set 'train\.lr\\n'"):
         params_to_overrides({"overrides": {"train.lr\n": 0.1}})
 
 
 def test_dag_constants_mirror_the_shared_package():
-    from core.config import RUN_OVERRIDE_SECTIONS, VARIANTS, PipelineConfig, SparkConfig
-    from core.spark import DEFAULT_IVY_DIR
-    from dags import cscnn_daily
-
     assert cscnn_daily.MODEL_VARIANTS == VARIANTS
     assert cscnn_daily.OVERRIDE_SECTIONS == RUN_OVERRIDE_SECTIONS
     assert set(RUN_OVERRIDE_SECTIONS) <= set(PipelineConfig().to_dict())
@@ -272,8 +250,6 @@ def test_dag_constants_mirror_the_shared_package():
 
 
 def test_build_config_writes_the_resolved_config_once_per_date(dag, tmp_path, monkeypatch):
-    from core.config import PipelineConfig
-
     base = tmp_path / "base.json"
     base.write_text(json.dumps({"storage": {"root": str(tmp_path / "var")}, "features": {"window_days": 4}}))
     monkeypatch.setenv("CSCNN_CONFIG", str(base))
@@ -292,8 +268,6 @@ def test_build_config_writes_the_resolved_config_once_per_date(dag, tmp_path, mo
 
 
 def test_build_config_rejects_unknown_keys_and_missing_dates(dag, tmp_path, monkeypatch):
-    from core.config import ConfigError
-
     monkeypatch.delenv("CSCNN_CONFIG", raising=False)
     build = dag.get_task("build_config").python_callable
     with pytest.raises(ConfigError, match="crossing_layers"):
@@ -317,8 +291,6 @@ def test_build_config_rejects_unknown_keys_and_missing_dates(dag, tmp_path, monk
     (None, None, 1),
 ])
 def test_train_command_runs_one_process_per_visible_gpu(tmp_path, cuda_visible, fake_gpus, expected):
-    from dags.cscnn_daily import _NPROC_SNIPPET
-
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     for tool in ("tr", "grep", "printf"):

@@ -7,6 +7,10 @@ import os
 from urllib.parse import quote
 
 import pytest
+from airflow import settings
+from airflow.api_fastapi.app import create_auth_manager
+from airflow.api_fastapi.auth.managers.simple.user import SimpleAuthManagerUser
+from airflow.models.revoked_token import RevokedToken
 from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
 
@@ -18,11 +22,6 @@ SECRET = "OUTSIDE-THE-REPORTS-FOLDER"
 @pytest.fixture(scope="module")
 def token():
     """A real JWT of the configured auth manager, as the api-server issues at login."""
-    from airflow import settings
-    from airflow.api_fastapi.app import create_auth_manager
-    from airflow.api_fastapi.auth.managers.simple.user import SimpleAuthManagerUser
-    from airflow.models.revoked_token import RevokedToken
-
     RevokedToken.__table__.create(settings.engine, checkfirst=True)  # the token check reads it
     return create_auth_manager().generate_jwt(SimpleAuthManagerUser(username="viewer", role="viewer"))
 

@@ -2,13 +2,32 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import importlib.util
+import json
 import os
+import shutil
+import socket
+import subprocess
 import sys
+import urllib.parse
+from pathlib import Path
 
+import httpx
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import pytest
+from fastapi import HTTPException
+from fastapi.testclient import TestClient
 
-from tests.dags.conftest import PLUGINS_DIR
+from core.config import load_config
+from core.paths import Paths
+from dags.cscnn_links import REPORTS_URL_PREFIX, DataDocsLink, RunReportLink
+from simworld.generate import generate_day
+from spark_jobs import ingest
+from tests.dags.conftest import PLUGINS_DIR, REPO_ROOT
+from tests.dags.test_scheduler_ui import DAG_ID, WebDriver, _free_port, _wait_for
+from tests.dags.tiny_world import CONFIG, EPOCH
 
 
 @pytest.fixture(scope="module")
@@ -51,8 +70,6 @@ class _RunningTask:
 
 
 def test_links_point_at_the_plugin_routes(plugin):
-    from dags.cscnn_links import REPORTS_URL_PREFIX, DataDocsLink, RunReportLink
-
     assert REPORTS_URL_PREFIX == plugin.REPORTS_URL_PREFIX
     assert DataDocsLink().get_link(None, ti_key=_RunningTask("2026-02-02")).endswith(
         "/cscnn-reports/data_docs/index.html")
@@ -63,12 +80,6 @@ def test_links_point_at_the_plugin_routes(plugin):
 
 
 def test_data_docs_link_opens_the_failed_suite_page_of_the_day(tmp_path):
-    import json
-
-    from core.config import load_config
-    from core.paths import Paths
-    from dags.cscnn_links import DataDocsLink
-
     cfg = load_config(overrides={"storage.root": str(tmp_path / "var")})
     config_path = tmp_path / "config.json"
     config_path.write_text(cfg.to_json())
@@ -105,8 +116,6 @@ def test_index_lists_data_docs_and_rendered_reports_newest_first(plugin, reports
 
 
 def test_files_resolve_inside_the_folder_only(plugin, reports):
-    from fastapi import HTTPException
-
     assert plugin.resolve_report_file(reports, "runs/2026-02-03/report.html").read_text() == "<html>report 2026-02-03</html>"
     assert plugin.resolve_report_file(reports, "data_docs").name == "index.html"
     for bad in ("../secret.txt", "runs/../../secret.txt", "runs/2026-02-02/report.html", "/etc/passwd"):
@@ -116,8 +125,6 @@ def test_files_resolve_inside_the_folder_only(plugin, reports):
 
 
 def test_routes_require_an_airflow_login(plugin, reports):
-    from fastapi.testclient import TestClient
-
     client = TestClient(plugin.app)
     assert client.get("/").status_code == 401
     assert client.get("/runs/2026-02-03/report.html").status_code == 401
@@ -133,23 +140,6 @@ def failed_run(spark, tmp_path_factory):
     """A running local Airflow (scripts/airflow_ui.sh) and one triggered run of a day whose clicks
     were all lost (every `click` 0 in its landing file), with no retries: it fails in
     check_bronze_quality. Yields the UI's URL, password, the run and the day's quality summary."""
-    import datetime as dt
-    import json
-    import subprocess
-    from pathlib import Path
-
-    import httpx
-    import pyarrow.compute as pc
-    import pyarrow.parquet as pq
-
-    from core.config import load_config
-    from core.paths import Paths
-    from simworld.generate import generate_day
-    from spark_jobs import ingest
-    from tests.dags.conftest import REPO_ROOT
-    from tests.dags.test_scheduler_ui import DAG_ID, _free_port, _wait_for
-    from tests.dags.tiny_world import CONFIG, EPOCH
-
     base = tmp_path_factory.mktemp("bad-day-world")
     config_file = base / "run.toml"
     config_file.write_text(CONFIG.format(root=base / "var"))
@@ -199,13 +189,6 @@ def failed_run(spark, tmp_path_factory):
 
 @pytest.mark.timeout(BAD_DAY_TIMEOUT_S + 900)
 def test_browser_opens_the_failed_run_and_follows_data_docs_to_the_failed_expectation(failed_run):
-    import shutil
-    import socket
-    import subprocess
-    import urllib.parse
-
-    from tests.dags.test_scheduler_ui import DAG_ID, WebDriver, _free_port, _wait_for
-
     run, tis, summary = failed_run["run"], failed_run["tis"], failed_run["summary"]
     assert run["state"] == "failed"
     assert tis["check_bronze_quality"]["state"] == "failed" and tis["check_bronze_quality"]["try_number"] == 1

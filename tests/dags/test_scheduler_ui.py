@@ -34,10 +34,10 @@ from pyspark.sql import functions as F
 
 from core.config import load_config
 from core.paths import Paths
+from features.tables import read_examples
 from serving.registry import read_current
 from simworld.generate import generate_day
 from spark_jobs import ingest
-from spark_jobs.features import read_examples
 from tests.dags.conftest import REPO_ROOT
 from tests.dags.tiny_world import CONFIG, EPOCH
 

@@ -7,6 +7,7 @@ import json
 import os
 
 import pytest
+from pyspark.sql import functions as F
 
 from core.paths import Paths
 from expectations.runner import DataQualityError
@@ -26,8 +27,6 @@ def write_ingest_records(spark, cfg, records):
 
 
 def _write_bronze(spark, cfg, records=None):
-    from pyspark.sql import functions as F
-
     paths = Paths.of(cfg)
     rows = []
     for offset, n in ((2, 20), (1, 24)):  # two trailing days: mean 22 rows

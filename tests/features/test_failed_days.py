@@ -10,6 +10,7 @@ import pytest
 from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 
+from core.config import ConfigError
 from core.paths import Paths
 from features import tables
 from spark_jobs import build_window
@@ -97,7 +98,5 @@ def test_fail_policy_and_a_failed_holdout_stop_the_stage(spark, tmp_path):
 
 
 def test_failed_days_policy_is_validated(tmp_path):
-    from core.config import ConfigError
-
     with pytest.raises(ConfigError, match="features.failed_days.*'skip'.*allowed: exclude, fail"):
         make_cfg(tmp_path, **{"features.failed_days": "skip"})

@@ -9,12 +9,11 @@ from pyspark.sql import functions as F
 from core.paths import Paths
 from features import tables
 from features.spec import COLD_MAX_IMPRESSIONS, SINGLE_FIELDS
+from simworld.generate import generate_range
 from spark_jobs import build_window, ingest
 
 
 def test_simworld_ingest_features(spark, tmp_cfg):
-    from simworld.generate import generate_range
-
     cfg = tmp_cfg.replace({"features.window_days": 3})
     days = [dt.date.fromisoformat(cfg.world.epoch) + dt.timedelta(days=k) for k in range(4)]
     generate_range(cfg, days[0], days[-1])

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import datetime as dt
 
+import numpy as np
+import pyarrow as pa
 import pytest
 from pyspark.sql import Window
 from pyspark.sql import functions as F
@@ -124,9 +126,6 @@ def test_encode_day_rows_oov_and_bins(spark):
 
 def laid_out(spark, df, group_size: int, seed: int, run_date: dt.date):
     """df (impression_id, event_ts, ad_id, dt) with the group_id and row_idx ad_group_layout gives it."""
-    import numpy as np
-    import pyarrow as pa
-
     tbl = df.transform(with_ad_positions).toArrow()
     ad_key = np.asarray(tbl.column("ad_id").fill_null(NULL_AD_KEY).to_numpy(), np.int64)
     days = np.asarray(tbl.column("dt").cast(pa.int32()).to_numpy(), np.int64)

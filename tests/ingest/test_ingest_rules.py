@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pyarrow as pa
 import pytest
 from pyspark.sql import functions as F
 
@@ -54,7 +55,6 @@ def test_missing_drop_and_missing_required_column_are_clear_errors(spark, tmp_cf
 
 def test_schema_drift_is_recorded_not_silent(spark, tmp_cfg):
     paths = Paths.of(tmp_cfg)
-    import pyarrow as pa
     rows = [dict(impression(i), debug_note="x") for i in range(3)]
     for r in rows:
         r.pop("query_title_match")

@@ -6,11 +6,13 @@ import datetime as dt
 import json
 import os
 
+import pytest
 from pyspark.sql import functions as F
 
 from core.paths import Paths
+from expectations.runner import DataQualityError
 from simworld.generate import generate_day
-from spark_jobs import ingest
+from spark_jobs import check_quality, ingest
 
 DAY = dt.date(2026, 1, 5)
 
@@ -74,11 +76,6 @@ def test_every_bad_data_class_lands_in_quarantine(spark, tmp_cfg):
 def test_bad_day_quality_report_marks_failed_expectations(spark, tmp_cfg):
     """Schema drift on the landing file fails (non-critically) and the Data Docs page shows it;
     an empty day fails critically, naming the expectation and the report."""
-    import pytest
-
-    from expectations.runner import DataQualityError
-    from spark_jobs import check_quality
-
     cfg = tmp_cfg.replace({"world.bad_data.extra_column": True, "world.bad_data.missing_column": True})
     generate_day(cfg, DAY)
     ingest.run(cfg, spark, DAY)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -153,8 +154,6 @@ def test_warm_start_refuses_a_tampered_live_model(live):
 
 def test_a_version_published_before_checksums_still_serves_in_fp32_only(served, tmp_path, caplog):  # noqa: F811
     """A version folder and pointer as the earlier code wrote them (version.json without a file list)."""
-    import shutil
-
     _, model_path, lookup, df, _ = served
     cfg = small_cfg(tmp_path / "var")
     folder = registry.published_root(cfg) / "v1-2026-01-03"

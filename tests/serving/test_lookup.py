@@ -9,6 +9,8 @@ import pytest
 
 from serving.lookup import (IntegrityError, LookupTable, Reduction, bytes_per_ad, coverage_curve, fit_pca,
                             make_reduction, select_ads, write_lookup_files)
+from spark_jobs.build_lookup import BuildLookupError, stack_images
+from spark_jobs.validate import holdout_coverage_curve
 
 
 def test_select_ads_ranks_by_impressions_then_ad_id_within_budgets():
@@ -89,16 +91,12 @@ def test_duplicate_ad_ids_are_rejected(tmp_path):
 
 
 def test_holdout_coverage_curve_halves_the_table():
-    from spark_jobs.validate import holdout_coverage_curve
-
     curve = holdout_coverage_curve(np.array([1, 2, 3, 4]), np.array([9, 5, 1, 0]), np.array([1, 1, 2, 4]), points=3)
     assert curve == [{"budget_ads": 1, "coverage": 0.5}, {"budget_ads": 2, "coverage": 0.75},
                      {"budget_ads": 4, "coverage": 1.0}]
 
 
 def test_stack_images_blanks_missing_ads_only_when_asked():
-    from spark_jobs.build_lookup import BuildLookupError, stack_images
-
     img = np.zeros((4, 4, 3), np.uint8)
     out = stack_images({7: img}, np.array([7, 8]), blank_missing=True)
     assert out.shape == (2, 4, 4, 3) and (out[1] == 128).all()

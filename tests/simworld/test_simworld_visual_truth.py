@@ -8,12 +8,13 @@ import os
 import numpy as np
 import pytest
 from PIL import Image
-from simworld_helpers import DAYS, read_day
 
 from core.paths import Paths, local_path
 from simworld import clickmodel
 from simworld.truth import auc, oracle_auc
-from simworld.world import BLOB_KIND_P, BLOB_TARGET, ads_by_id
+from simworld.world import (BLOB_DECOY_COLOUR, BLOB_DECOY_REGION, BLOB_KIND_P, BLOB_OTHER, BLOB_TARGET, ads_by_id,
+                            categories)
+from simworld_helpers import DAYS, read_day
 
 
 def _pixels(cfg, ads_table) -> np.ndarray:
@@ -65,8 +66,6 @@ def test_category_specificity_moves_weight_between_pattern_kinds(tiny_world, spe
 
 
 def test_decoys_share_exactly_one_half_of_the_conjunction(tiny_world):
-    from simworld.world import BLOB_DECOY_COLOUR, BLOB_DECOY_REGION, BLOB_OTHER, categories
-
     ads = ads_by_id(tiny_world.world, np.arange(1, 2001))
     cats = categories(tiny_world.world)
     same_colour = ads.blob_colour == cats.target_colour[ads.category]
