@@ -295,7 +295,7 @@ def run(cfg: PipelineConfig, spark: "SparkSession", run_date: dt.date) -> dict[s
         "precision_check": precision_check,
         "serving_precisions": ["fp32", *(p for p, c in precision_check.items() if c["passed"])],
         "live_version": live, "model_sha256": sha256_file(model_path),
-        "lookup_manifest_sha256": sha256_file(lookup_dir / "manifest.json"),
+        "lookup_manifest_sha256": sha256_file(local_path(paths.lookup_manifest(run_date))),
         "model_version": predictor.table.manifest.get("model_version"), "config_hash": cfg.config_hash(),
         "data_docs": gx.report_path, "validated_at": dt.datetime.now(dt.timezone.utc).isoformat(),
         "seconds": time.monotonic() - started,
