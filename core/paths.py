@@ -98,9 +98,14 @@ class Paths:
     def artifacts(self) -> str:
         return self.storage.artifacts_uri
 
+    @property
+    def runs(self) -> str:
+        """The folder of every run date's artifacts, run_dir(D) = runs/<D>."""
+        return _join(self.artifacts, "runs")
+
     def run_dir(self, day: dt.date | str) -> str:
         """Per-run-date artifacts: resolved config, training snapshot, model, validation record."""
-        return _join(self.artifacts, "runs", str(day))
+        return _join(self.runs, str(day))
 
     def ingest_record(self, day: dt.date | str) -> str:
         """core.records.IngestRecord of day D (spark_jobs/ingest.py; local storage only)."""
