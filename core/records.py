@@ -38,9 +38,10 @@ class RecordError(ValueError):
 # --------------------------------------------------------------------------- field parsing
 
 
-def _at(d: Mapping[str, Any], key: str) -> Any:
+def _at(d: Mapping[str, Any], key: str, where: str = "") -> Any:
+    """d[key]; a RecordError naming the field (`where`: the object's place in the record) if absent."""
     if key not in d:
-        raise RecordError(f"missing field {key!r}")
+        raise RecordError(f"missing field {(f'{where}.' if where else '') + key!r}")
     return d[key]
 
 
@@ -138,7 +139,7 @@ def read_record(cls: type[R], path: str) -> R | None:
     try:
         return cls.from_json(text)
     except RecordError as err:
-        raise RecordError(f"{path}: not a {cls.KIND}: {err}") from None
+        raise RecordError(f"{path}: not a valid {cls.KIND}: {err}") from None
 
 
 # --------------------------------------------------------------------------- ingest, quality, features
@@ -172,8 +173,8 @@ class IngestRecord(_Record):
 
         def drift(v: Any, where: str) -> SchemaDrift:
             o = _obj(v, where)
-            return SchemaDrift(_list(_at(o, "extra"), f"{where}.extra", _str),
-                               _list(_at(o, "missing"), f"{where}.missing", _str))
+            return SchemaDrift(_list(_at(o, "extra", where), f"{where}.extra", _str),
+                               _list(_at(o, "missing", where), f"{where}.missing", _str))
 
         return cls(dt=_str(_at(d, "dt"), "dt"), landing=counts("landing"), bronze=counts("bronze"),
                    quarantined=counts("quarantined"),
@@ -217,19 +218,19 @@ class QualitySummary(_Record):
     def parse(cls, d: Mapping[str, Any]) -> "QualitySummary":
         def suite(v: Any, where: str) -> SuiteSummary:
             o = _obj(v, where)
-            stats = _obj(_at(o, "statistics"), f"{where}.statistics")
+            stats = _obj(_at(o, "statistics", where), f"{where}.statistics")
             evaluated = stats.get("evaluated_expectations")
-            return SuiteSummary(_bool(_at(o, "success"), f"{where}.success"),
-                                _list(_at(o, "failed"), f"{where}.failed", _str),
-                                _list(_at(o, "failed_critical"), f"{where}.failed_critical", _str),
-                                _opt_str(_at(o, "report_path"), f"{where}.report_path"),
+            return SuiteSummary(_bool(_at(o, "success", where), f"{where}.success"),
+                                _list(_at(o, "failed", where), f"{where}.failed", _str),
+                                _list(_at(o, "failed_critical", where), f"{where}.failed_critical", _str),
+                                _opt_str(_at(o, "report_path", where), f"{where}.report_path"),
                                 None if evaluated is None else _int(evaluated, f"{where}.statistics.evaluated_expectations"))
 
         trailing = _at(d, "trailing")
         if trailing is not None:
             t = _obj(trailing, "trailing")
-            trailing = TrailingVolume(_float(_at(t, "mean_rows"), "trailing.mean_rows"),
-                                      _int(_at(t, "days"), "trailing.days"))
+            trailing = TrailingVolume(_float(_at(t, "mean_rows", "trailing"), "trailing.mean_rows"),
+                                      _int(_at(t, "days", "trailing"), "trailing.days"))
         return cls(date=_str(_at(d, "date"), "date"), success=_bool(_at(d, "success"), "success"),
                    critical_failures=_int(_at(d, "critical_failures"), "critical_failures"), trailing=trailing,
                    suites=_map(_at(d, "suites"), "suites", suite))
@@ -266,7 +267,7 @@ class FeaturesRecord(_Record):
     def parse(cls, d: Mapping[str, Any]) -> "FeaturesRecord":
         def excluded(v: Any, where: str) -> ExcludedDay:
             o = _obj(v, where)
-            return ExcludedDay(_str(_at(o, "date"), f"{where}.date"), _str(_at(o, "reason"), f"{where}.reason"))
+            return ExcludedDay(_str(_at(o, "date", where), f"{where}.date"), _str(_at(o, "reason", where), f"{where}.reason"))
 
         def rates(key: str) -> dict[str, float | None]:
             return _map(_at(d, key), key, _opt_float)
@@ -389,21 +390,21 @@ class ValidationRecord(_Record):
     def parse(cls, d: Mapping[str, Any]) -> "ValidationRecord":
         def gate(v: Any, where: str) -> GateVerdict:
             o = _obj(v, where)
-            return GateVerdict(_str(_at(o, "name"), f"{where}.name"), _bool(_at(o, "passed"), f"{where}.passed"),
-                               _opt_float(_at(o, "value"), f"{where}.value"),
-                               _opt_float(_at(o, "threshold"), f"{where}.threshold"),
-                               _str(_at(o, "note"), f"{where}.note"))
+            return GateVerdict(_str(_at(o, "name", where), f"{where}.name"), _bool(_at(o, "passed", where), f"{where}.passed"),
+                               _opt_float(_at(o, "value", where), f"{where}.value"),
+                               _opt_float(_at(o, "threshold", where), f"{where}.threshold"),
+                               _str(_at(o, "note", where), f"{where}.note"))
 
         def point(v: Any, where: str) -> CoveragePoint:
             o = _obj(v, where)
-            return CoveragePoint(_int(_at(o, "budget_ads"), f"{where}.budget_ads"),
-                                 _float(_at(o, "coverage"), f"{where}.coverage"))
+            return CoveragePoint(_int(_at(o, "budget_ads", where), f"{where}.budget_ads"),
+                                 _float(_at(o, "coverage", where), f"{where}.coverage"))
 
         def check(v: Any, where: str) -> PrecisionCheck:
             o = _obj(v, where)
-            return PrecisionCheck(_opt_float(_at(o, "max_abs_score_diff"), f"{where}.max_abs_score_diff"),
-                                  _float(_at(o, "tolerance"), f"{where}.tolerance"),
-                                  _bool(_at(o, "passed"), f"{where}.passed"))
+            return PrecisionCheck(_opt_float(_at(o, "max_abs_score_diff", where), f"{where}.max_abs_score_diff"),
+                                  _float(_at(o, "tolerance", where), f"{where}.tolerance"),
+                                  _bool(_at(o, "passed", where), f"{where}.passed"))
 
         return cls(run_date=_str(_at(d, "run_date"), "run_date"), passed=_bool(_at(d, "passed"), "passed"),
                    gates=_list(_at(d, "gates"), "gates", gate), metrics=_scalars(_at(d, "metrics"), "metrics"),
@@ -452,9 +453,9 @@ class CalibrationRecord(_Record):
     def parse(cls, d: Mapping[str, Any]) -> "CalibrationRecord":
         def one(v: Any, where: str) -> CalibrationBin:
             o = _obj(v, where)
-            return CalibrationBin(*(_float(_at(o, k), f"{where}.{k}") for k in ("lo", "hi")),
-                                  _int(_at(o, "n"), f"{where}.n"),
-                                  *(_float(_at(o, k), f"{where}.{k}") for k in ("mean_pred", "observed_ctr")))
+            return CalibrationBin(*(_float(_at(o, k, where), f"{where}.{k}") for k in ("lo", "hi")),
+                                  _int(_at(o, "n", where), f"{where}.n"),
+                                  *(_float(_at(o, k, where), f"{where}.{k}") for k in ("mean_pred", "observed_ctr")))
 
         return cls(_str(_at(d, "run_date"), "run_date"), _int(_at(d, "rows"), "rows"),
                    _list(_at(d, "bins"), "bins", one))
@@ -486,15 +487,15 @@ class AttentionRecord(_Record):
     def parse(cls, d: Mapping[str, Any]) -> "AttentionRecord":
         def panel(v: Any, where: str) -> AttentionPanel:
             o = _obj(v, where)
-            cat_id = _at(o, "category_id")
-            return AttentionPanel(category_idx=_int(_at(o, "category_idx"), f"{where}.category_idx"),
+            cat_id = _at(o, "category_id", where)
+            return AttentionPanel(category_idx=_int(_at(o, "category_idx", where), f"{where}.category_idx"),
                                   category_id=None if cat_id is None else _int(cat_id, f"{where}.category_id"),
-                                  ad_ids=_list(_at(o, "ad_ids"), f"{where}.ad_ids", _int),
-                                  holdout_impressions=_int(_at(o, "holdout_impressions"),
+                                  ad_ids=_list(_at(o, "ad_ids", where), f"{where}.ad_ids", _int),
+                                  holdout_impressions=_int(_at(o, "holdout_impressions", where),
                                                            f"{where}.holdout_impressions"),
-                                  map_min=_float(_at(o, "map_min"), f"{where}.map_min"),
-                                  map_max=_float(_at(o, "map_max"), f"{where}.map_max"),
-                                  png=_str(_at(o, "png"), f"{where}.png"))
+                                  map_min=_float(_at(o, "map_min", where), f"{where}.map_min"),
+                                  map_max=_float(_at(o, "map_max", where), f"{where}.map_max"),
+                                  png=_str(_at(o, "png", where), f"{where}.png"))
 
         return cls(_str(_at(d, "run_date"), "run_date"), _opt_str(_at(d, "layer"), "layer"),
                    _list(_at(d, "panels"), "panels", panel), _opt_str(_at(d, "unavailable"), "unavailable"))
