@@ -253,8 +253,6 @@ def fmt(v: Any) -> str:
         return f"{v:.4f}" if abs(v) < 10 else f"{v:,.1f}"
     if isinstance(v, int):
         return f"{v:,}"
-    if isinstance(v, (list, dict)):
-        return json.dumps(v, default=str)
     return str(v)
 
 
