@@ -187,8 +187,8 @@ class Paths:
         return _join(self.run_report_data(day), "attention", f"category-{int(category_idx)}.png")
 
     def quality_summary(self, day: dt.date | str, suffix: str = "") -> str:
-        """The day's data-quality summary (spark_jobs/check_quality.py; suffix "-examples" for the
-        examples suites of run date D)."""
+        """The day's data-quality summary, core.records.QualitySummary (spark_jobs/check_quality.py;
+        suffix "-examples" for the examples suites of run date D, spark_jobs/check_examples.py)."""
         return _join(self.reports, "quality", f"{day}{suffix}.json")
 
 
