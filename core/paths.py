@@ -97,19 +97,42 @@ class Paths:
     def artifacts(self) -> str:
         return self.storage.artifacts_uri
 
+    @property
+    def runs(self) -> str:
+        """The folder of every run date's artifacts, run_dir(D) = runs/<D>."""
+        return _join(self.artifacts, "runs")
+
     def run_dir(self, day: dt.date | str) -> str:
         """Per-run-date artifacts: resolved config, training snapshot, model, validation record."""
-        return _join(self.artifacts, "runs", str(day))
+        return _join(self.runs, str(day))
+
+    def ingest_record(self, day: dt.date | str) -> str:
+        """core.records.IngestRecord of day D (spark_jobs/ingest.py; local storage only)."""
+        return _join(self.run_dir(day), "ingest.json")
+
+    def features_record(self, day: dt.date | str) -> str:
+        """core.records.FeaturesRecord of run date D (spark_jobs/build_window.py; local storage only)."""
+        return _join(self.run_dir(day), "features.json")
 
     def run_model_dir(self, day: dt.date | str) -> str:
         """model.pt (models.train.save_model) and manifest.json of run date D's trained model."""
         return _join(self.run_dir(day), "model")
 
+    def model_manifest(self, day: dt.date | str) -> str:
+        """core.records.ModelManifest of run date D (spark_jobs/train_model.py)."""
+        return _join(self.run_model_dir(day), "manifest.json")
+
     def run_lookup_dir(self, day: dt.date | str) -> str:
         """The serving files of run date D's lookup table (serving.lookup) and its manifest.json."""
         return _join(self.run_dir(day), "lookup")
 
+    def lookup_manifest(self, day: dt.date | str) -> str:
+        """core.records.LookupManifest of run date D: serving.lookup.write_lookup_files writes it as
+        manifest.json (serving.lookup.MANIFEST_FILE) of the folder spark_jobs/build_lookup.py gives it."""
+        return _join(self.run_lookup_dir(day), "manifest.json")
+
     def validation_record(self, day: dt.date | str) -> str:
+        """core.records.ValidationRecord of run date D (spark_jobs/validate.py)."""
         return _join(self.run_dir(day), "validation.json")
 
     @property
@@ -118,12 +141,22 @@ class Paths:
         return _join(self.artifacts, "published")
 
     @property
+    def published_current(self) -> str:
+        """The live version's pointer, core.records.CurrentPointer (serving.registry.switch_current)."""
+        return _join(self.published, "current.json")
+
+    @property
     def reports(self) -> str:
         return self.storage.reports_uri
 
     @property
     def data_docs(self) -> str:
         return _join(self.reports, "data_docs")
+
+    @property
+    def data_docs_index(self) -> str:
+        """The Data Docs site's front page (GX builds it beside the validation pages)."""
+        return _join(self.data_docs, "index.html")
 
     @property
     def gx_project(self) -> str:
@@ -141,11 +174,11 @@ class Paths:
         return _join(self.run_dir(day), "report_data")
 
     def calibration_record(self, day: dt.date | str) -> str:
-        """reports.report_data.CalibrationRecord of run date D (JSON)."""
+        """core.records.CalibrationRecord of run date D (spark_jobs/report_inputs.py, validate stage)."""
         return _join(self.run_report_data(day), "calibration.json")
 
     def attention_record(self, day: dt.date | str) -> str:
-        """reports.report_data.AttentionRecord of run date D (JSON); its panels are PNGs beside it."""
+        """core.records.AttentionRecord of run date D (spark_jobs/report_inputs.py); its panels are PNGs beside it."""
         return _join(self.run_report_data(day), "attention.json")
 
     def attention_panel(self, day: dt.date | str, category_idx: int) -> str:
@@ -153,6 +186,6 @@ class Paths:
         return _join(self.run_report_data(day), "attention", f"category-{int(category_idx)}.png")
 
     def quality_summary(self, day: dt.date | str, suffix: str = "") -> str:
-        """The day's data-quality summary (spark_jobs/check_quality.py; suffix "-examples" for the
-        examples suites of run date D)."""
+        """The day's data-quality summary, core.records.QualitySummary (spark_jobs/check_quality.py;
+        suffix "-examples" for the examples suites of run date D, spark_jobs/check_examples.py)."""
         return _join(self.reports, "quality", f"{day}{suffix}.json")

@@ -1,30 +1,33 @@
-"""The HTML run report of one logical date D (DESIGN.md section 3, "report").
+"""The HTML run report of one logical date D: what was published, which check or gate stopped the
+run, and the facts behind it (ARCHITECTURE.md, "Quality" and "Gates and publish").
 
     python -m reports.run_report --date 2026-02-02 --config var/artifacts/runs/2026-02-02/config.json
 
 Written to `Paths.run_report(D)` = <reports>/runs/<D>/report.html, which the `cscnn_reports`
 Airflow plugin serves; the DAG's `render_report` task calls `render(config_path, ds)` whatever
 happened upstream, so the page also explains a failed run: every stage's output is optional
-and a missing one is named.
+and a missing one is named, with the task that writes it.
 
 The first screen answers the on-call questions: was anything published, and if not, which check
 or gate stopped the run (with the Data Docs page of a failed expectation); the holdout AUC
 against the floor and the live model; coverage; data quality. The details follow, collapsed.
 
-The report only renders what the stages wrote (all under the run's storage; each optional):
-  <artifacts>/runs/D/ingest.json            ingest counts, quarantine reasons, schema drift
-  <reports>/quality/D.json                  data-quality suites with their Data Docs pages
-  <artifacts>/runs/D/features.json          window, vocab sizes, OOV rates, excluded days
-  <artifacts>/runs/D/model/manifest.json    training metrics (train stage)
-  <artifacts>/runs/D/lookup/manifest.json   lookup table facts
-  <artifacts>/runs/D/validation.json        gate verdicts, holdout metrics, coverage curve
-  <artifacts>/runs/D/report_data/           calibration bins and attention panels (validate
-                                            stage, reports.report_data)
-  <artifacts>/published/                    versions v<N>-<D>/ and current.json
-  <artifacts>/runs/*/validation.json        other dates, for the AUC-per-day chart
+The report only renders the typed records the stages wrote (core.records; each optional, each at
+its `Paths` method, the one the writing stage uses):
+  Paths.ingest_record(D)       IngestRecord: ingest counts, quarantine reasons, schema drift
+  Paths.quality_summary(D)     QualitySummary: data-quality suites with their Data Docs pages
+  Paths.features_record(D)     FeaturesRecord: window, vocab sizes, OOV rates, excluded days
+  Paths.model_manifest(D)      ModelManifest: training metrics (train stage)
+  Paths.lookup_manifest(D)     LookupManifest: lookup table facts
+  Paths.validation_record(D)   ValidationRecord: gate verdicts, holdout metrics, coverage curve
+  Paths.calibration_record(D)  CalibrationRecord, AttentionRecord and its PNG panels (validate
+  Paths.attention_record(D)    stage, spark_jobs/report_inputs.py)
+  Paths.published              versions v<N>-<D>/, and Paths.published_current (CurrentPointer)
+  Paths.validation_record(*)   other dates, for the AUC-per-day chart
 
-The page is one self-contained file: inline CSS, inline SVG charts, PNG panels as data URIs;
-every text taken from an input is escaped.
+An absent record means its stage did not run for D; a malformed one is shown as unreadable, naming
+its path. The page is one self-contained file: inline CSS, inline SVG charts, PNG panels as data
+URIs; every text taken from an input is escaped.
 """
 
 from __future__ import annotations
@@ -41,12 +44,15 @@ import sys
 import time
 import urllib.parse
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Generic, Sequence, TypeVar
 
 from core.config import ConfigError, PipelineConfig
+from core.files import write_bytes
 from core.paths import Paths, local_path
+from core.records import (QUARANTINE_TABLES, AttentionRecord, CalibrationRecord, CurrentPointer, FeaturesRecord,
+                          GateVerdict, IngestRecord, LookupManifest, ModelManifest, QualitySummary, RecordError,
+                          ValidationRecord, read_record)
 from reports import svg
-from reports.report_data import ReportDataError, read_attention, read_calibration
 
 log = logging.getLogger("run_report")
 
@@ -54,6 +60,7 @@ HISTORY_DAYS = 90  # run dates shown in the AUC-per-day chart
 MODEL_METRIC_ORDER = ("auc", "auc_cold", "logloss", "calibration", "mean_pred", "observed_ctr", "n", "n_cold",
                       "steps", "best_step", "early_stopped", "train_impressions", "impressions_per_s", "device",
                       "world_size")
+R = TypeVar("R")
 
 e = html.escape
 
@@ -90,27 +97,24 @@ class ReportError(ValueError):
 
 
 @dataclass(frozen=True)
-class Record:
-    """One optional JSON input: its path, its data (None when absent or unreadable), and why."""
+class Input(Generic[R]):
+    """One optional record: its path, the typed record (None when absent or malformed), and why."""
 
     path: str
-    data: Any = None
-    error: str | None = None  # set when the file exists but is not valid JSON
+    record: R | None = None
+    error: str | None = None  # set when the file exists but is not the shape its stage writes
 
     @property
     def present(self) -> bool:
-        return self.data is not None
+        return self.record is not None
 
 
-def read_record(path: str) -> Record:
-    """The JSON file at `path` as a Record (absent: data None; unreadable: error set)."""
+def load(cls: type[R], path: str) -> Input[R]:
+    """The record of type `cls` at `path` as an Input (absent: record None; malformed: error set)."""
     try:
-        with open(path) as f:
-            return Record(path, json.load(f))
-    except FileNotFoundError:
-        return Record(path)
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as err:
-        return Record(path, None, f"unreadable: {err}")
+        return Input(path, read_record(cls, path))
+    except RecordError as err:
+        return Input(path, None, str(err))
 
 
 @dataclass(frozen=True)
@@ -120,19 +124,19 @@ class RunInputs:
     cfg: PipelineConfig
     ds: str
     config_path: str
+    paths: Paths
     report_path: str
     reports_dir: str
-    artifacts_dir: str
-    run_dir: str
-    ingest: Record
-    quality: Record
-    features: Record
-    model_manifest: Record
-    lookup_manifest: Record
-    validation: Record
-    calibration: Record  # reports.report_data.CalibrationRecord (validate stage)
-    attention: Record  # reports.report_data.AttentionRecord (validate stage)
-    current: Record  # <artifacts>/published/current.json
+    published_dir: str
+    ingest: Input[IngestRecord]
+    quality: Input[QualitySummary]
+    features: Input[FeaturesRecord]
+    model_manifest: Input[ModelManifest]
+    lookup_manifest: Input[LookupManifest]
+    validation: Input[ValidationRecord]
+    calibration: Input[CalibrationRecord]
+    attention: Input[AttentionRecord]
+    current: Input[CurrentPointer]
     published_folders: tuple[str, ...]  # v<N>-<D> folders of this date
 
 
@@ -168,25 +172,26 @@ def load_run_config(config_path: str) -> PipelineConfig:
 def gather(cfg: PipelineConfig, ds: str, config_path: str = "") -> RunInputs:
     """Locate and read every input of run date `ds` (see the module docstring)."""
     paths = Paths.of(cfg)
-    reports_dir = _local(paths.reports, "reports_uri")
-    artifacts_dir = _local(paths.artifacts, "artifacts_uri")
-    run_dir = _local(paths.run_dir(ds), "artifacts_uri")
-    published = os.path.join(artifacts_dir, "published")
+
+    def artifact(uri: str) -> str:
+        return _local(uri, "artifacts_uri")
+
+    published = artifact(paths.published)
     folders = tuple(sorted(n for n in os.listdir(published) if n.endswith(f"-{ds}"))) \
         if os.path.isdir(published) else ()
     return RunInputs(
-        cfg=cfg, ds=ds, config_path=config_path,
-        report_path=_local(paths.run_report(ds), "reports_uri"), reports_dir=reports_dir,
-        artifacts_dir=artifacts_dir, run_dir=run_dir,
-        ingest=read_record(os.path.join(run_dir, "ingest.json")),
-        quality=read_record(_local(paths.quality_summary(ds), "reports_uri")),
-        features=read_record(os.path.join(run_dir, "features.json")),
-        model_manifest=read_record(os.path.join(run_dir, "model", "manifest.json")),
-        lookup_manifest=read_record(os.path.join(run_dir, "lookup", "manifest.json")),
-        validation=read_record(_local(paths.validation_record(ds), "artifacts_uri")),
-        calibration=read_record(_local(paths.calibration_record(ds), "artifacts_uri")),
-        attention=read_record(_local(paths.attention_record(ds), "artifacts_uri")),
-        current=read_record(os.path.join(published, "current.json")),
+        cfg=cfg, ds=ds, config_path=config_path, paths=paths,
+        report_path=_local(paths.run_report(ds), "reports_uri"), reports_dir=_local(paths.reports, "reports_uri"),
+        published_dir=published,
+        ingest=load(IngestRecord, artifact(paths.ingest_record(ds))),
+        quality=load(QualitySummary, _local(paths.quality_summary(ds), "reports_uri")),
+        features=load(FeaturesRecord, artifact(paths.features_record(ds))),
+        model_manifest=load(ModelManifest, artifact(paths.model_manifest(ds))),
+        lookup_manifest=load(LookupManifest, artifact(paths.lookup_manifest(ds))),
+        validation=load(ValidationRecord, artifact(paths.validation_record(ds))),
+        calibration=load(CalibrationRecord, artifact(paths.calibration_record(ds))),
+        attention=load(AttentionRecord, artifact(paths.attention_record(ds))),
+        current=load(CurrentPointer, artifact(paths.published_current)),
         published_folders=folders,
     )
 
@@ -205,48 +210,29 @@ class StageStatus:
 
 def stage_statuses(inp: RunInputs) -> list[StageStatus]:
     """Which stages of the run produced their output, in DAG order."""
-    def from_record(task: str, rec: Record, ok: bool | None = None, note: str = "") -> StageStatus:
+    def from_input(task: str, rec: Input[Any], ok: bool | None = None, note: str = "") -> StageStatus:
         return StageStatus(task, rec.path, rec.present, ok if rec.present else None, rec.error or note)
 
-    quality_ok = bool(inp.quality.data.get("success")) if isinstance(inp.quality.data, dict) else None
-    quality_note = "" if quality_ok or not inp.quality.present else \
-        f"{_get(inp.quality.data, 'critical_failures', default='?')} critical expectation(s) failed"
-    gates = _gates(inp.validation.data)
-    gates_ok = all(g.get("passed") is True for g in gates) if gates else None
-    failed_gates = [str(g.get("name")) for g in gates if g.get("passed") is not True]
-    published_dir = os.path.join(inp.artifacts_dir, "published")
+    quality, validation = inp.quality.record, inp.validation.record
+    quality_ok = quality.success if quality else None
+    quality_note = f"{quality.critical_failures} critical expectation(s) failed" if quality and not quality.success \
+        else ""
+    gates = validation.gates if validation else []
+    failed_gates = [g.name for g in gates if not g.passed]
     return [
-        from_record("ingest_day", inp.ingest),
-        from_record("check_bronze_quality", inp.quality, quality_ok, quality_note),
-        from_record("build_window", inp.features),
-        from_record("train_model", inp.model_manifest),
-        from_record("build_lookup_table", inp.lookup_manifest),
-        from_record("validate_gates", inp.validation, gates_ok,
-                    f"failed gate(s): {', '.join(failed_gates)}" if failed_gates else ""),
-        StageStatus("publish", os.path.join(published_dir, f"v<N>-{inp.ds}"), bool(inp.published_folders), None,
+        from_input("ingest_day", inp.ingest),
+        from_input("check_bronze_quality", inp.quality, quality_ok, quality_note),
+        from_input("build_window", inp.features),
+        from_input("train_model", inp.model_manifest),
+        from_input("build_lookup_table", inp.lookup_manifest),
+        from_input("validate_gates", inp.validation, not failed_gates if gates else None,
+                   f"failed gate(s): {', '.join(failed_gates)}" if failed_gates else ""),
+        StageStatus("publish", os.path.join(inp.published_dir, f"v<N>-{inp.ds}"), bool(inp.published_folders), None,
                     ", ".join(inp.published_folders)),
     ]
 
 
 # --------------------------------------------------------------------------- small helpers
-
-
-def _get(data: Any, *keys: str, default: Any = None) -> Any:
-    for k in keys:
-        if not isinstance(data, dict) or k not in data:
-            return default
-        data = data[k]
-    return data
-
-
-def _gates(validation: Any) -> list[dict[str, Any]]:
-    """The validation record's verdicts: a list of {name, passed, value, threshold, note}."""
-    gates = _get(validation, "gates", default=[])
-    return [g for g in gates if isinstance(g, dict)] if isinstance(gates, list) else []
-
-
-def _gate(validation: Any, name: str) -> dict[str, Any]:
-    return next((g for g in _gates(validation) if g.get("name") == name), {})
 
 
 def _num(v: Any) -> float | None:
@@ -267,8 +253,6 @@ def fmt(v: Any) -> str:
         return f"{v:.4f}" if abs(v) < 10 else f"{v:,.1f}"
     if isinstance(v, int):
         return f"{v:,}"
-    if isinstance(v, (list, dict)):
-        return json.dumps(v, default=str)
     return str(v)
 
 
@@ -300,9 +284,12 @@ def _verdict(ok: bool | None, yes: str = "PASS", no: str = "FAIL", none: str = "
     return ("html", f'<span class="badge {cls}">{e(text)}</span>')
 
 
-def _missing(what: str, rec: Record, task: str) -> str:
-    why = rec.error or "not found"
-    return (f'<p class="missing note">{e(what)}: <code>{e(rec.path)}</code> {e(why)} '
+def _missing(what: str, rec: Input[Any], task: str) -> str:
+    """Why a section has nothing to show: its record is absent (the stage did not run) or unreadable."""
+    if rec.error:
+        return (f'<p class="fail note">{e(what)} unreadable: {e(rec.error)} '
+                f"(written by stage <code>{e(task)}</code>).</p>")
+    return (f'<p class="missing note">{e(what)}: <code>{e(rec.path)}</code> not found '
             f"(stage <code>{e(task)}</code> produced no output for this date).</p>")
 
 
@@ -328,7 +315,7 @@ def _report_dir(inp: RunInputs) -> str:
 
 
 def _docs_index_link(inp: RunInputs) -> str:
-    index = os.path.join(inp.reports_dir, "data_docs", "index.html")
+    index = _local(inp.paths.data_docs_index, "reports_uri")
     return _data_docs_link(_report_dir(inp), inp.reports_dir, index) if os.path.isfile(index) else ""
 
 
@@ -338,23 +325,20 @@ def stops(inp: RunInputs, statuses: list[StageStatus]) -> list[Stop]:
     if inp.published_folders:
         return []
     out: list[Stop] = []
-    quality = inp.quality.data
-    if isinstance(quality, dict) and quality.get("success") is False:
-        suites = _get(quality, "suites", default={}) or {}
-        for name in sorted(suites):
-            suite = suites[name] if isinstance(suites[name], dict) else {}
-            link = _data_docs_link(_report_dir(inp), inp.reports_dir, suite.get("report_path"))
-            out += [Stop("check_bronze_quality", f"{name}: {f}", link) for f in suite.get("failed_critical") or []]
-    for g in _gates(inp.validation.data):
-        if g.get("passed") is True:
+    quality, validation = inp.quality.record, inp.validation.record
+    if quality is not None and not quality.success:
+        for name, suite in sorted(quality.suites.items()):
+            link = _data_docs_link(_report_dir(inp), inp.reports_dir, suite.report_path)
+            out += [Stop("check_bronze_quality", f"{name}: {f}", link) for f in suite.failed_critical]
+    for g in validation.gates if validation else []:
+        if g.passed:
             continue
-        name = str(g.get("name"))
-        what = f"gate {name}: value {fmt(g.get('value'))}, threshold {fmt(g.get('threshold'))}"
+        what = f"gate {g.name}: value {fmt(g.value)}, threshold {fmt(g.threshold)}"
         link = ""
-        if name == "lookup_quality":
-            link = _data_docs_link(_report_dir(inp), inp.reports_dir, _get(inp.validation.data, "data_docs"))
-        elif g.get("note"):
-            what += f" ({g['note']})"
+        if g.name == "lookup_quality":
+            link = _data_docs_link(_report_dir(inp), inp.reports_dir, validation.data_docs)
+        elif g.note:
+            what += f" ({g.note})"
         out.append(Stop("validate_gates", what, link))
     if not out:
         first = next((s for s in statuses if not s.produced and s.task_id != "publish"), None)
@@ -367,15 +351,10 @@ def stops(inp: RunInputs, statuses: list[StageStatus]) -> list[Stop]:
     return out
 
 
-def _quarantine_share(ingest: Any, table: str) -> float | None:
-    landing, quarantined = _num(_get(ingest, f"landing_{table}")), _num(_get(ingest, f"quarantined_{table}"))
-    return quarantined / landing if landing and quarantined is not None else None
-
-
 def section_first_screen(inp: RunInputs, statuses: list[StageStatus]) -> str:
     """Published or not and why, AUC vs floor and live, coverage, data quality."""
-    cfg, val = inp.cfg, inp.validation.data
-    live = _get(inp.current.data, "dir")
+    cfg, val = inp.cfg, inp.validation.record
+    live = inp.current.record.dir if inp.current.record else None
     live_text = f"live now: {live}" if live else "nothing is live yet"
     if inp.published_folders:
         headline = (f'<div class="headline pass">Published {e(", ".join(inp.published_folders))} for {e(inp.ds)}'
@@ -390,35 +369,37 @@ def section_first_screen(inp: RunInputs, statuses: list[StageStatus]) -> str:
                         + (f" &mdash; {s.link}" if s.link else "") + "</li>" for s in stopped)
         stop_html = f"<p><b>Stopped by</b></p><ul class='stops'>{items}</ul>"
 
-    metrics = _get(val, "metrics", default={}) or {}
-    floor, vs_live, coverage = _gate(val, "auc_floor"), _gate(val, "auc_vs_live"), _gate(val, "coverage")
-    live_auc = _num(metrics.get("live_auc"))
-    live_cell = (f"live model {fmt(live_auc)}, at least {fmt(vs_live.get('threshold'))} needed" if live_auc is not None
-                 else "no live model to compare with" if vs_live else "-")
-    quality = inp.quality.data
-    q_ok = quality.get("success") if isinstance(quality, dict) else None
-    failed_suites = [n for n, s in sorted((_get(quality, "suites", default={}) or {}).items())
-                     if isinstance(s, dict) and s.get("success") is False]
-    q_text = ("no quality summary" if q_ok is None else
-              f"{fmt(_get(quality, 'critical_failures', default=0))} critical failure(s)"
-              + (f" in {', '.join(failed_suites)}" if failed_suites else ""))
+    def gate(name: str) -> GateVerdict | None:
+        return val.gate(name) if val else None
+
+    floor, vs_live, coverage = gate("auc_floor"), gate("auc_vs_live"), gate("coverage")
+    auc = val.metric("auc") if val else None
+    live_auc = val.metric("live_auc") if val else None
+    live_cell = (f"live model {fmt(live_auc)}, at least {fmt(vs_live.threshold if vs_live else None)} needed"
+                 if live_auc is not None else "no live model to compare with" if vs_live else "-")
+    quality = inp.quality.record
+    q_ok = quality.success if quality else None
+    q_text = "no quality summary"
+    if quality is not None:
+        failed_suites = [n for n, s in sorted(quality.suites.items()) if not s.success]
+        q_text = (f"{fmt(quality.critical_failures)} critical failure(s)"
+                  + (f" in {', '.join(failed_suites)}" if failed_suites else ""))
     docs = _docs_index_link(inp)
-    shares = [(t, _quarantine_share(inp.ingest.data, t)) for t in ("impressions", "ads")]
+    ingest = inp.ingest.record
+    shares = [(t, ingest.quarantine_share(t)) for t in QUARANTINE_TABLES] if ingest else []
     quarantine = ", ".join(f"{_pct(v)} of {t}" for t, v in shares if v is not None) or "-"
     rows = [
-        ("Holdout AUC", _verdict(floor.get("passed") if floor else None), metrics.get("auc"),
-         f"floor {fmt(cfg.gates.auc_floor)}"),
-        ("AUC vs live", _verdict(vs_live.get("passed") if vs_live else None), metrics.get("auc"), live_cell),
-        ("Coverage", _verdict(coverage.get("passed") if coverage else None), _pct(coverage.get("value")),
+        ("Holdout AUC", _verdict(floor.passed if floor else None), auc, f"floor {fmt(cfg.gates.auc_floor)}"),
+        ("AUC vs live", _verdict(vs_live.passed if vs_live else None), auc, live_cell),
+        ("Coverage", _verdict(coverage.passed if coverage else None), _pct(coverage.value if coverage else None),
          f"at least {_pct(cfg.gates.coverage_min)} of holdout impressions in the table"),
-        ("Data quality", _verdict(q_ok if q_ok is None else bool(q_ok)), q_text,
-         ("html", docs) if docs else "-"),
+        ("Data quality", _verdict(q_ok), q_text, ("html", docs) if docs else "-"),
         ("Quarantined", _verdict(None, none="info"), quarantine, "of the day's landing rows (per reason: Details, Ingest)"),
     ]
-    excluded = _get(inp.features.data, "excluded_days")
-    if isinstance(excluded, list) and excluded:
+    features = inp.features.record
+    if features is not None and features.excluded_days:
         rows.append(("Excluded days", _verdict(None, none="info"),
-                     ", ".join(f"{_get(d, 'date')} ({_get(d, 'reason')})" for d in excluded if isinstance(d, dict)),
+                     ", ".join(f"{d.date} ({d.reason})" for d in features.excluded_days),
                      "days left out of the training window"))
     facts = (f"variant <b>{e(cfg.model.variant)}</b>, backbone {e(cfg.model.backbone)}, "
              f"window {cfg.features.window_days} days, config hash <code>{e(cfg.config_hash())}</code>")
@@ -437,55 +418,47 @@ def section_stages(statuses: list[StageStatus]) -> str:
 
 def section_gates(inp: RunInputs) -> str:
     rec = inp.validation
-    if not rec.present:
+    val = rec.record
+    if val is None:
         return _section("Gate verdicts", "gates", _missing("Validation record", rec, "validate_gates"))
-    gates = _gates(rec.data)
-    if not gates:
+    if not val.gates:
         body = f'<p class="note">The validation record <code>{e(rec.path)}</code> lists no gates.</p>'
     else:
-        rows = [(g.get("name"), _verdict(g.get("passed") is True if "passed" in g else None),
-                 g.get("value"), g.get("threshold"), g.get("note")) for g in gates]
+        rows = [(g.name, _verdict(g.passed), g.value, g.threshold, g.note) for g in val.gates]
         body = _table(["gate", "verdict", "value", "threshold", "note"], rows, numeric=(2, 3))
-    extra = {k: v for k, v in rec.data.items() if k not in ("gates", "coverage_curve")
-             and not isinstance(v, (list, dict))} if isinstance(rec.data, dict) else {}
-    metrics = _get(rec.data, "metrics", default={})
-    if isinstance(metrics, dict):
-        extra.update({f"metrics.{k}": v for k, v in metrics.items() if not isinstance(v, (list, dict))})
-    served_in = _get(rec.data, "serving_precisions")
-    if isinstance(served_in, list):
-        extra["serving_precisions"] = ", ".join(map(str, served_in))
-    checks = _get(rec.data, "precision_check", default={})
-    if isinstance(checks, dict):
-        extra.update({f"precision_check.{p}.max_abs_score_diff": c.get("max_abs_score_diff")
-                      for p, c in checks.items() if isinstance(c, dict)})
-    docs = _get(rec.data, "data_docs")
-    if isinstance(docs, str) and docs:
-        extra.pop("data_docs", None)
+    facts: dict[str, Any] = {
+        "run_date": val.run_date, "passed": val.passed, "model_sha256": val.model_sha256,
+        "lookup_manifest_sha256": val.lookup_manifest_sha256, "model_version": val.model_version,
+        "config_hash": val.config_hash, "validated_at": val.validated_at, "seconds": val.seconds,
+        "serving_precisions": ", ".join(val.serving_precisions),
+        **{f"metrics.{k}": v for k, v in val.metrics.items()},
+        **{f"precision_check.{p}.max_abs_score_diff": c.max_abs_score_diff for p, c in val.precision_check.items()},
+    }
+    if val.data_docs:
         body += (f"<p class='note'>Lookup-table quality checks: "
-                 f"{_data_docs_link(os.path.dirname(inp.report_path), inp.reports_dir, docs)}</p>")
-    if extra:
-        body += "<h3>Validation record</h3>" + _table(["key", "value"], sorted(extra.items()), numeric=(1,))
+                 f"{_data_docs_link(_report_dir(inp), inp.reports_dir, val.data_docs)}</p>")
+    body += "<h3>Validation record</h3>" + _table(["key", "value"], sorted(facts.items()), numeric=(1,))
     return _section("Gate verdicts", "gates", body)
 
 
 def section_model(inp: RunInputs) -> str:
     rec = inp.model_manifest
-    if not rec.present:
+    manifest = rec.record
+    if manifest is None:
         return _section("Model", "model", _missing("Model manifest", rec, "train_model"))
-    m = _get(rec.data, "metrics", default={}) or {}
-    keys = [k for k in MODEL_METRIC_ORDER if k in m] + sorted(k for k in m if k not in MODEL_METRIC_ORDER
-                                                              and not isinstance(m[k], (list, dict)))
+    m = manifest.metrics
+    keys = [k for k in MODEL_METRIC_ORDER if k in m] + sorted(k for k in m if k not in MODEL_METRIC_ORDER)
     rows = [(k, m[k]) for k in keys]
-    facts = [("variant", _get(rec.data, "variant")), ("warm start from", _get(rec.data, "warm_start_from")),
-             ("training seconds", _get(rec.data, "seconds")), ("config hash", _get(rec.data, "config_hash"))]
+    facts = [("variant", manifest.variant), ("warm start from", manifest.warm_start_from),
+             ("training seconds", manifest.seconds), ("config hash", manifest.config_hash)]
     body = ("<h3>Holdout metrics (train stage)</h3>" + _table(["metric", "value"], rows, numeric=(1,))
             + _table(["fact", "value"], facts))
     return _section("Model", "model", body)
 
 
-def _data_docs_link(report_dir: str, reports_dir: str, page: Any) -> str:
+def _data_docs_link(report_dir: str, reports_dir: str, page: str | None) -> str:
     """A relative link from the report's folder to a Data Docs page served by the plugin."""
-    if not isinstance(page, str) or not page:
+    if not page:
         return '<span class="muted">no page</span>'
     target = os.path.abspath(page)
     root = os.path.abspath(reports_dir)
@@ -497,26 +470,20 @@ def _data_docs_link(report_dir: str, reports_dir: str, page: Any) -> str:
 
 def section_quality(inp: RunInputs) -> str:
     rec = inp.quality
-    if not rec.present:
+    quality = rec.record
+    if quality is None:
         return _section("Data quality", "quality", _missing("Quality summary", rec, "check_bronze_quality"))
-    suites = _get(rec.data, "suites", default={}) or {}
-    report_dir = os.path.dirname(inp.report_path)
     rows, details = [], []
-    for name in sorted(suites):
-        s = suites[name] if isinstance(suites[name], dict) else {}
-        failed, critical = s.get("failed") or [], s.get("failed_critical") or []
-        stats = s.get("statistics") or {}
-        rows.append((name, _verdict(s.get("success") is True if "success" in s else None),
-                     stats.get("evaluated_expectations"), len(failed), len(critical),
-                     ("html", _data_docs_link(report_dir, inp.reports_dir, s.get("report_path")))))
-        if failed:
-            items = "".join(f"<li>{'<b>CRITICAL</b> ' if f in critical else ''}{e(str(f))}</li>" for f in failed)
+    for name, s in sorted(quality.suites.items()):
+        rows.append((name, _verdict(s.success), s.evaluated_expectations, len(s.failed), len(s.failed_critical),
+                     ("html", _data_docs_link(_report_dir(inp), inp.reports_dir, s.report_path))))
+        if s.failed:
+            items = "".join(f"<li>{'<b>CRITICAL</b> ' if f in s.failed_critical else ''}{e(f)}</li>" for f in s.failed)
             details.append(f"<h3>{e(name)}: failed expectations</h3><ul class='failed'>{items}</ul>")
-    trailing = _get(rec.data, "trailing")
-    volume = (f"{fmt(_num(trailing.get('mean_rows')))} impressions per day over the {fmt(trailing.get('days'))} "
-              "trailing day(s) that arrived" if isinstance(trailing, dict) else "no trailing days to compare with")
-    head = (f"<p>Overall: {_verdict(_get(rec.data, 'success') is True)[1]} "
-            f"{e(fmt(_get(rec.data, 'critical_failures', default=0)))} critical failure(s). "
+    trailing = quality.trailing
+    volume = (f"{fmt(trailing.mean_rows)} impressions per day over the {fmt(trailing.days)} trailing day(s) "
+              "that arrived" if trailing else "no trailing days to compare with")
+    head = (f"<p>Overall: {_verdict(quality.success)[1]} {e(fmt(quality.critical_failures))} critical failure(s). "
             f"Volume baseline: {e(volume)}.</p>")
     table = _table(["suite", "result", "expectations", "failed", "critical", "report"], rows, numeric=(2, 3, 4))
     return _section("Data quality", "quality", head + table + "".join(details))
@@ -524,92 +491,92 @@ def section_quality(inp: RunInputs) -> str:
 
 def section_ingest(inp: RunInputs) -> str:
     rec = inp.ingest
-    if not rec.present:
+    d = rec.record
+    if d is None:
         return _section("Ingest", "ingest", _missing("Ingest record", rec, "ingest_day"))
-    d = rec.data
-    rows = [(t, _get(d, f"landing_{t}"), _get(d, f"bronze_{t}"), _get(d, f"quarantined_{t}"),
-             _pct(_quarantine_share(d, t))) for t in ("impressions", "ads")]
+    rows = [(t, d.landing[t], d.bronze[t], d.quarantined[t], _pct(d.quarantine_share(t))) for t in QUARANTINE_TABLES]
     body = _table(["table", "landing rows", "bronze rows", "quarantined rows", "quarantined share"], rows,
                   numeric=(1, 2, 3, 4))
-    reasons = _get(d, "reasons", default={}) or {}
-    reason_rows = [(src, r, n, _pct(n / _get(d, f"landing_{src}")) if _get(d, f"landing_{src}") else "-")
-                   for src in sorted(reasons) for r, n in sorted((reasons[src] or {}).items())]
+    reason_rows = [(src, r, n, _pct(n / d.landing[src]) if d.landing.get(src) else "-")
+                   for src in sorted(d.reasons) for r, n in sorted(d.reasons[src].items())]
     body += ("<h3>Quarantine rate per reason</h3>"
              + _table(["source", "reason", "rows", "share of landing rows"], reason_rows, numeric=(2, 3))
              if reason_rows else "<p class='note'>Nothing quarantined.</p>")
-    drift = _get(d, "schema_drift", default={}) or {}
-    drift_rows = [(src, ", ".join(map(str, v.get("extra") or [])) or "-",
-                   ", ".join(map(str, v.get("missing") or [])) or "-")
-                  for src, v in sorted(drift.items()) if isinstance(v, dict)]
+    drift_rows = [(src, ", ".join(v.extra) or "-", ", ".join(v.missing) or "-")
+                  for src, v in sorted(d.schema_drift.items())]
     if any(r[1] != "-" or r[2] != "-" for r in drift_rows):
         body += "<h3>Schema drift</h3>" + _table(["source", "extra columns", "missing optional columns"], drift_rows)
     else:
         body += "<p class='note'>No schema drift.</p>"
-    body += (f"<p class='note'>New images: {e(fmt(_get(d, 'new_images')))}; "
-             f"ingest took {e(fmt(_get(d, 'seconds')))} s.</p>")
+    body += f"<p class='note'>New images: {e(fmt(d.new_images))}; ingest took {e(fmt(d.seconds))} s.</p>"
     return _section("Ingest", "ingest", body)
 
 
 def section_features(inp: RunInputs) -> str:
     rec = inp.features
-    if not rec.present:
+    d = rec.record
+    if d is None:
         return _section("Features", "features", _missing("Features metadata", rec, "build_window"))
-    d = rec.data
-    days = _get(d, "window_days", default=[]) or []
-    missing = _get(d, "missing_days", default=[]) or []
-    facts = [("window", f"{_get(d, 'window_start')} .. {_get(d, 'window_end')}"),
-             ("window days read", len(days)), ("missing days", ", ".join(map(str, missing)) or "none"),
-             ("train rows", _get(d, "rows", "train")), ("holdout rows", _get(d, "rows", "holdout")),
-             ("train label rate", _get(d, "label_rate", "train")),
-             ("holdout label rate", _get(d, "label_rate", "holdout")),
-             ("holdout cold-ad share", _get(d, "cold_rate", "holdout")),
-             ("impressions per ad group (train)", _get(d, "mean_impressions_per_group", "train"))]
+    facts = [("window", f"{d.window_start} .. {d.window_end}"),
+             ("window days read", len(d.window_days)), ("missing days", ", ".join(d.missing_days) or "none"),
+             ("train rows", d.rows.get("train")), ("holdout rows", d.rows.get("holdout")),
+             ("train label rate", d.label_rate.get("train")), ("holdout label rate", d.label_rate.get("holdout")),
+             ("holdout cold-ad share", d.cold_rate.get("holdout")),
+             ("impressions per ad group (train)", d.mean_impressions_per_group.get("train"))]
     body = _table(["fact", "value"], facts, numeric=(1,))
-    excluded = _get(d, "excluded_days", default=[]) or []
-    if excluded:
+    if d.excluded_days:
         body += ("<h3>Days excluded from the window</h3>"
-                 + _table(["date", "reason"], [(_get(x, "date"), _get(x, "reason")) for x in excluded]))
-    sizes = _get(d, "vocab_sizes", default={}) or {}
-    oov_w = _get(d, "oov_rate_window", default={}) or {}
-    oov_t = _get(d, "oov_rate", "train", default={}) or {}
-    oov_h = _get(d, "oov_rate", "holdout", default={}) or {}
-    names = sorted(set(sizes) | set(oov_w) | set(oov_h))
-    rows = [(n, sizes.get(n), _pct(oov_w.get(n)), _pct(oov_t.get(n)), _pct(oov_h.get(n))) for n in names]
+                 + _table(["date", "reason"], [(x.date, x.reason) for x in d.excluded_days]))
+    oov_t, oov_h = d.oov_rate.get("train", {}), d.oov_rate.get("holdout", {})
+    names = sorted(set(d.vocab_sizes) | set(d.oov_rate_window) | set(oov_h))
+    rows = [(n, d.vocab_sizes.get(n), _pct(d.oov_rate_window.get(n)), _pct(oov_t.get(n)), _pct(oov_h.get(n)))
+            for n in names]
     body += ("<h3>Vocabularies and OOV rates</h3>"
              + _table(["field", "vocab size", "OOV (window counts)", "OOV (train)", "OOV (holdout)"], rows,
                       numeric=(1, 2, 3, 4)))
     return _section("Features", "features", body)
 
 
-def _run_metrics(run_dir: str) -> dict[str, float | None]:
-    """AUC, cold-ad AUC and the live model's AUC of one run date, from its validation record."""
-    metrics = _get(read_record(os.path.join(run_dir, "validation.json")).data, "metrics", default={})
-    return {k: _num(_get(metrics, k)) for k in ("auc", "auc_cold", "live_auc")}
+@dataclass(frozen=True)
+class History:
+    """The AUC-per-day chart's data: one dict per run date with an AUC, and the unreadable records."""
+
+    points: list[dict[str, Any]]  # {date, auc, auc_cold, live_auc}
+    unreadable: list[str]  # RecordError messages (each names its path)
 
 
-def auc_history(artifacts_dir: str, upto: str, limit: int = HISTORY_DAYS) -> list[dict[str, Any]]:
-    """[{date, auc, auc_cold, live_auc}] for run dates <= `upto` under <artifacts>/runs (last `limit`)."""
-    runs = os.path.join(artifacts_dir, "runs")
-    if not os.path.isdir(runs):
-        return []
+def auc_history(paths: Paths, upto: str, limit: int = HISTORY_DAYS) -> History:
+    """The AUC, cold-ad AUC and live model's AUC of run dates <= `upto` (the last `limit`), from
+    their validation records."""
+    runs = _local(paths.runs, "artifacts_uri")
     dates = []
-    for name in os.listdir(runs):
+    for name in os.listdir(runs) if os.path.isdir(runs) else []:
         try:
             day = dt.date.fromisoformat(name).isoformat()
         except ValueError:
             continue
         if day <= upto:
             dates.append(day)
-    history = [{"date": d, **_run_metrics(os.path.join(runs, d))} for d in sorted(dates)[-limit:]]
-    return [h for h in history if any(h[k] is not None for k in ("auc", "auc_cold", "live_auc"))]
+    points, unreadable = [], []
+    for day in sorted(dates)[-limit:]:
+        rec = load(ValidationRecord, _local(paths.validation_record(day), "artifacts_uri"))
+        if rec.error:
+            unreadable.append(rec.error)
+        if rec.record is not None:
+            point = {"date": day, **{k: rec.record.metric(k) for k in ("auc", "auc_cold", "live_auc")}}
+            if any(point[k] is not None for k in ("auc", "auc_cold", "live_auc")):
+                points.append(point)
+    return History(points, unreadable)
 
 
 def section_auc_history(inp: RunInputs) -> str:
-    history = auc_history(inp.artifacts_dir, inp.ds)
+    found = auc_history(inp.paths, inp.ds)
+    history = found.points
+    skipped = "".join(f"<p class='fail note'>Left out: {e(err)}</p>" for err in found.unreadable)
     if not history:
         return _section("AUC per day", "auc-history",
-                        f"<p class='note'>No run up to {e(inp.ds)} recorded an AUC (model manifest or validation "
-                        "record).</p>")
+                        f"<p class='note'>No run up to {e(inp.ds)} recorded an AUC (validation record).</p>"
+                        + skipped)
     labels = {float(i): h["date"] for i, h in enumerate(history)}
     series = [svg.Series(name, [(float(i), h[key]) for i, h in enumerate(history)], dashed=dashed)
               for key, name, dashed in (("auc", "holdout AUC", False), ("auc_cold", "cold-ad AUC", False),
@@ -622,30 +589,28 @@ def section_auc_history(inp: RunInputs) -> str:
     rows = [(h["date"], h["auc"], h["auc_cold"], h["live_auc"]) for h in reversed(history)]
     body = (f"<figure>{chart}<figcaption>{len(history)} run date(s) up to {e(inp.ds)}; dashed red: the AUC "
             f"floor gate.</figcaption></figure><details><summary>values</summary>"
-            + _table(["run date", "AUC", "cold-ad AUC", "live model AUC"], rows, numeric=(1, 2, 3)) + "</details>")
+            + _table(["run date", "AUC", "cold-ad AUC", "live model AUC"], rows, numeric=(1, 2, 3)) + "</details>"
+            + skipped)
     return _section("AUC per day", "auc-history", body)
 
 
 def section_lookup(inp: RunInputs) -> str:
     rec = inp.lookup_manifest
+    m = rec.record
     body = ""
-    bytes_per_ad = _num(_get(rec.data, "bytes_per_ad"))
-    if rec.present:
-        rows_n = _get(rec.data, "rows")
-        size = (rows_n * bytes_per_ad) if isinstance(rows_n, int) and bytes_per_ad else None
-        facts = [("rows (ads)", rows_n), ("stored dims", _get(rec.data, "dims")), ("dtype", _get(rec.data, "dtype")),
-                 ("reduction", _get(rec.data, "reduction")), ("bytes per ad", _get(rec.data, "bytes_per_ad")),
-                 ("serving rows size", f"{size / 1e6:.2f} MB" if size is not None else None),
-                 ("candidate ads", _get(rec.data, "candidates")),
-                 ("budget (ads / bytes, 0 = none)", f"{_get(rec.data, 'budget_ads', default='-')} / "
-                                                    f"{_get(rec.data, 'budget_bytes', default='-')}"),
-                 ("window impressions of kept ads", _pct(_get(rec.data, "window_impression_share"))),
-                 ("model version", _get(rec.data, "model_version"))]
+    bytes_per_ad = m.bytes_per_ad if m else None
+    if m is not None:
+        facts = [("rows (ads)", m.rows), ("stored dims", m.dims), ("dtype", m.dtype), ("reduction", m.reduction),
+                 ("bytes per ad", m.bytes_per_ad), ("serving rows size", f"{m.rows * m.bytes_per_ad / 1e6:.2f} MB"),
+                 ("candidate ads", m.candidates),
+                 ("budget (ads / bytes, 0 = none)", f"{m.budget_ads} / {m.budget_bytes}"),
+                 ("window impressions of kept ads", _pct(m.window_impression_share)),
+                 ("model version", m.model_version)]
         body += _table(["fact", "value"], facts, numeric=(1,))
     else:
         body += _missing("Lookup table manifest", rec, "build_lookup_table")
-    curve = _get(inp.validation.data, "coverage_curve", default=[]) or []
-    points = sorted((float(c["budget_ads"]), float(c["coverage"])) for c in curve)
+    curve = inp.validation.record.coverage_curve if inp.validation.record else []
+    points = sorted((float(c.budget_ads), c.coverage) for c in curve)
     if not points:
         body += "<p class='note'>No coverage curve: the validate stage wrote no record for this date.</p>"
         return _section("Lookup table and coverage", "lookup", body)
@@ -665,32 +630,22 @@ def section_lookup(inp: RunInputs) -> str:
     return _section("Lookup table and coverage", "lookup", body)
 
 
-# --------------------------------------------------------------------------- model-dependent sections
-
-
-def _read_report_data(rec: Record, what: str, reader: Callable[[str], Any]) -> tuple[Any, str]:
-    """(the validate stage's typed record, "") or (None, the note saying why there is none)."""
-    if not rec.present:
-        return None, _missing(what, rec, "validate_gates")
-    try:
-        return reader(rec.path), ""
-    except ReportDataError as err:
-        return None, f"<p class='fail note'><code>{e(rec.path)}</code>: {e(str(err))}</p>"
+# --------------------------------------------------------------------------- model-dependent sections (recorded)
 
 
 def section_calibration(inp: RunInputs) -> str:
     title = "Calibration"
-    cal, why = _read_report_data(inp.calibration, "Calibration record", read_calibration)
+    cal = inp.calibration.record
     if cal is None:
-        return _section(title, "calibration", why)
-    points = [(b["mean_pred"], b["observed_ctr"]) for b in cal.bins]
+        return _section(title, "calibration", _missing("Calibration record", inp.calibration, "validate_gates"))
+    points = [(b.mean_pred, b.observed_ctr) for b in cal.bins]
     if not points:
         return _section(title, "calibration", "<p class='note'>The holdout had no rows to bin.</p>")
     hi = max(max(x for x, _ in points), max(y for _, y in points)) * 1.1 or 1.0
     chart = svg.line_chart([svg.Series("holdout bins", points)], title="Reliability: observed vs predicted CTR",
                            x_label="mean predicted CTR in bin", y_label="observed CTR", x_range=(0.0, hi),
                            y_range=(0.0, hi), diagonal=True)
-    rows = [(b["lo"], b["hi"], int(b["n"]), b["mean_pred"], b["observed_ctr"]) for b in cal.bins]
+    rows = [(b.lo, b.hi, b.n, b.mean_pred, b.observed_ctr) for b in cal.bins]
     body = (f"<figure>{chart}<figcaption>Equal-count bins of the full model's predictions on all "
             f"{cal.rows:,} holdout impressions (validate stage); dashed: perfect calibration.</figcaption></figure>"
             "<details><summary>bins</summary>"
@@ -707,9 +662,9 @@ def _png_data_uri(path: str) -> str:
 def section_attention(inp: RunInputs) -> str:
     rec = inp.attention
     title = "Category-specific spatial attention"
-    att, why = _read_report_data(rec, "Attention record", read_attention)
+    att = rec.record
     if att is None:
-        return _section(title, "attention", why)
+        return _section(title, "attention", _missing("Attention record", rec, "validate_gates"))
     if not att.panels:
         return _section(title, "attention", f"<p class='note'>Nothing to draw: {e(str(att.unavailable))}.</p>")
     figures = []
@@ -761,11 +716,7 @@ def render(config_path: str, ds: str | None) -> str:
     cfg = load_run_config(config_path)
     inp = gather(cfg, day, config_path)
     page = render_html(inp)
-    os.makedirs(os.path.dirname(inp.report_path), exist_ok=True)
-    tmp = f"{inp.report_path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(page)
-    os.replace(tmp, inp.report_path)  # atomic: the plugin never serves half a page
+    write_bytes(inp.report_path, page.encode("utf-8"))  # atomic: the plugin never serves half a page
     log.info("run report %s written in %.1f s", inp.report_path, time.monotonic() - started)
     return inp.report_path
 

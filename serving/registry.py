@@ -198,7 +198,7 @@ def version_dir(cfg: PipelineConfig, entry: dict[str, Any]) -> Path:
 
 def read_current(cfg: PipelineConfig) -> dict[str, Any] | None:
     """The live version's pointer entry, or None when nothing is published."""
-    path = published_root(cfg) / CURRENT_FILE
+    path = Path(local_path(Paths.of(cfg).published_current))
     try:
         return json.loads(path.read_text())
     except FileNotFoundError:
@@ -214,7 +214,7 @@ def switch_current(cfg: PipelineConfig, entry: dict[str, Any]) -> None:
         raise PublishError(f"cannot point current at {entry['dir']!r}: no such version folder in {root}")
     tmp = root / f"{CURRENT_FILE}.tmp"
     _write_durable(tmp, json.dumps(entry, sort_keys=True).encode())
-    os.replace(tmp, root / CURRENT_FILE)
+    os.replace(tmp, local_path(Paths.of(cfg).published_current))
     _fsync_dir(root)
 
 

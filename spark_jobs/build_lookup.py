@@ -57,7 +57,6 @@ if TYPE_CHECKING:  # pragma: no cover
 log = logging.getLogger("build_lookup")
 
 MODEL_FILE = "model.pt"
-MODEL_MANIFEST = "manifest.json"
 ENCODER_FILE = "encoder.npz"
 CANDIDATES_TABLE = "lookup_candidates"
 
@@ -97,8 +96,9 @@ def candidates_uri(cfg: PipelineConfig) -> str:
 
 def model_paths(cfg: PipelineConfig, run_date: dt.date) -> tuple[Path, Path]:
     """(model.pt, its manifest.json) of run date D's trained model."""
-    folder = Path(local_path(Paths.of(cfg).run_model_dir(run_date)))
-    return folder / MODEL_FILE, folder / MODEL_MANIFEST
+    paths = Paths.of(cfg)
+    return (Path(local_path(paths.run_model_dir(run_date))) / MODEL_FILE,
+            Path(local_path(paths.model_manifest(run_date))))
 
 
 def model_version(model_path: Path, manifest_path: Path, run_date: dt.date, model_sha256: str) -> str:

@@ -288,7 +288,7 @@ def run(cfg: PipelineConfig, spark: SparkSession, run_date: dt.date,
         "run_date date, window_start date, window_end date, window_days array<date>, short_window boolean, "
         "bronze_versions map<string,bigint>, feature_spec string, metadata string, config string")
     replace_where(runs_df, paths.table(RUNS_TABLE), ["run_date"], day)
-    write_json_local(f"{paths.run_dir(run_date)}/features.json", metadata)  # for the run report, no Spark
+    write_json_local(paths.features_record(run_date), metadata)  # for the run report, no Spark
     log.info("features %s: done in %.1f s; train %d rows (label rate %.4f, %.2f per group), holdout %d rows",
              run_date, time.monotonic() - started, metadata["rows"]["train"], metadata["label_rate"]["train"],
              metadata["mean_impressions_per_group"]["train"], metadata["rows"]["holdout"])

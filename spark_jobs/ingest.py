@@ -551,7 +551,7 @@ def _commit(spark: "SparkSession", paths: Paths, batch: _Batch) -> list[dict[str
                                      for r in records], "dt date, record string")
     _replace_partitions(runs_df, paths.ingest_runs, days)
     for record in records:
-        write_json_local(f"{paths.run_dir(record['dt'])}/ingest.json", record)
+        write_json_local(paths.ingest_record(record["dt"]), record)
         log.info("ingested %s: impressions %d = bronze %d + quarantine %d; ads %d = %d + %d", record["dt"],
                  record["landing_impressions"], record["bronze_impressions"], record["quarantined_impressions"],
                  record["landing_ads"], record["bronze_ads"], record["quarantined_ads"])

@@ -59,8 +59,9 @@ def run(cfg: PipelineConfig, spark: "SparkSession", run_date: dt.date) -> dict[s
     record_sha = hashlib.sha256(record_bytes).hexdigest() if record_bytes is not None else ""
     model_path, model_manifest = model_paths(cfg, run_date)
     lookup_dir = Path(local_path(paths.run_lookup_dir(run_date)))
+    lookup_manifest = Path(local_path(paths.lookup_manifest(run_date)))
     check_validation(record, record_path, sha256_file(model_path) if model_path.is_file() else "",
-                     sha256_file(lookup_dir / "manifest.json") if (lookup_dir / "manifest.json").is_file() else "")
+                     sha256_file(lookup_manifest) if lookup_manifest.is_file() else "")
     try:
         input_versions = load_run_metadata(cfg, spark, run_date).get("bronze_versions", {})
     except FeaturesError as e:
@@ -71,7 +72,7 @@ def run(cfg: PipelineConfig, spark: "SparkSession", run_date: dt.date) -> dict[s
     if model_manifest.is_file():
         sources["model/manifest.json"] = model_manifest
     # What validation checked, re-checked on the copies (a file changed after the check is refused).
-    manifest = json.loads((lookup_dir / "manifest.json").read_text())
+    manifest = json.loads(lookup_manifest.read_text())
     expect = {"model/model.pt": record["model_sha256"], "lookup/manifest.json": record["lookup_manifest_sha256"],
               "validation.json": record_sha, **{f"lookup/{name}": info["sha256"]
                                                  for name, info in manifest["files"].items()}}

@@ -94,7 +94,7 @@ def run(cfg: PipelineConfig, run_date: dt.date) -> dict[str, Any]:
                     "feature_spec": json.loads(spec.to_json()), "model_config": cfg.to_dict()["model"],
                     "files": {"model.pt": sha256_file(model_path)}, "warm_start_from": init_from,
                     "config_hash": cfg.config_hash(), "metrics": metrics, "seconds": round(time.time() - t0, 1)}
-        write_json(os.path.join(out_dir, "manifest.json"), manifest, sort_keys=False, default=float)
+        write_json(local_path(Paths.of(cfg).model_manifest(run_date)), manifest, sort_keys=False, default=float)
         print(json.dumps({"run_date": run_date.isoformat(), "metrics": metrics}, default=float))
     return metrics
 

@@ -27,7 +27,7 @@ Not a gate, recorded beside them: ``precision_check``, per reduced serving preci
 only in those (serving.predictor).
 
 The record is written to <artifacts>/runs/D/validation.json before GateFailed is raised, and the
-run report's calibration bins and attention panels (reports.report_data) under
+run report's calibration bins and attention panels (spark_jobs/report_inputs.py) under
 <artifacts>/runs/D/report_data/ before any gate is evaluated.
 
 torch (models.*, serving.predictor) is imported inside the functions that score, so that a bad
@@ -60,12 +60,12 @@ from expectations.runner import validate
 from features.encoder import load_encoder_file
 from features.spec import MULTI_FIELDS, SINGLE_FIELDS
 from features.tables import AD_COUNTS_TABLE, load_examples
-from reports.report_data import category_ids_of, write_report_data
 from serving.lookup import coverage_curve, sha256_file
 from serving.registry import read_current, verify_version, version_dir
 from serving.requests import EncodedRequests
 from spark_jobs.build_lookup import ENCODER_FILE, candidates_uri, model_paths, read_images, stack_images
 from spark_jobs.feature_transforms import with_catalog
+from spark_jobs.report_inputs import category_ids_of, write_report_data
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -295,7 +295,7 @@ def run(cfg: PipelineConfig, spark: "SparkSession", run_date: dt.date) -> dict[s
         "precision_check": precision_check,
         "serving_precisions": ["fp32", *(p for p, c in precision_check.items() if c["passed"])],
         "live_version": live, "model_sha256": sha256_file(model_path),
-        "lookup_manifest_sha256": sha256_file(lookup_dir / "manifest.json"),
+        "lookup_manifest_sha256": sha256_file(local_path(paths.lookup_manifest(run_date))),
         "model_version": predictor.table.manifest.get("model_version"), "config_hash": cfg.config_hash(),
         "data_docs": gx.report_path, "validated_at": dt.datetime.now(dt.timezone.utc).isoformat(),
         "seconds": time.monotonic() - started,

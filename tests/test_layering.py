@@ -21,17 +21,21 @@ CONTRACT_NAMES = {c["id"]: c["name"] for c in CONFIG["contracts"]}
 
 # importer -> imported, as the layout allows them (a clean tree keeps every contract)
 ALLOWED = [
-    ("dags", "spark_jobs"), ("dags", "expectations"), ("dags", "core"),
-    ("spark_jobs", "reports"), ("spark_jobs", "serving"), ("spark_jobs", "models"),
+    ("dags", "spark_jobs"), ("dags", "reports"), ("dags", "expectations"), ("dags", "core"),
+    ("spark_jobs", "serving"), ("spark_jobs", "models"),
     ("spark_jobs", "features"), ("spark_jobs", "expectations"), ("spark_jobs", "simworld"),
-    ("reports", "serving"), ("serving", "models"), ("models", "features"), ("features", "core"),
+    ("reports", "core"), ("serving", "models"), ("models", "features"), ("features", "core"),
     ("expectations", "features"), ("expectations", "core"), ("simworld", "core"),
 ]
 # (importer, imported, the contract that forbids it)
 FORBIDDEN = [
     ("core", "dags", "layers"), ("core", "features", "layers"), ("features", "models", "layers"),
-    ("models", "serving", "layers"), ("serving", "reports", "layers"), ("reports", "spark_jobs", "layers"),
+    ("models", "serving", "layers"), ("serving", "spark_jobs", "layers"),
     ("spark_jobs", "dags", "layers"), ("models", "spark_jobs", "layers"),
+    ("reports", "spark_jobs", "reports"), ("reports", "serving", "reports"), ("reports", "models", "reports"),
+    ("reports", "features", "reports"), ("reports", "dags", "reports"), ("reports", "expectations", "reports"),
+    ("spark_jobs", "reports", "report-callers"), ("serving", "reports", "report-callers"),
+    ("core", "reports", "report-callers"),
     ("expectations", "models", "expectations"), ("expectations", "dags", "expectations"),
     ("simworld", "features", "simworld"), ("simworld", "spark_jobs", "simworld"),
     ("models", "expectations", "below-the-jobs"), ("core", "simworld", "below-the-jobs"),

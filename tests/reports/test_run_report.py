@@ -1,4 +1,12 @@
-"""The HTML run report: failed runs, every input kind, charts, attention overlays, escaping."""
+"""The HTML run report: failed runs, every input kind, charts, attention overlays, escaping.
+
+The records are written in the shapes the stages write them: the report data by the validate
+stage's own writer (spark_jobs/report_inputs.write_report_data), the lookup manifest by
+serving.lookup.write_lookup_files with build_lookup's facts, the gate verdicts by
+spark_jobs.validate's gate functions; the other records carry every key their stage writes
+(spark_jobs/ingest.py, check_quality.py, build_window.py, train_model.py, validate.py), written
+with core.files as the stages do.
+"""
 
 from __future__ import annotations
 
@@ -17,10 +25,16 @@ import pytest
 from PIL import Image
 
 from core.config import load_config
-from core.paths import Paths
+from core.files import write_json, write_json_local
+from core.paths import Paths, local_path
+from models.ctr import CTRModel
 from models.synthetic import make_examples, make_spec
-from models.train import train
+from models.train import load_model, predict, save_model, train
 from reports.run_report import ReportError, auc_history, render
+from serving.lookup import make_reduction, write_lookup_files
+from serving.registry import switch_current
+from spark_jobs.report_inputs import write_report_data
+from spark_jobs.validate import Verdict, gate_auc_floor, gate_auc_vs_live
 
 DAY = "2026-02-05"
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -37,21 +51,9 @@ def write_config(tmp_path, **overrides) -> tuple[str, object]:
     return str(path), cfg
 
 
-def write_json(path, data) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "w") as f:
-        json.dump(data, f)
-
-
 def read_report(path: str) -> str:
     with open(path, encoding="utf-8") as f:
         return f.read()
-
-
-def png_bytes(image: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(image, "RGB").save(buf, format="PNG")
-    return buf.getvalue()
 
 
 @pytest.fixture(scope="module")
@@ -63,22 +65,45 @@ def trained(tmp_path_factory):
     train_df, images = make_examples(spec, n_ads=12, impressions_per_ad=(4, 10), image_size=32, seed=1)
     hold_df, hold_images = make_examples(spec, n_ads=16, impressions_per_ad=(4, 10), image_size=32, seed=2)
     metrics = train(cfg, spec, train_df, hold_df, {**images, **hold_images}, out)
-    return {"model_path": str(out / "model.pt"), "holdout": hold_df, "images": hold_images, "metrics": metrics}
+    return {"model_path": str(out / "model.pt"), "holdout": hold_df, "images": hold_images, "metrics": metrics,
+            "spec": spec}
 
 
 def install_run(cfg, trained, model_path=None) -> None:
-    """Run DAY's model manifest and the report data the validate stage writes for it
-    (reports.report_data.write_report_data on the tiny model, its holdout and images)."""
-    from models.train import load_model, predict
-    from reports.report_data import write_report_data
-
+    """Run DAY's model manifest (spark_jobs/train_model.py's keys) and the report data the validate
+    stage writes for it (spark_jobs.report_inputs.write_report_data on the tiny model, its holdout
+    and images)."""
     paths = Paths.of(cfg)
-    write_json(os.path.join(paths.run_model_dir(DAY), "manifest.json"),
-               {"run_date": DAY, "variant": "cscnn", "metrics": trained["metrics"], "seconds": 1.5})
+    write_json(local_path(paths.model_manifest(DAY)), {
+        "run_date": DAY, "variant": cfg.model.variant, "feature_spec": json.loads(trained["spec"].to_json()),
+        "model_config": cfg.to_dict()["model"], "files": {"model.pt": "0" * 64}, "warm_start_from": None,
+        "config_hash": cfg.config_hash(), "metrics": trained["metrics"], "seconds": 1.5},
+        sort_keys=False, default=float)
     model = load_model(model_path or trained["model_path"])
     hold = trained["holdout"]
     preds = predict(model, hold, trained["images"] if model.uses_images else None)
     write_report_data(cfg, dt.date.fromisoformat(DAY), model, hold, trained["images"], preds, {0: 1000, 1: 1001})
+
+
+def validation_record(cfg, day: str, verdicts: list[Verdict], metrics: dict, **extra) -> dict:
+    """A validation record with every key spark_jobs/validate.py `run` writes."""
+    return {"run_date": day, "passed": all(v.passed for v in verdicts), "coverage_curve": [],
+            "gates": [asdict(v) for v in verdicts], "metrics": metrics, "precision_check": {},
+            "serving_precisions": ["fp32"], "live_version": None, "model_sha256": "a" * 64,
+            "lookup_manifest_sha256": "b" * 64, "model_version": f"{day}-aaaaaaaaaaaa",
+            "config_hash": cfg.config_hash(), "data_docs": None,
+            "validated_at": f"{day}T06:00:00+00:00", "seconds": 12.5, **extra}
+
+
+def write_lookup_manifest(cfg, model_version: str = f"{DAY}-aaaaaaaaaaaa") -> None:
+    """DAY's lookup folder as build_lookup writes it: serving.lookup.write_lookup_files of 40 ads
+    (float16 rows of 6 dims) with build_lookup's frequency-control facts."""
+    rng = np.random.default_rng(0)
+    x_v = rng.normal(size=(40, 6)).astype(np.float32)
+    write_lookup_files(local_path(Paths.of(cfg).run_lookup_dir(DAY)), np.arange(100, 140), rng.integers(0, 3, 40),
+                       x_v, make_reduction(x_v, "float16", 0), run_date=DAY, model_version=model_version,
+                       model_sha256="a" * 64,
+                       extra={"candidates": 55, "budget_ads": 40, "budget_bytes": 0, "window_impression_share": 0.75})
 
 
 # --------------------------------------------------------------------------- failed runs
@@ -112,36 +137,65 @@ def test_bad_date_and_missing_config_are_named(tmp_path):
 
 def test_unreadable_record_is_reported_not_fatal(tmp_path):
     config_path, cfg = write_config(tmp_path)
-    run_dir = Paths.of(cfg).run_dir(DAY)
-    os.makedirs(run_dir)
-    with open(os.path.join(run_dir, "ingest.json"), "w") as f:
+    path = local_path(Paths.of(cfg).ingest_record(DAY))
+    os.makedirs(os.path.dirname(path))
+    with open(path, "w") as f:
         f.write("{not json")
     page = read_report(render(config_path, DAY))
-    assert "unreadable" in page and "ingest.json" in page
+    assert f"Ingest record unreadable: {path}: not a valid ingest record: not valid JSON" in page
+
+
+def test_a_record_not_in_its_stage_shape_is_named_as_unreadable(tmp_path):
+    config_path, cfg = write_config(tmp_path)
+    fabricate_inputs(cfg)
+    paths = Paths.of(cfg)
+    features = local_path(paths.features_record(DAY))
+    with open(features) as f:
+        record = json.load(f)
+    write_json(features, {**record, "window_days": "2026-02-03"})
+    validation = local_path(paths.validation_record(DAY))
+    with open(validation) as f:
+        record = json.load(f)
+    del record["gates"][2]["passed"]
+    write_json(validation, record)
+    page = read_report(render(config_path, DAY))
+    assert (f"Features metadata unreadable: {features}: not a valid features record: window_days: expected a "
+            "list, got str (written by stage <code>build_window</code>)") in page
+    assert (f"Validation record unreadable: {validation}: not a valid validation record: missing field "
+            "&#x27;gates[2].passed&#x27;") in page
+    stage_rows = dict(re.findall(r'<tr><td>(\w+)</td><td><code>[^<]*</code></td><td><span class="badge (\w+)">',
+                                 page))
+    assert stage_rows["build_window"] == "missing" and stage_rows["validate_gates"] == "missing"
+    assert stage_rows["ingest_day"] == "pass"
 
 
 # --------------------------------------------------------------------------- fabricated inputs
 
 
 def fabricate_inputs(cfg, passed_quality: bool = True) -> dict[str, str]:
-    """Records in the shapes the stages write (ingest.json, quality summary, features.json,
-    validation.json with spark_jobs.validate.Verdict gates, lookup manifest)."""
-    from spark_jobs.validate import Verdict, gate_auc_floor, gate_auc_vs_live
-
+    """DAY's records in the shapes the stages write (ingest.json, quality summary, features.json,
+    validation.json with spark_jobs.validate.Verdict gates, the lookup folder), and the validation
+    records of other run dates for the AUC chart."""
     paths = Paths.of(cfg)
     reports = paths.reports
     docs_page = os.path.join(reports, "data_docs", "validations", "bronze_impressions", DAY, "page 1.html")
-    write_json(os.path.join(paths.run_dir(DAY), "ingest.json"), {
+    write_json_local(paths.ingest_record(DAY), {
         "dt": DAY, "landing_impressions": 2000, "bronze_impressions": 1900, "quarantined_impressions": 100,
         "landing_ads": 300, "bronze_ads": 297, "quarantined_ads": 3, "new_images": 30,
         "reasons": {"impressions": {"null_required": 60, "unknown_ad": 40}, "ads": {"negative_price": 3}},
         "schema_drift": {"impressions": {"extra": ["surprise_col"], "missing": []},
                          "ads": {"extra": [], "missing": []}},
+        "versions": {"impressions": 4, "ads": 4, "images": 2, "quarantine": 4}, "range": [DAY, DAY],
         "seconds": 4.2})
     critical = "expect_column_mean_to_be_between(column=click, min_value=0.002, max_value=0.2): observed 0.0"
-    write_json(paths.quality_summary(DAY), {
+    summary_path = local_path(paths.quality_summary(DAY))
+    write_json(summary_path, {
         "date": DAY, "success": passed_quality, "critical_failures": 0 if passed_quality else 1,
         "trailing": {"mean_rows": 2000.0, "days": 3},
+        "quarantine": {"max_rate": 0.05,
+                       "impressions": {"landing": 2000, "quarantined": 100, "rate": 0.05,
+                                       "reasons": {"null_required": 60, "unknown_ad": 40}},
+                       "ads": {"landing": 300, "quarantined": 3, "rate": 0.01, "reasons": {"negative_price": 3}}},
         "suites": {
             "bronze_impressions": {"success": passed_quality, "report_path": docs_page,
                                    "failed": [] if passed_quality else [critical,
@@ -150,31 +204,34 @@ def fabricate_inputs(cfg, passed_quality: bool = True) -> dict[str, str]:
                                    "statistics": {"evaluated_expectations": 12}},
             "bronze_ads": {"success": True, "failed": [], "failed_critical": [],
                            "report_path": os.path.join(reports, "data_docs", "ads.html"), "statistics": {}},
-        }})
-    write_json(os.path.join(paths.run_dir(DAY), "features.json"), {
+        },
+        "summary_path": summary_path})
+    write_json_local(paths.features_record(DAY), {
         "run_date": DAY, "window_start": "2026-01-04", "window_end": "2026-02-04",
         "window_days": ["2026-02-03", "2026-02-04"], "missing_days": ["2026-02-02"],
         "excluded_days": [{"date": "2026-02-01", "reason": "check_bronze_quality failed"}],
-        "rows": {"train": 4000, "holdout": 2000}, "label_rate": {"train": 0.031, "holdout": 0.029},
-        "cold_rate": {"train": 0.1, "holdout": 0.2}, "mean_impressions_per_group": {"train": 7.5},
+        "short_window": True, "rows": {"train": 4000, "holdout": 2000},
+        "label_rate": {"train": 0.031, "holdout": 0.029}, "groups": {"train": 533, "holdout": 250},
+        "cold_rate": {"train": 0.1, "holdout": 0.2}, "mean_impressions_per_group": {"train": 7.5, "holdout": 8.0},
         "vocab_sizes": {"user_id": 321, "title_words": 777}, "oov_rate_window": {"user_id": 0.25},
-        "oov_rate": {"train": {"user_id": 0.2}, "holdout": {"user_id": 0.4375}}})
+        "oov_rate": {"train": {"user_id": 0.2}, "holdout": {"user_id": 0.4375}}, "config_hash": cfg.config_hash()})
     verdicts = [gate_auc_floor(0.7311, 0.55), gate_auc_vs_live(0.7311, 0.7200, 0.005, "v2 (2026-02-04)"),
                 Verdict("coverage", False, 0.8123, 0.9, "1624 of 2000 holdout impressions"),
                 Verdict("lookup_quality", True, 0.0, 0.0, "report x")]
-    write_json(paths.validation_record(DAY), {
-        "run_date": DAY, "passed": False, "data_docs": os.path.join(reports, "data_docs", "lookup", "v.html"),
-        "gates": [asdict(v) for v in verdicts],
-        "metrics": {"auc": 0.7311, "auc_cold": 0.6811, "logloss": 0.12, "table_auc": 0.7310, "coverage": 0.8123,
-                    "live_auc": 0.7200},
-        "precision_check": {"bf16": {"max_abs_score_diff": 0.000417, "tolerance": 0.001, "passed": True}},
-        "serving_precisions": ["fp32", "bf16"],
-        "coverage_curve": [{"budget_ads": b, "coverage": c} for b, c in
-                           ((10, 0.31), (100, 0.62), (1000, 0.88), (10000, 0.97))]})
-    write_json(os.path.join(paths.run_lookup_dir(DAY), "manifest.json"),
-               {"rows": 5000, "dims": 150, "dtype": "float16", "reduction": "float16", "bytes_per_ad": 312})
+    write_json(local_path(paths.validation_record(DAY)), validation_record(
+        cfg, DAY, verdicts,
+        {"n": 2000, "auc": 0.7311, "auc_cold": 0.6811, "logloss": 0.12, "table_auc": 0.7310, "coverage": 0.8123,
+         "live_auc": 0.7200},
+        data_docs=os.path.join(reports, "data_docs", "lookup", "v.html"),
+        precision_check={"bf16": {"max_abs_score_diff": 0.000417, "tolerance": 0.001, "passed": True}},
+        serving_precisions=["fp32", "bf16"],
+        coverage_curve=[{"budget_ads": b, "coverage": c} for b, c in
+                        ((10, 0.31), (100, 0.62), (1000, 0.88), (10000, 0.97))]))
+    write_lookup_manifest(cfg)
     for day, auc in (("2026-02-02", 0.7011), ("2026-02-03", 0.7122), ("2026-02-04", 0.7233), ("2026-02-09", 0.9999)):
-        write_json(paths.validation_record(day), {"metrics": {"auc": auc, "auc_cold": auc - 0.05, "live_auc": None}})
+        write_json(local_path(paths.validation_record(day)), validation_record(
+            cfg, day, [gate_auc_floor(auc, 0.55), gate_auc_vs_live(auc, None, 0.005, None)],
+            {"n": 2000, "auc": auc, "auc_cold": auc - 0.05, "live_auc": None}))
     return {"docs_page": docs_page}
 
 
@@ -223,9 +280,8 @@ def test_a_failed_quality_check_names_the_expectation_and_links_its_data_docs_pa
     config_path, cfg = write_config(tmp_path)
     fabricate_inputs(cfg, passed_quality=False)
     paths = Paths.of(cfg)
-    for path in (paths.validation_record(DAY), os.path.join(paths.run_dir(DAY), "features.json"),
-                 os.path.join(paths.run_lookup_dir(DAY), "manifest.json")):
-        os.remove(path)
+    for path in (paths.validation_record(DAY), paths.features_record(DAY), paths.lookup_manifest(DAY)):
+        os.remove(local_path(path))
     page = read_report(render(config_path, DAY))
     screen = page[:page.index("<h2>Details</h2>")]
     assert f"Nothing published for {DAY}" in screen
@@ -244,7 +300,7 @@ def test_a_failed_quality_check_names_the_expectation_and_links_its_data_docs_pa
 def test_hostile_strings_are_escaped(tmp_path):
     config_path, cfg = write_config(tmp_path)
     fabricate_inputs(cfg)
-    write_json(os.path.join(Paths.of(cfg).run_lookup_dir(DAY), "manifest.json"), {"rows": 1, "model_version": HOSTILE})
+    write_lookup_manifest(cfg, model_version=HOSTILE)
     page = read_report(render(config_path, DAY))
     assert HOSTILE not in page
     assert "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;" in page
@@ -254,9 +310,14 @@ def test_hostile_strings_are_escaped(tmp_path):
 def test_auc_history_reads_every_run_date_up_to_the_day(tmp_path):
     _, cfg = write_config(tmp_path)
     fabricate_inputs(cfg)
-    hist = auc_history(Paths.of(cfg).artifacts, DAY)
+    paths = Paths.of(cfg)
+    broken = local_path(paths.validation_record("2026-02-01"))
+    write_json(broken, {"run_date": "2026-02-01"})
+    found = auc_history(paths, DAY)
+    hist = found.points
     assert [h["date"] for h in hist] == ["2026-02-02", "2026-02-03", "2026-02-04", DAY]
     assert hist[-1]["auc"] == pytest.approx(0.7311) and hist[0]["auc_cold"] == pytest.approx(0.6511)
+    assert found.unreadable == [f"{broken}: not a valid validation record: missing field 'passed'"]
 
 
 # --------------------------------------------------------------------------- the model sections
@@ -284,9 +345,6 @@ def test_attention_overlays_one_per_category_and_calibration_from_the_validate_r
 
 def test_variant_without_attention_says_so(tmp_path, trained):
     config_path, cfg = write_config(tmp_path)
-    from models.ctr import CTRModel
-    from models.train import load_model, save_model
-
     model = load_model(trained["model_path"])
     plain = tmp_path / "dcn.pt"
     save_model(CTRModel(model.spec, load_config(overrides={**TINY_MODEL, "model.variant": "dcn"}).model), str(plain))
@@ -310,10 +368,11 @@ def test_cli_writes_the_report(tmp_path):
 
 def test_published_and_live_versions_are_shown(tmp_path):
     config_path, cfg = write_config(tmp_path)
-    published = os.path.join(Paths.of(cfg).artifacts, "published")
+    published = local_path(Paths.of(cfg).published)
     os.makedirs(os.path.join(published, f"v3-{DAY}"))
     os.makedirs(os.path.join(published, "v2-2026-02-04"))
-    write_json(os.path.join(published, "current.json"), {"version": 3, "run_date": DAY, "dir": f"v3-{DAY}"})
+    switch_current(cfg, {"format": 2, "version": 3, "run_date": DAY, "dir": f"v3-{DAY}", "code_version": "abc1234",
+                         "version_sha256": "c" * 64})
     page = read_report(render(config_path, DAY))
     screen = page[:page.index("<h2>Details</h2>")]
     assert f'<div class="headline pass">Published v3-{DAY} for {DAY}' in screen
