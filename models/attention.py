@@ -81,7 +81,7 @@ class _GatedMaps(torch.autograd.Function):
 
     x (B, C, H, W), m (B, C) channel gate, extra (B, k, H, W) or None (CSCNN's resized spatial
     prior), weight (1, 2 + k, K, K) and bias (1,) of ``conv``, the spatial conv module (called in
-    forward, so its forward hooks see the pre-sigmoid logit map, as reports.attention_maps uses).
+    forward, so its forward hooks see the pre-sigmoid logit map, as spark_jobs.report_inputs uses).
     Saves x, m and small maps only (not r, not y); backward makes one full-size product gy * x,
     reduces it with two batched matmuls to the gradients of the spatial gate and of m, and writes
     dL/dx in one pass plus a scatter for the channel max. Runs autocast-free: the full-size work in

@@ -10,7 +10,7 @@ Serving folder layout (all numpy .npy files, loaded with ``mmap_mode="r"``):
     fallback_means.npy       float32 (m + 1, dims): per-category mean stored row; row m = global mean
     pca_mean.npy             float32 (visual_dim,)             only for "pca"
     pca_components.npy       float32 (dims, visual_dim)        only for "pca"
-    encoder.npz              the run's FeatureEncoder (serving.requests.save_encoder)
+    encoder.npz              the run's FeatureEncoder (features.encoder.save_encoder)
     category_ids.npy         int64 (n,)  each ad's raw catalog category id (-1: none), for the
                              published Delta table (serving.registry); not read by serving
     manifest.json            dims, dtype, rows, reduction, model version and sha256, run date,

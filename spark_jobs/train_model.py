@@ -36,7 +36,7 @@ from features.examples import read_example_files
 from features.spec import FeatureSpec
 from serving.registry import live_model
 
-log = logging.getLogger("train_job")
+log = logging.getLogger("train_model")
 
 
 def decode_images(image_bytes: list[bytes], ad_ids: list[int]) -> dict[int, np.ndarray]:
