@@ -8,6 +8,7 @@ import pytest
 
 from core.config import SparkConfig, load_config
 from core.spark import get_spark
+from tests.worlds import TINY_WORLD
 
 os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
 
@@ -26,13 +27,7 @@ def tmp_cfg(tmp_path):
     """A PipelineConfig whose storage root is a fresh temporary folder, with a tiny world."""
     return load_config(overrides={
         "storage.root": str(tmp_path / "var"),
-        "world.impressions_per_day": 2000,
-        "world.n_users": 500,
-        "world.initial_ads": 300,
-        "world.new_ads_per_day": 30,
-        "world.n_categories": 8,
-        "world.n_top_categories": 3,
-        "world.image_size": 32,
+        **TINY_WORLD,
         "spark.shuffle_partitions": 1,
         "spark.master": "local[2]",
     })

@@ -9,17 +9,9 @@ import pyarrow.parquet as pq
 
 from core.config import PipelineConfig, load_config
 from core.paths import Paths
+from tests import worlds
 
-TINY_WORLD = {
-    "world.impressions_per_day": 2000,
-    "world.n_users": 500,
-    "world.initial_ads": 300,
-    "world.new_ads_per_day": 30,
-    "world.n_categories": 8,
-    "world.n_top_categories": 3,
-    "world.image_size": 32,
-    "world.mean_ad_lifetime_days": 10,
-}
+TINY_WORLD = {**worlds.TINY_WORLD, "world.mean_ad_lifetime_days": 10}
 DAYS = ("2026-01-01", "2026-01-02", "2026-01-03")
 
 
