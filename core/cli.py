@@ -25,6 +25,7 @@ from typing import Any, Callable, NoReturn, Sequence
 
 from core import exit_codes
 from core.config import ConfigError, PipelineConfig, build, load_config, parse_overrides
+from core.timing import stage_timing
 
 
 class UsageError(ValueError):
@@ -113,15 +114,24 @@ def setup_logging() -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
 
 
+def timing_record_path(cfg: PipelineConfig, run_date: dt.date, task: str) -> str | None:
+    """Where `task`'s core.timing record of `run_date` goes; None when artifacts are not local."""
+    from core.paths import Paths, is_local, local_path
+
+    uri = Paths.of(cfg).timing_record(run_date, task)
+    return local_path(uri) if is_local(uri) else None
+
+
 def run_stage(description: str, job: Callable[[PipelineConfig, dt.date, argparse.Namespace], Any],
               argv: Sequence[str] | None = None,
-              add_arguments: Callable[[CliParser], Any] | None = None, log_name: str = "stage") -> int:
+              add_arguments: Callable[[CliParser], Any] | None = None, log_name: str = "stage",
+              task: str | None = None) -> int:
     """The `main` of a pipeline stage: parse the shared stage CLI, run `job`, print its summary.
 
     `job(cfg, run_date, args)` returns a small JSON-able summary, printed as one line on stdout.
     Bad input data (core.exit_codes.BadDataError) is logged and exits with BAD_DATA, which the
     DAG does not retry (logged on the `log_name` logger); `add_arguments(parser)` adds a stage's
-    own options.
+    own options. `task` (the DAG's task id) names the stage's core.timing record of the run date.
     """
     setup_logging()
     ap = stage_parser(description)
@@ -129,8 +139,11 @@ def run_stage(description: str, job: Callable[[PipelineConfig, dt.date, argparse
         add_arguments(ap)
     args = ap.parse_args(argv)
     cfg = config_from_args(args)
+    run_date = parse_date(args.date)
+    record = timing_record_path(cfg, run_date, task) if task else None
     try:
-        summary = job(cfg, parse_date(args.date), args)
+        with stage_timing(record, task or log_name, run_date.isoformat()):
+            summary = job(cfg, run_date, args)
     except exit_codes.BadDataError as err:
         logging.getLogger(log_name).error("%s", err)
         return exit_codes.BAD_DATA

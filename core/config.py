@@ -171,6 +171,10 @@ class QualityConfig:
     # Largest share of a day's landing impressions, and of its landing ads, that ingest may
     # quarantine: clean upstream logs lose well under 1%, a broken export loses whole slices.
     max_quarantine_rate: float = 0.05
+    # A Spark DataFrame of at most this many rows is collected and validated by GX's pandas engine:
+    # the same expectations and Data Docs pages, without GX's Spark jobs per metric (a suite on a
+    # few thousand rows takes seconds instead of tens of seconds). 0: always validate on Spark.
+    pandas_max_rows: int = 200_000
 
     def __post_init__(self) -> None:
         _check(0 <= self.max_quarantine_rate <= 1, "quality.max_quarantine_rate", self.max_quarantine_rate,
@@ -180,6 +184,7 @@ class QualityConfig:
         _check(0 < self.volume_ratio_min < self.volume_ratio_max, "quality.volume_ratio_min/max",
                (self.volume_ratio_min, self.volume_ratio_max), "0 < min < max")
         _check(self.trailing_days >= 1, "quality.trailing_days", self.trailing_days, "an integer >= 1")
+        _check(self.pandas_max_rows >= 0, "quality.pandas_max_rows", self.pandas_max_rows, "an integer >= 0")
 
 
 FAILED_DAYS_POLICIES = ("exclude", "fail")

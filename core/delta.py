@@ -10,6 +10,8 @@ import datetime as dt
 from delta.tables import DeltaTable
 from pyspark.sql import DataFrame, SparkSession
 
+from core.timing import timed
+
 
 def delta_exists(spark: SparkSession, uri: str) -> bool:
     """Whether a Delta table exists at `uri`."""
@@ -38,6 +40,7 @@ def read_required(spark: SparkSession, uri: str, what: str, fix: str) -> DataFra
     return spark.read.format("delta").load(uri)
 
 
+@timed("writes")
 def replace_where(df: DataFrame, uri: str, partition_by: list[str], where: str) -> None:
     """Overwrite exactly the rows matching `where` in one commit (creating the table on first write)."""
     (df.write.format("delta").mode("overwrite").partitionBy(*partition_by)

@@ -131,6 +131,13 @@ class Paths:
         manifest.json (serving.lookup.MANIFEST_FILE) of the folder spark_jobs/build_lookup.py gives it."""
         return _join(self.run_lookup_dir(day), "manifest.json")
 
+    def timings_dir(self, day: dt.date | str) -> str:
+        """core.timing records of run date D's tasks, one <task>.json each (core.records.TimingRecord)."""
+        return _join(self.run_dir(day), "timings")
+
+    def timing_record(self, day: dt.date | str, task: str) -> str:
+        return _join(self.timings_dir(day), f"{task}.json")
+
     def validation_record(self, day: dt.date | str) -> str:
         """core.records.ValidationRecord of run date D (spark_jobs/validate.py)."""
         return _join(self.run_dir(day), "validation.json")

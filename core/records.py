@@ -15,6 +15,7 @@ stage did not run) and raises RecordError, naming the path and the field, when i
     CalibrationRecord   Paths.calibration_record(D)   spark_jobs/report_inputs.py (validate stage)
     AttentionRecord     Paths.attention_record(D)     spark_jobs/report_inputs.py (validate stage)
     CurrentPointer      Paths.published_current       serving/registry.py (publish, rollback)
+    TimingRecord        Paths.timing_record(D, task)  core.timing, from every stage's main
 """
 
 from __future__ import annotations
@@ -518,3 +519,27 @@ class CurrentPointer(_Record):
     def parse(cls, d: Mapping[str, Any]) -> "CurrentPointer":
         return cls(_int(_at(d, "version"), "version"), _str(_at(d, "run_date"), "run_date"),
                    _str(_at(d, "dir"), "dir"))
+
+
+# --------------------------------------------------------------------------- timings
+
+
+@dataclass(frozen=True)
+class TimingRecord(_Record):
+    """Where one task's time went (core.timing.stage_timing): phases in seconds, adding up to total_s."""
+
+    KIND = "timing record"
+
+    task: str
+    status: str  # "ok" or "failed: <exception type>"
+    started_at: str
+    total_s: float
+    startup_s: float  # launch + imports + spark_session
+    phases: dict[str, float]
+
+    @classmethod
+    def parse(cls, d: Mapping[str, Any]) -> "TimingRecord":
+        return cls(_str(_at(d, "task"), "task"), _str(_at(d, "status"), "status"),
+                   _str(_at(d, "started_at"), "started_at"), _float(_at(d, "total_s"), "total_s"),
+                   _float(_at(d, "startup_s"), "startup_s"),
+                   _map(_at(d, "phases"), "phases", _float))

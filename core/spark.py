@@ -1,11 +1,11 @@
 """The one way the project makes a SparkSession: local[*] by default, Delta Lake enabled.
 
-Delta's jars are resolved from Maven Central only (conf/spark/ivysettings.xml) through Spark's
-ivy into a per-machine cache (~/.cache/cscnn-pipeline/ivy), so they are downloaded once per
-machine, not once per test. Spark's JVM logs at WARN (conf/spark/log4j2.properties, found through
+Delta's jars are resolved from Maven Central only (conf/spark/ivysettings.xml) once per machine
+into a cache (~/.cache/cscnn-pipeline/ivy; core.jars) and given to the session by path
+(`spark.jars`), so no session start resolves them again. Spark's JVM logs at WARN (conf/spark/log4j2.properties, found through
 SPARK_CONF_DIR; CSCNN_SPARK_LOG_LEVEL=INFO asks for more), and py4j's Python logger at WARNING.
-On a cluster, `spark.master` and storage URIs come from config; spark-submit may also pass
-`--packages` itself, in which case the builder settings are harmless duplicates.
+On a cluster, `spark.master` and storage URIs come from config; under spark-submit (the DAG's
+stages) the same jars were already passed on its command line, and the builder's are duplicates.
 """
 
 from __future__ import annotations
@@ -18,10 +18,11 @@ from pathlib import Path
 from pyspark.sql import SparkSession
 
 from core.config import SparkConfig
+from core.jars import DEFAULT_JARS_CACHE, delta_jars
+from core.timing import phase
 
-DEFAULT_IVY_DIR = os.path.expanduser("~/.cache/cscnn-pipeline/ivy")
+DEFAULT_IVY_DIR = os.path.expanduser(DEFAULT_JARS_CACHE)
 SPARK_CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf" / "spark")  # log4j2.properties
-IVY_SETTINGS = os.path.join(SPARK_CONF_DIR, "ivysettings.xml")  # Maven Central only
 
 
 def get_spark(cfg: SparkConfig | None = None) -> SparkSession:
@@ -37,8 +38,10 @@ def get_spark(cfg: SparkConfig | None = None) -> SparkSession:
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("SPARK_CONF_DIR", SPARK_CONF_DIR)  # read when the JVM starts
     logging.getLogger("py4j").setLevel(logging.WARNING)  # one INFO line per gateway connection
-    ivy = cfg.ivy_dir or DEFAULT_IVY_DIR
-    os.makedirs(ivy, exist_ok=True)
+    jars = delta_jars(cfg.delta_package, cfg.ivy_dir or DEFAULT_IVY_DIR)
+    extra = dict(cfg.extra_conf)
+    if extra.get("spark.jars"):
+        jars = [*jars, extra.pop("spark.jars")]
     builder = SparkSession.builder
     if "PYSPARK_GATEWAY_PORT" not in os.environ:
         # Under spark-submit the master comes from its --master; only a plain Python process
@@ -46,9 +49,7 @@ def get_spark(cfg: SparkConfig | None = None) -> SparkSession:
         builder = builder.master(cfg.master)
     builder = (
         builder.appName(cfg.app_name)
-        .config("spark.jars.packages", cfg.delta_package)
-        .config("spark.jars.ivy", ivy)
-        .config("spark.jars.ivySettings", IVY_SETTINGS)
+        .config("spark.jars", ",".join(jars))
         .config("spark.sql.extensions", "io.delta.sql.DeltaSparkSessionExtension")
         .config("spark.sql.catalog.spark_catalog", "org.apache.spark.sql.delta.catalog.DeltaCatalog")
         .config("spark.sql.shuffle.partitions", str(cfg.shuffle_partitions))
@@ -60,8 +61,9 @@ def get_spark(cfg: SparkConfig | None = None) -> SparkSession:
         .config("spark.databricks.delta.snapshotPartitions", "2")
         .config("spark.sql.sources.partitionOverwriteMode", "dynamic")
     )
-    for k, v in cfg.extra_conf.items():
+    for k, v in extra.items():
         builder = builder.config(k, v)
-    spark = builder.getOrCreate()
-    spark.sparkContext.setLogLevel("WARN")
+    with phase("spark_session"):
+        spark = builder.getOrCreate()
+        spark.sparkContext.setLogLevel("WARN")
     return spark

@@ -21,7 +21,8 @@ Environment (all optional):
     CSCNN_SPARK_DRIVER_MEMORY  spark-submit --driver-memory (default 4g)
     CSCNN_SPARK_PY_FILES       comma-separated .zip/.py files shipped to executors (cluster mode),
                                e.g. the project's packages: scripts/build_pyfiles.sh -> dist/cscnn_pipeline.zip
-    CSCNN_SPARK_IVY_DIR        ivy cache for the Delta jars (default ~/.cache/cscnn-pipeline/ivy)
+    CSCNN_SPARK_IVY_DIR        cache of the Delta jars, resolved once per machine (core.jars;
+                               default ~/.cache/cscnn-pipeline/ivy)
     CSCNN_SPARK_LOG_LEVEL      log level of Spark's JVM in the stages (default WARN; conf/spark/log4j2.properties)
     CSCNN_GX_LOG_LEVEL         log level of Great Expectations in the stages (default WARNING)
     CSCNN_TASK_RETRIES         retries of every task (default 2); a Spark stage that exits with
@@ -49,19 +50,19 @@ from typing import Any, Mapping
 from airflow.sdk import Param, TriggerRule, chain, dag, task
 
 from core.assets import LOOKUP_TABLE_ASSET, MODEL_ASSET
+from core.jars import DEFAULT_JARS_CACHE
 from dags.cscnn_links import ReportingSparkSubmitOperator
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SPARK_JOBS = REPO_ROOT / "spark_jobs"
-SPARK_CONF_DIR = REPO_ROOT / "conf" / "spark"  # log4j2.properties, ivysettings.xml (mirrors core.spark)
+SPARK_CONF_DIR = REPO_ROOT / "conf" / "spark"  # log4j2.properties (mirrors core.spark)
 
 # Mirrors core.config.VARIANTS (a test checks it); not imported so that parsing stays stdlib-only.
 MODEL_VARIANTS = ("dcn", "cnn_fixed", "cnn_finetune", "cbam", "cscnn")
 # Mirrors core.config.RUN_OVERRIDE_SECTIONS: the free `overrides` param sets keys of these only.
 OVERRIDE_SECTIONS = ("model", "train", "gates")
 OVERRIDE_KEY_PATTERN = rf"^({'|'.join(OVERRIDE_SECTIONS)})\.[a-z0-9_]+$"
-# Mirrors core.spark.DEFAULT_IVY_DIR and SparkConfig.delta_package (a test checks both).
-DEFAULT_IVY_DIR = "~/.cache/cscnn-pipeline/ivy"
+# Mirrors SparkConfig.delta_package (a test checks it).
 # 4.4.1 is not on Maven Central; the 4.4.0 jar serves the 4.4.1 Python package (see core/config.py).
 DELTA_PACKAGE = "io.delta:delta-spark_4.2_2.13:4.4.0"
 
@@ -160,11 +161,9 @@ def params_to_overrides(params: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def spark_conf() -> dict[str, str]:
-    """spark-submit --conf settings: Delta on, jars cached per machine, plus CSCNN_SPARK_CONF."""
+    """spark-submit --conf settings: Delta on, plus CSCNN_SPARK_CONF. Delta's jars are added by the
+    operator when the task runs (ReportingSparkSubmitOperator's delta_package)."""
     conf = {
-        "spark.jars.packages": DELTA_PACKAGE,
-        "spark.jars.ivy": os.path.expanduser(os.environ.get("CSCNN_SPARK_IVY_DIR") or DEFAULT_IVY_DIR),
-        "spark.jars.ivySettings": str(SPARK_CONF_DIR / "ivysettings.xml"),  # Maven Central only
         "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
         "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
         "spark.sql.session.timeZone": "UTC",
@@ -204,6 +203,8 @@ def spark_stage(task_id: str, application: str, config_path: Any, **kwargs: Any)
         application=str(SPARK_JOBS / application),
         conn_id=os.environ.get("CSCNN_SPARK_CONN_ID") or "spark_default",
         conf=spark_conf(),
+        delta_package=DELTA_PACKAGE,
+        ivy_dir=os.environ.get("CSCNN_SPARK_IVY_DIR") or DEFAULT_JARS_CACHE,
         env_vars=spark_env(),
         py_files=os.environ.get("CSCNN_SPARK_PY_FILES") or None,
         driver_memory=os.environ.get("CSCNN_SPARK_DRIVER_MEMORY") or "4g",

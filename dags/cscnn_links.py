@@ -22,6 +22,7 @@ from airflow.sdk import BaseOperatorLink, conf
 from airflow.sdk.exceptions import AirflowFailException
 
 from core.exit_codes import BAD_DATA, NON_RETRYABLE, USAGE
+from core.jars import DEFAULT_JARS_CACHE, delta_jars
 
 # Keep in sync with plugins/cscnn_reports.py (a test checks both).
 REPORTS_URL_PREFIX = "/cscnn-reports"
@@ -110,11 +111,23 @@ class ReportingSparkSubmitOperator(SparkSubmitOperator):
 
     A stage process exiting with a code of core.exit_codes.NON_RETRYABLE fails the task at once
     (AirflowFailException, which Airflow never retries); other failures keep their retries.
+    `delta_package`: its jars (core.jars, resolved once per machine into `ivy_dir`) are added to
+    `spark.jars` when the task runs, not when the DAG file is parsed.
     """
 
     operator_extra_links = (DataDocsLink(), RunReportLink())
 
+    def __init__(self, *, delta_package: str | None = None, ivy_dir: str = DEFAULT_JARS_CACHE, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.delta_package = delta_package
+        self.ivy_dir = ivy_dir
+
     def execute(self, context: Any) -> Any:
+        if self.delta_package:
+            # Resolved once per machine (core.jars), named by path: no ivy resolution per stage.
+            jars = delta_jars(self.delta_package, self.ivy_dir)
+            given = (self.conf or {}).get("spark.jars")
+            self.conf = {**(self.conf or {}), "spark.jars": ",".join([*jars, *([given] if given else [])])}
         try:
             return super().execute(context)
         except Exception as err:

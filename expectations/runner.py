@@ -17,7 +17,6 @@ GX keeps its project on a local filesystem, so `storage.reports_uri` must be a l
 from __future__ import annotations
 
 import datetime
-import fcntl
 import json
 import logging
 import os
@@ -40,7 +39,9 @@ from pyspark.sql import DataFrame as SparkDataFrame
 
 from core.config import PipelineConfig
 from core.exit_codes import BadDataError
+from core.files import locked
 from core.paths import Paths, is_local, local_path
+from core.timing import timed
 
 log = logging.getLogger(__name__)
 
@@ -176,21 +177,20 @@ def _open_context(gx_root: str, docs_root: str) -> FileDataContext:
 def _project_lock(gx_root: str) -> Iterator[None]:
     """An exclusive lock on the GX project folder: GX rewrites great_expectations.yml and its stores
     without locking, and backfills may validate several dates of one project at once."""
-    os.makedirs(gx_root, exist_ok=True)
-    with open(os.path.join(gx_root, ".cscnn.lock"), "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    with locked(os.path.join(gx_root, ".cscnn.lock")):
+        yield
 
 
 # --------------------------------------------------------------------------- validating
 
 
+@timed("quality")
 def validate(cfg: PipelineConfig, df: Any, suite: gx.ExpectationSuite, asset_name: str,
              run_name: str) -> QualityResult:
     """Validate a Spark or pandas DataFrame against `suite` with a checkpoint that updates Data Docs.
+
+    A Spark DataFrame of at most `quality.pandas_max_rows` rows is collected and validated by GX's
+    pandas engine (same expectations, same Data Docs page; far fewer Spark jobs).
 
     `asset_name` names the data (e.g. "bronze_impressions"), `run_name` the run (e.g. the logical
     date); both become part of the Data Docs path. The suite, its validation definition
@@ -202,6 +202,10 @@ def validate(cfg: PipelineConfig, df: Any, suite: gx.ExpectationSuite, asset_nam
     _check_name("run_name", run_name)
     _check_name("suite name", suite.name)
     source_name, is_spark = _source_of(df)
+    if is_spark and cfg.quality.pandas_max_rows > 0:
+        small = _collect_if_small(df, cfg.quality.pandas_max_rows)
+        if small is not None:
+            df, source_name, is_spark = small, "pandas", False
     context = get_gx_context(cfg)
     gx_root = _local_dir(Paths.of(cfg).gx_project, "gx_project")
     was_cached = bool(getattr(df, "is_cached", False))
@@ -273,6 +277,24 @@ def _source_of(df: Any) -> tuple[str, bool]:
     if isinstance(df, pd.DataFrame):
         return "pandas", False
     raise TypeError(f"validate() takes a Spark or pandas DataFrame, got {type(df).__name__}")
+
+
+def _collect_if_small(df: SparkDataFrame, max_rows: int) -> pd.DataFrame | None:
+    """The Spark DataFrame as pandas when it has at most `max_rows` rows and no NaN, else None.
+
+    One Spark job, reading at most max_rows + 1 rows to the driver (as Arrow, which keeps null
+    and NaN apart). A NaN keeps the frame on Spark: Spark orders NaN above every number, so a
+    bounds expectation fails on it, while pandas reads NaN as missing and would pass it."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    table = df.limit(max_rows + 1).toArrow()
+    if table.num_rows > max_rows:
+        return None
+    for column in table.columns:
+        if pa.types.is_floating(column.type) and pc.any(pc.is_nan(column)).as_py():
+            return None
+    return table.to_pandas()
 
 
 def _batch_definition(context: FileDataContext, source_name: str, asset_name: str) -> Any:

@@ -51,7 +51,8 @@ from core.files import write_bytes
 from core.paths import Paths, local_path
 from core.records import (QUARANTINE_TABLES, AttentionRecord, CalibrationRecord, CurrentPointer, FeaturesRecord,
                           GateVerdict, IngestRecord, LookupManifest, ModelManifest, QualitySummary, RecordError,
-                          ValidationRecord, read_record)
+                          TimingRecord, ValidationRecord, read_record)
+from core.timing import PHASES
 from reports import svg
 
 log = logging.getLogger("run_report")
@@ -138,6 +139,7 @@ class RunInputs:
     attention: Input[AttentionRecord]
     current: Input[CurrentPointer]
     published_folders: tuple[str, ...]  # v<N>-<D> folders of this date
+    timings: tuple[Input[TimingRecord], ...] = ()  # one per task that ran, in the order they started
 
 
 def _local(uri: str, what: str) -> str:
@@ -179,6 +181,10 @@ def gather(cfg: PipelineConfig, ds: str, config_path: str = "") -> RunInputs:
     published = artifact(paths.published)
     folders = tuple(sorted(n for n in os.listdir(published) if n.endswith(f"-{ds}"))) \
         if os.path.isdir(published) else ()
+    timings_dir = artifact(paths.timings_dir(ds))
+    timings = [load(TimingRecord, os.path.join(timings_dir, n)) for n in sorted(os.listdir(timings_dir))
+               if n.endswith(".json")] if os.path.isdir(timings_dir) else []
+    timings.sort(key=lambda t: (t.record is None, t.record.started_at if t.record else t.path))
     return RunInputs(
         cfg=cfg, ds=ds, config_path=config_path, paths=paths,
         report_path=_local(paths.run_report(ds), "reports_uri"), reports_dir=_local(paths.reports, "reports_uri"),
@@ -193,6 +199,7 @@ def gather(cfg: PipelineConfig, ds: str, config_path: str = "") -> RunInputs:
         attention=load(AttentionRecord, artifact(paths.attention_record(ds))),
         current=load(CurrentPointer, artifact(paths.published_current)),
         published_folders=folders,
+        timings=tuple(timings),
     )
 
 
@@ -414,6 +421,29 @@ def section_stages(statuses: list[StageStatus]) -> str:
              _verdict(True if s.produced else None, yes="produced", none="no output"),
              _verdict(s.ok, yes="ok", no="failed", none=""), s.note) for s in statuses]
     return _section("Stages", "stages", _table(["task", "output", "status", "result", "note"], rows))
+
+
+def section_timings(inp: RunInputs) -> str:
+    """Where each task's time went (core.timing records), start-up phases first."""
+    if not inp.timings:
+        return _section("Where the time went", "timings",
+                        f"<p class='missing'>no timing records under <code>{e(inp.paths.timings_dir(inp.ds))}</code>"
+                        " (the stages write one each when they end)</p>")
+    rows, total = [], 0.0
+    for t in inp.timings:
+        rec = t.record
+        if rec is None:
+            rows.append((os.path.basename(t.path), t.error or "unreadable", *[""] * (len(PHASES) + 2)))
+            continue
+        total += rec.total_s
+        seconds = [rec.total_s, rec.startup_s, *[rec.phases.get(p) for p in PHASES]]
+        rows.append((rec.task, rec.status, *["-" if x is None else f"{x:.1f}" for x in seconds]))
+    header = ["task", "status", "total s", "start-up s", *[p.replace("_", " ") for p in PHASES]]
+    note = (f"<p class='note'>{len(inp.timings)} task(s), {total:.1f} s in their processes. Start-up = launch "
+            "(spark-submit's JVM until Python started) + imports + spark session; writes include the Spark work "
+            "a Delta write computes. Time in Airflow around each process is not included.</p>")
+    return _section("Where the time went", "timings",
+                    note + _table(header, rows, numeric=range(2, len(header))))
 
 
 def section_gates(inp: RunInputs) -> str:
@@ -698,7 +728,8 @@ def render_html(inp: RunInputs) -> str:
     """The whole report page for gathered inputs: the first screen, then the details collapsed."""
     statuses = stage_statuses(inp)
     parts = [
-        section_first_screen(inp, statuses), "<h2>Details</h2>", section_stages(statuses), section_gates(inp),
+        section_first_screen(inp, statuses), "<h2>Details</h2>", section_stages(statuses), section_timings(inp),
+        section_gates(inp),
         section_model(inp), section_auc_history(inp), section_quality(inp), section_ingest(inp),
         section_features(inp), section_lookup(inp), section_calibration(inp), section_attention(inp),
         section_config(inp),

@@ -59,7 +59,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
-import fcntl
 import hashlib
 import importlib.metadata
 import json
@@ -81,8 +80,10 @@ from pyspark.sql import functions as F
 
 from core.cli import CliParser, config_from_args, run_cli, setup_logging
 from core.config import PipelineConfig
+from core.files import locked
 from core.paths import Paths, local_path
 from core.spark import get_spark
+from core.timing import timed
 from serving.lookup import (AD_IDS_FILE, CATEGORIES_FILE, CATEGORY_IDS_FILE, EMBEDDINGS_FILE, IntegrityError,
                             sha256_file)
 
@@ -170,14 +171,8 @@ def _sha256_bytes(data: bytes) -> str:
 @contextlib.contextmanager
 def registry_lock(cfg: PipelineConfig) -> Iterator[None]:
     """Exclusive lock of the published folder (flock: the kernel releases it when the holder dies)."""
-    root = published_root(cfg)
-    root.mkdir(parents=True, exist_ok=True)
-    with open(root / LOCK_FILE, "a") as f:
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+    with locked(published_root(cfg) / LOCK_FILE):
+        yield
 
 
 # --------------------------------------------------------------------------- pointer and folders
@@ -543,6 +538,7 @@ def _next_number(cfg: PipelineConfig, rows: list[dict[str, Any]]) -> int:
     return max([v for v, _, _ in list_version_dirs(cfg)] + [int(r["version"]) for r in rows], default=0) + 1
 
 
+@timed("writes")
 def _commit(spark: SparkSession, cfg: PipelineConfig, entry: dict[str, Any], action: str,
             before_pointer: Any = None) -> dict[str, Any]:
     """Steps 2, (3,) 4 and 5 of a transaction for a complete version folder; returns the live pointer."""

@@ -46,6 +46,7 @@ from core.cli import run_cli, run_stage
 from core.config import PipelineConfig
 from core.paths import Paths, local_path
 from core.spark import get_spark
+from core.timing import phase
 from features.encoder import save_encoder
 from features.tables import AD_COUNTS_TABLE, load_encoder
 from serving.lookup import (CATEGORY_IDS_FILE, bytes_per_ad, make_reduction, select_ads, sha256_file,
@@ -168,7 +169,8 @@ def embed_ads(model: Any, images: np.ndarray, categories: np.ndarray, batch_size
 
 def run(cfg: PipelineConfig, spark: "SparkSession", run_date: dt.date) -> dict[str, Any]:
     """Embed the kept ads of run date D and write the lookup table and serving files; returns metadata."""
-    from models.train import load_model
+    with phase("imports"):
+        from models.train import load_model
 
     started = time.monotonic()
     ic = cfg.inference
@@ -238,8 +240,9 @@ def run(cfg: PipelineConfig, spark: "SparkSession", run_date: dt.date) -> dict[s
     table_df = spark.createDataFrame(
         rows, "run_date date, ad_id bigint, category_id int, category_idx int, embedding array<float>")
     candidates = candidates_uri(cfg)
-    (table_df.write.format("delta").mode("overwrite").partitionBy("run_date")
-     .option("replaceWhere", day).save(candidates))
+    with phase("writes"):
+        (table_df.write.format("delta").mode("overwrite").partitionBy("run_date")
+         .option("replaceWhere", day).save(candidates))
     delta_version = int(spark.sql(f"DESCRIBE HISTORY delta.`{candidates}` LIMIT 1")
                         .select("version").collect()[0][0])
     meta = {
@@ -258,7 +261,8 @@ def run(cfg: PipelineConfig, spark: "SparkSession", run_date: dt.date) -> dict[s
 
 def main(argv: list[str] | None = None) -> int:
     return run_stage("Embed the kept ads of a run date into the lookup table and serving files.",
-                     lambda cfg, run_date, args: run(cfg, get_spark(cfg.spark), run_date), argv, log_name="build_lookup")
+                     lambda cfg, run_date, args: run(cfg, get_spark(cfg.spark), run_date), argv, log_name="build_lookup",
+                     task="build_lookup_table")
 
 
 if __name__ == "__main__":

@@ -316,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
     return run_stage("Build the training window, vocabularies, bins and encoded examples of one run date.", job,
                      argv, add_arguments=lambda ap: ap.add_argument(
                          "--bronze-versions", help='JSON {"impressions": v, "ads": v}: re-read these bronze versions'),
-                     log_name="features")
+                     log_name="features", task="build_window")
 
 
 if __name__ == "__main__":

@@ -47,7 +47,8 @@ def check_examples(cfg: PipelineConfig, spark: SparkSession, run_date: dt.date) 
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_check_stage(check_examples, "Check one run date's encoded examples with Great Expectations.", argv)
+    return run_check_stage(check_examples, "Check one run date's encoded examples with Great Expectations.", argv,
+                           task="check_examples_quality")
 
 
 if __name__ == "__main__":

@@ -178,18 +178,19 @@ def summary_entry(r: QualityResult) -> dict[str, Any]:
 
 
 def run_check_stage(check: Callable[[PipelineConfig, SparkSession, dt.date], dict[str, Any]], description: str,
-                    argv: list[str] | None) -> int:
+                    argv: list[str] | None, task: str) -> int:
     """The command of a quality check stage: `check` on the run date, whose summary's date, verdict
-    and path are the stage's result."""
+    and path are the stage's result; `task` (the DAG's task id) names its timing record."""
     def job(cfg: PipelineConfig, day: dt.date, args) -> dict[str, Any]:
         summary = check(cfg, get_spark(cfg.spark), day)
         return {"date": summary["date"], "success": summary["success"], "summary_path": summary["summary_path"]}
 
-    return run_stage(description, job, argv, log_name="check_quality")
+    return run_stage(description, job, argv, log_name="check_quality", task=task)
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_check_stage(run, "Check one day's bronze data quality with Great Expectations.", argv)
+    return run_check_stage(run, "Check one day's bronze data quality with Great Expectations.", argv,
+                           task="check_bronze_quality")
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from pyspark.sql import SparkSession, Window
 from pyspark.sql import functions as F
 
 from core.paths import Paths
+from core.timing import timed
 
 DAY_STATUS_TABLE = "ops/day_status"
 SCHEMA = "dt date, checked_at timestamp, passed boolean, reason string, summary_path string"
@@ -25,6 +26,7 @@ def day_status_uri(paths: Paths) -> str:
     return paths.table(DAY_STATUS_TABLE)
 
 
+@timed("writes")
 def record_verdict(spark: SparkSession, paths: Paths, day: dt.date, passed: bool, reason: str,
                    summary_path: str | None) -> None:
     """Append day `day`'s verdict (one Delta commit); the latest row of a day wins."""

@@ -70,7 +70,8 @@ def export_training_snapshot(cfg: PipelineConfig, spark: SparkSession, run_date:
 def main(argv: list[str] | None = None) -> int:
     return run_stage("Export one run date's training snapshot (images, feature spec) for the trainer.",
                      lambda cfg, run_date, args: export_training_snapshot(cfg, get_spark(cfg.spark), run_date), argv,
-                     log_name="export_snapshot")
+                     log_name="export_snapshot",
+                     task="export_training_snapshot")
 
 
 if __name__ == "__main__":

@@ -46,13 +46,15 @@ from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
 from core import contract
-from core.cli import config_from_args, date_arg, parse_date, run_cli, setup_logging, stage_parser
+from core.cli import (config_from_args, date_arg, parse_date, run_cli, setup_logging, stage_parser,
+                      timing_record_path)
 from core.config import PipelineConfig
 from core.delta import delta_exists, latest_version, replace_where
 from core.exit_codes import BAD_DATA, BadDataError
 from core.files import write_json_local
 from core.paths import Paths, is_local, local_path
 from core.spark import get_spark
+from core.timing import stage_timing, timed
 
 if TYPE_CHECKING:  # pragma: no cover
     from pyspark.sql import Column, SparkSession
@@ -559,6 +561,7 @@ def _commit(spark: "SparkSession", paths: Paths, batch: _Batch) -> list[dict[str
     return records
 
 
+@timed("writes")
 def _merge_images(spark: "SparkSession", paths: Paths, new_images_df: "DataFrame",
                   ads_reason_df: "DataFrame") -> dict[dt.date, int]:
     """Insert decodable new images of accepted ads, first seen on the first day their ad was accepted
@@ -620,10 +623,11 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     cfg = config_from_args(args)
     start = parse_date(args.date)
-    spark = get_spark(cfg.spark)
     try:
-        records = (run_range(cfg, spark, start, parse_date(args.end_date)) if args.end_date
-                   else [run(cfg, spark, start)])
+        with stage_timing(timing_record_path(cfg, start, "ingest_day"), "ingest_day", start.isoformat()):
+            spark = get_spark(cfg.spark)
+            records = (run_range(cfg, spark, start, parse_date(args.end_date)) if args.end_date
+                       else [run(cfg, spark, start)])
     except BadDataError as err:
         log.error("%s", err)
         return BAD_DATA

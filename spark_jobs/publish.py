@@ -88,7 +88,8 @@ def main(argv: list[str] | None = None) -> int:
         entry = run(cfg, get_spark(cfg.spark), run_date)
         return {"version": entry["version"], "dir": entry["dir"], "run_date": entry["run_date"]}
 
-    return run_stage("Publish a validated run date's model and lookup table.", job, argv, log_name="publish")
+    return run_stage("Publish a validated run date's model and lookup table.", job, argv, log_name="publish",
+                     task="publish")
 
 
 if __name__ == "__main__":

@@ -28,10 +28,11 @@ import numpy as np
 import pyarrow.parquet as pq
 from PIL import Image
 
-from core.cli import config_from_args, parse_date, run_cli, setup_logging, stage_parser
+from core.cli import config_from_args, parse_date, run_cli, setup_logging, stage_parser, timing_record_path
 from core.config import PipelineConfig
 from core.files import sha256_file, write_json
 from core.paths import Paths, local_path
+from core.timing import phase, stage_timing
 from features.examples import read_example_files
 from features.spec import FeatureSpec
 from serving.registry import live_model
@@ -77,7 +78,8 @@ def live_model_path(cfg: PipelineConfig) -> tuple[str, str] | None:
 
 def run(cfg: PipelineConfig, run_date: dt.date) -> dict[str, Any]:
     """Train the run date's model from its snapshot; rank 0 writes the manifest. Returns the metrics."""
-    from models.train import train
+    with phase("imports"):
+        from models.train import train
 
     t0 = time.time()
     spec, train_tbl, holdout_tbl, images = read_snapshot(cfg, run_date)
@@ -104,7 +106,10 @@ def main(argv: list[str] | None = None) -> int:
     # reports bad data.
     setup_logging()
     args = stage_parser("Train the CTR model of one run date from its snapshot.").parse_args(argv)
-    run(config_from_args(args), parse_date(args.date))
+    cfg, run_date = config_from_args(args), parse_date(args.date)
+    record = timing_record_path(cfg, run_date, "train_model") if int(os.environ.get("RANK", "0")) == 0 else None
+    with stage_timing(record, "train_model", run_date.isoformat()):
+        run(cfg, run_date)
     return 0
 
 

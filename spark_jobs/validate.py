@@ -323,7 +323,8 @@ def main(argv: list[str] | None = None) -> int:
         record = run(cfg, get_spark(cfg.spark), run_date)
         return {"run_date": record["run_date"], "passed": record["passed"]}
 
-    return run_stage("Evaluate the publication gates of a run date.", job, argv, log_name="validate")
+    return run_stage("Evaluate the publication gates of a run date.", job, argv, log_name="validate",
+                     task="validate_gates")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,8 @@
-"""Shared fixtures: one local SparkSession (Delta on) per test run, tmp configs."""
+"""Shared fixtures: one local SparkSession (Delta on) per test run, tmp configs; the `slow` mark.
+
+`./scripts/test.sh -m "not slow"` is the developer's fast loop: every test that needs a JVM (the
+`spark` fixture, a spark-submit, an Airflow run) is marked slow here or in its module; CI runs all.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +15,13 @@ from core.spark import get_spark
 from tests.worlds import TINY_WORLD
 
 os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+
+
+def pytest_collection_modifyitems(config, items):
+    """A test that uses the session's Spark (directly or through a fixture) is slow."""
+    for item in items:
+        if "spark" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")

@@ -53,6 +53,7 @@ def test_no_stage_script_shadows_a_package(stage):
         f"spark_jobs/{stage} shadows the package {Path(stage).stem}/ when spark-submit runs it; rename the stage")
 
 
+@pytest.mark.slow  # a spark-submit (JVM) per stage
 @pytest.mark.parametrize("stage", STAGES)
 def test_a_stage_imports_the_installed_project_under_spark_submit(stage, tmp_path):
     """No PYTHONPATH, run from another folder: the stage's imports come from the venv's install
@@ -66,6 +67,7 @@ def test_a_stage_imports_the_installed_project_under_spark_submit(stage, tmp_pat
     assert "error: argument --date: bad date '2026-13-01'" in output, output[-4000:]
 
 
+@pytest.mark.slow  # builds the zip, imports every job
 def test_the_py_files_zip_alone_provides_the_project(tmp_path):
     """scripts/build_pyfiles.sh's zip, on sys.path of an interpreter without the editable install
     (python -S: no .pth files) and with only the venv's third-party packages, imports every job."""

@@ -16,7 +16,6 @@ from airflow.sdk.definitions.param import ParamsDict
 
 from core.assets import LOOKUP_TABLE_ASSET, MODEL_ASSET
 from core.config import RUN_OVERRIDE_SECTIONS, VARIANTS, ConfigError, PipelineConfig, SparkConfig, load_config
-from core.spark import DEFAULT_IVY_DIR
 from dags import cscnn_daily
 from dags.cscnn_daily import _NPROC_SNIPPET, params_to_overrides, train_command
 from tests.dags.conftest import AIRFLOW_TEST_ENV, DAGS_DIR, REPO_ROOT
@@ -117,7 +116,8 @@ def test_spark_tasks_submit_the_stage_applications(dag):
         assert task._conn_id == "spark_default"
         assert task.application_args[:3] == ["--date", "{{ ds }}", "--config"]
         assert task.application_args[3].operator.task_id == "build_config"
-        assert task.conf["spark.jars.packages"] == cscnn_daily.DELTA_PACKAGE
+        # Delta's jars are added by path when the task runs (core.jars), never resolved per stage.
+        assert task.delta_package == cscnn_daily.DELTA_PACKAGE and "spark.jars.packages" not in task.conf
         assert task.conf["spark.sql.extensions"] == "io.delta.sql.DeltaSparkSessionExtension"
         assert task.conf["spark.sql.catalog.spark_catalog"] == "org.apache.spark.sql.delta.catalog.DeltaCatalog"
         assert task.conf["spark.driver.bindAddress"] == "127.0.0.1"
@@ -243,7 +243,6 @@ def test_dag_constants_mirror_the_shared_package():
     assert cscnn_daily.OVERRIDE_SECTIONS == RUN_OVERRIDE_SECTIONS
     assert set(RUN_OVERRIDE_SECTIONS) <= set(PipelineConfig().to_dict())
     assert cscnn_daily.DELTA_PACKAGE == SparkConfig().delta_package
-    assert os.path.expanduser(cscnn_daily.DEFAULT_IVY_DIR) == DEFAULT_IVY_DIR
 
 
 # --------------------------------------------------------------------------- build_config

@@ -79,6 +79,21 @@ def test_daily_run_publishes_then_a_failed_check_stops_before_publish(spark, tmp
     attention = report[report.index('id="attention"'):report.index('id="config"')]
     overlays = re.findall(r'<img class="attn" data-category="\d+"[^>]*src="data:image/png;base64,', attention)
     assert overlays and "CSCNNAttention" in attention
+    # Every process-running task left its timing record (core.timing), and the report shows them all.
+    tasks = {"ingest_day", "check_bronze_quality", "build_window", "check_examples_quality",
+             "export_training_snapshot", "train_model", "build_lookup_table", "validate_gates", "publish"}
+    records = {n[:-len(".json")]: json.load(open(os.path.join(paths.timings_dir(DAY), n)))
+               for n in os.listdir(paths.timings_dir(DAY))}
+    assert set(records) == tasks, sorted(set(records) ^ tasks)
+    for name, rec in records.items():
+        assert rec["status"] == "ok" and rec["total_s"] > 0, rec
+        assert rec["total_s"] == pytest.approx(sum(rec["phases"].values()), abs=0.01), rec
+        if name != "train_model":  # spark-submit stages: a JVM launched them and built their session
+            assert rec["phases"]["launch"] > 0 and rec["phases"]["spark_session"] > 0, rec
+    assert records["check_bronze_quality"]["phases"]["quality"] > 0
+    assert records["build_window"]["phases"]["writes"] > 0
+    timings = report[report.index('id="timings"'):report.index('id="gates"')]
+    assert all(f"<td>{t}</td>" in timings for t in tasks), timings
 
     # An empty landing day: the critical volume expectation fails, nothing is published.
     bad_day = DAY + dt.timedelta(days=1)

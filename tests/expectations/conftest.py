@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
 import re
 
 import pytest
@@ -12,6 +13,20 @@ from core.contract import IMPRESSION_FIELDS, AD_FIELDS, spark_ddl
 DAY = dt.date(2026, 2, 2)
 IMPRESSION_DDL = spark_ddl(IMPRESSION_FIELDS) + ", dt date"
 AD_DDL = spark_ddl(AD_FIELDS) + ", dt date"
+
+
+@pytest.fixture(params=["pandas", "spark"])
+def engine_cfg(request, tmp_cfg):
+    """(engine, config): small Spark frames validated on GX's pandas engine (the default,
+    quality.pandas_max_rows) or on Spark (pandas_max_rows = 0)."""
+    if request.param == "spark":
+        return "spark", tmp_cfg.replace({"quality.pandas_max_rows": 0})
+    return "pandas", tmp_cfg
+
+
+def engine_of(result) -> str:
+    """The GX engine a validation ran on, from its Data Docs page (<source>-<asset>.html)."""
+    return os.path.basename(result.report_path).split("-", 1)[0]
 
 
 def impression_row(i: int, day: dt.date = DAY, click: int = 0, **changes):

@@ -10,7 +10,7 @@ import pytest
 from expectations.bronze import (build_ads_suite, build_impressions_suite, build_landing_schema_suite,
                                  volume_bounds)
 from expectations.runner import DataQualityError, get_gx_context, raise_on_critical, validate
-from tests.expectations.conftest import AD_DDL, ad_row, clean_rows, failed_keys, impression_row
+from tests.expectations.conftest import AD_DDL, ad_row, clean_rows, engine_of, failed_keys, impression_row
 
 NO_HISTORY = None
 
@@ -35,7 +35,8 @@ def test_clean_day_passes(tmp_cfg, impressions_df):
     raise_on_critical(result)  # no critical failure: no error
 
 
-def test_bad_rows_fail_exactly_their_expectations(tmp_cfg, impressions_df):
+def test_bad_rows_fail_exactly_their_expectations(engine_cfg, impressions_df):
+    engine, tmp_cfg = engine_cfg
     rows = clean_rows(20)
     rows += [
         impression_row(20, user_id=None),  # null required field
@@ -46,7 +47,7 @@ def test_bad_rows_fail_exactly_their_expectations(tmp_cfg, impressions_df):
     ]
     result = validate(tmp_cfg, impressions_df(rows), build_impressions_suite(tmp_cfg, NO_HISTORY),
                       "bronze_impressions", "bad-rows")
-    assert not result.success
+    assert not result.success and engine_of(result) == engine
     assert failed_keys(result.failed) == {
         ("expect_column_values_to_not_be_null", "user_id"),
         ("expect_column_values_to_be_in_set", "click"),
@@ -135,13 +136,15 @@ def test_landing_schema_drift_is_not_critical(tmp_cfg, impressions_df):
     raise_on_critical(result)  # drift alone does not stop the run
 
 
-def test_ads_suite_catches_bad_catalog_rows(tmp_cfg, spark):
+def test_ads_suite_catches_bad_catalog_rows(engine_cfg, spark):
+    engine, tmp_cfg = engine_cfg
     good = [ad_row(1), ad_row(2), ad_row(3)]
     clean = validate(tmp_cfg, spark.createDataFrame(good, AD_DDL), build_ads_suite(tmp_cfg), "bronze_ads", "ads-ok")
     assert clean.success, clean.failed
     bad = good + [ad_row(1), ad_row(4, category_id=None), ad_row(5, price=-1.0), ad_row(6, review_count=-2),
                   ad_row(None, category_id=1)]
     result = validate(tmp_cfg, spark.createDataFrame(bad, AD_DDL), build_ads_suite(tmp_cfg), "bronze_ads", "ads-bad")
+    assert engine_of(clean) == engine_of(result) == engine
     assert failed_keys(result.failed_critical) == {
         ("expect_column_values_to_be_unique", "ad_id"),
         ("expect_column_values_to_not_be_null", "ad_id"),
@@ -149,3 +152,14 @@ def test_ads_suite_catches_bad_catalog_rows(tmp_cfg, spark):
         ("expect_column_values_to_be_between", "price"),
         ("expect_column_values_to_be_between", "review_count"),
     }
+
+
+def test_a_frame_over_pandas_max_rows_stays_on_spark_with_the_same_verdicts(tmp_cfg, impressions_df):
+    rows = clean_rows(20) + [impression_row(20, hour=25)]
+    suite = build_impressions_suite(tmp_cfg, NO_HISTORY)
+    results = {}
+    for limit in (21, 20):  # 21 rows: collected at a limit of 21, not at 20
+        cfg = tmp_cfg.replace({"quality.pandas_max_rows": limit})
+        results[limit] = validate(cfg, impressions_df(rows), suite, "bronze_impressions", f"limit-{limit}")
+    assert engine_of(results[21]) == "pandas" and engine_of(results[20]) == "spark"
+    assert results[21].failed == results[20].failed and len(results[20].failed) == 1

@@ -11,7 +11,7 @@ from expectations.examples import build_examples_suite, project_examples
 from expectations.lookup import build_lookup_suite, project_lookup
 from expectations.runner import DataQualityError, raise_on_critical, validate
 from features.spec import FeatureSpec
-from tests.expectations.conftest import failed_keys
+from tests.expectations.conftest import engine_of, failed_keys
 
 SPEC = FeatureSpec(single={"user_id": 5, "ad_id": 4, "category_id": 3}, multi={"title_words": 6})
 EXAMPLES_DDL = ("run_date date, split string, impression_id string, ad_id bigint, category_idx int, label int, "
@@ -44,7 +44,8 @@ def test_clean_examples_pass(tmp_cfg, spark):
     assert result.success, result.failed
 
 
-def test_out_of_vocab_ids_and_null_labels_fail(tmp_cfg, spark):
+def test_out_of_vocab_ids_and_null_labels_fail(engine_cfg, spark):
+    engine, tmp_cfg = engine_cfg
     rows = good_examples() + [
         example(10, f_user_id=5),  # id == vocab size: out of range
         example(11, category_idx=3),
@@ -56,6 +57,7 @@ def test_out_of_vocab_ids_and_null_labels_fail(tmp_cfg, spark):
     df = spark.createDataFrame(rows, EXAMPLES_DDL)
     result = validate(tmp_cfg, project_examples(df, SPEC), build_examples_suite(SPEC, tmp_cfg, "train"),
                       "examples_train", "bad-ids")
+    assert engine_of(result) == engine
     assert failed_keys(result.failed_critical) == {
         ("expect_column_values_to_be_between", "f_user_id"),
         ("expect_column_values_to_be_between", "category_idx"),
@@ -93,17 +95,21 @@ def test_lookup_projection_computes_dim_norm_and_bad_values(spark):
     assert got[4]["dim"] is None and got[4]["has_nan_or_inf"] is False
 
 
-def test_lookup_suite_passes_clean_and_catches_bad_tables(tmp_cfg, spark):
+def test_lookup_suite_passes_clean_and_catches_bad_tables(engine_cfg, spark):
+    engine, tmp_cfg = engine_cfg
     clean = [(1, [0.6, 0.8, 0.0]), (2, [0.0, 1.0, 0.0]), (3, [1.0, 1.0, 1.0])]
     result = validate(tmp_cfg, project_lookup(spark.createDataFrame(clean, LOOKUP_DDL)),
                       build_lookup_suite(3, 0.5, 2.0), "lookup", "clean")
     assert result.success, result.failed
+    assert engine_of(result) == engine
 
     bad = clean + [(1, [0.6, 0.8, 0.0]),  # duplicate ad id
                    (4, [float("nan"), 0.0, 0.0]),  # NaN: bad value and NaN norm
                    (5, [1.0, 0.0])]  # wrong dimension
     result = validate(tmp_cfg, project_lookup(spark.createDataFrame(bad, LOOKUP_DDL)),
                       build_lookup_suite(3, 0.5, 2.0), "lookup", "bad")
+    # A NaN keeps even a small frame on Spark, whose bounds fail on NaN (pandas would skip it).
+    assert engine_of(result) == "spark"
     assert failed_keys(result.failed_critical) == {
         ("expect_column_values_to_be_unique", "ad_id"),
         ("expect_column_values_to_be_in_set", "has_nan_or_inf"),

@@ -379,3 +379,27 @@ def test_published_and_live_versions_are_shown(tmp_path):
     assert f"live now: v3-{DAY}" in screen and "v2-2026-02-04" not in page and "Stopped by" not in screen
     publish_row = re.search(r'<tr><td>publish</td><td><code>[^<]*</code></td><td><span class="badge (\w+)">', page)
     assert publish_row is not None and publish_row.group(1) == "pass"
+
+
+def test_timing_records_are_tabled_in_start_order_and_a_bad_one_is_named(tmp_path):
+    """Records written by core.timing's own writer, as the stages write them."""
+    from core import timing
+
+    config_path, cfg = write_config(tmp_path)
+    paths = Paths.of(cfg)
+    for task, start in (("build_window", 200.0), ("ingest_day", 100.0)):
+        with timing.stage_timing(local_path(paths.timing_record(DAY, task)), task, DAY):
+            pass
+        rec_path = local_path(paths.timing_record(DAY, task))
+        rec = json.load(open(rec_path))
+        rec.update(timing.build_record(task, DAY, "ok", start + 5, start + 9, {"writes": 1.5}, start + 2, start))
+        write_json(rec_path, rec, sort_keys=False)
+    with open(local_path(paths.timing_record(DAY, "publish")), "w") as f:
+        f.write("[]")
+    page = read_report(render(config_path, DAY))
+    section = page[page.index('id="timings"'):page.index('id="gates"')]
+    rows = re.findall(r"<tr><td>([\w.]+)</td><td>([^<]*)</td>", section)
+    assert [r[0] for r in rows] == ["ingest_day", "build_window", "publish.json"], rows
+    assert "not a valid timing record" in section and "3 task(s), 18.0 s" in section
+    cells = re.findall(r'<td class="num">([^<]*)</td>', section)
+    assert cells[:8] == ["9.0", "5.0", "2.0", "3.0", "0.0", "0.0", "1.5", "2.5"], cells

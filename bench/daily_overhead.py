@@ -1,0 +1,188 @@
+"""Where a daily run's time goes: one whole DAG run per world, per task, from Airflow and core.timing.
+
+    python -m bench.daily_overhead --label after                       # tiny and demo, this checkout
+    python -m bench.daily_overhead --label before --checkout /tmp/old  # the same, an older checkout's DAG
+    python -m bench.daily_overhead --worlds tiny --label after
+
+For each world (tiny: conf/tiny.toml; demo: conf/demo.toml) the inputs are made once per
+invocation with this checkout's code: the simulated days [D-W, D] and the window's history
+[D-W, D-1] ingested into bronze, D = epoch + W, as the demo does. Then `airflow dags test
+cscnn_daily D` runs the DAG of `--checkout` (default: this one), in that checkout's venv, on a
+copy of those inputs, in a fresh AIRFLOW_HOME. Per task it reads Airflow's own record (the
+task_instance rows of the metadata DB: state, duration) and, where the checkout writes them, the
+stage's core.timing record (launch, imports, spark session, quality, writes, work).
+
+Results merge into bench/results/daily_overhead.json under results[<label>][<world>], so a
+`before` and an `after` invocation in one session sit side by side. Every number is measured.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import re
+import shutil
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+
+from bench.common import RESULTS, machine
+from core.cli import CliParser, run_cli
+from core.config import load_config
+from core.files import write_json
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+WORLDS = {"tiny": "conf/tiny.toml", "demo": "conf/demo.toml"}
+RESULT = "daily_overhead.json"
+DAG_ID = "cscnn_daily"
+GOALS = {"tiny": {"dag_run_s": 60}, "demo": {"dag_run_s": 240}}
+
+
+def sh(cmd: list[str], env: dict[str, str], cwd: str = ROOT, timeout: float = 3600) -> float:
+    """Run `cmd` (output passed through); return its wall time. A failure stops the bench."""
+    print("+ " + " ".join(cmd), flush=True)
+    t0 = time.monotonic()
+    subprocess.run(cmd, check=True, cwd=cwd, env=env, timeout=timeout)
+    return round(time.monotonic() - t0, 1)
+
+
+def world_config(world: str, root: str, path: str) -> None:
+    """Write the world's TOML with storage.root = `root`: the file's own text, so that an older
+    checkout (which may not know every key of this one's resolved config) reads it too."""
+    with open(os.path.join(ROOT, WORLDS[world]), encoding="utf-8") as f:
+        text = f.read()
+    line = f"root = {json.dumps(root)}"
+    if re.search(r"(?m)^\[storage\]\s*$", text):
+        text, n = re.subn(r"(?ms)(^\[storage\]\s*$.*?)^root\s*=.*?$", lambda m: m.group(1) + line, text, count=1)
+        if n != 1:
+            text = re.sub(r"(?m)^\[storage\]\s*$", "[storage]\n" + line, text, count=1)
+    else:
+        text = f"[storage]\n{line}\n\n{text}"
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text)
+
+
+def prepare(world: str, work: str, env: dict[str, str]) -> tuple[str, dt.date, dict[str, float]]:
+    """Simulate the world's days and ingest the window's history once; returns (base root, D, wall times)."""
+    base = os.path.join(work, world, "base")
+    config = os.path.join(work, world, "base.toml")
+    world_config(world, base, config)
+    cfg = load_config(config)
+    os.makedirs(base)
+    W = cfg.features.window_days
+    day = dt.date.fromisoformat(cfg.world.epoch) + dt.timedelta(days=W)
+    first = day - dt.timedelta(days=W)
+    walls = {"simulate_s": sh([sys.executable, "-m", "simworld", "--config", config, "--start", str(first),
+                               "--end", str(day)], env),
+             "ingest_history_s": sh([sys.executable, os.path.join(ROOT, "spark_jobs", "ingest.py"), "--config",
+                                     config, "--date", str(first), "--end-date", str(day - dt.timedelta(days=1))],
+                                    env)}
+    return base, day, walls
+
+
+def task_instances(airflow_home: str) -> list[dict]:
+    """The DAG's task_instance rows (the last try of each task) from the run's SQLite metadata DB."""
+    with sqlite3.connect(os.path.join(airflow_home, "airflow.db")) as db:
+        db.row_factory = sqlite3.Row
+        rows = db.execute("SELECT task_id, state, start_date, end_date, duration, try_number FROM task_instance "
+                          "WHERE dag_id = ? ORDER BY start_date", (DAG_ID,)).fetchall()
+    return [dict(r) for r in rows]
+
+
+def run_dag(world: str, base: str, day: dt.date, label: str, checkout: str, work: str,
+            env: dict[str, str]) -> dict:
+    """One `airflow dags test` of the checkout's DAG on a copy of the prepared inputs; its per-task times."""
+    root = os.path.join(work, world, label)
+    shutil.copytree(base, root, symlinks=True)
+    config = os.path.join(work, world, f"{label}.toml")
+    world_config(world, root, config)
+    cfg = load_config(config)
+    home = os.path.join(work, world, f"airflow-{label}")
+    os.makedirs(home)
+    # The checkout's own venv (scripts/bootstrap.sh: seconds from uv's cache), so its stages import its code.
+    run_env = {k: v for k, v in env.items() if not k.startswith("AIRFLOW") and k not in ("CSCNN_VENV", "VIRTUAL_ENV")}
+    run_env.update(CSCNN_CONFIG=config, CSCNN_START_DATE=cfg.world.epoch, CSCNN_END_DATE=str(day),
+                   CSCNN_TASK_RETRIES="0", AIRFLOW_HOME=home)
+    command = ("source scripts/bootstrap.sh >/dev/null && . scripts/airflow_env.sh && airflow db migrate >/dev/null && "
+               f"airflow dags test {DAG_ID} {day}")
+    t0 = time.monotonic()
+    proc = subprocess.run(["bash", "-c", command], cwd=checkout, env=run_env, capture_output=True, text=True,
+                          timeout=3 * 3600)
+    command_s = round(time.monotonic() - t0, 1)
+    out = proc.stdout + proc.stderr
+    states = re.findall(rf"DagRun Finished: dag_id={DAG_ID}.*?state=(\w+)", out)
+    if not states:
+        raise RuntimeError(f"no finished run of {DAG_ID} in the output of {world}/{label} "
+                           f"(exit {proc.returncode}):\n{out[-3000:]}")
+    tis = task_instances(home)
+    tasks = {}
+    timings_dir = os.path.join(root, "artifacts", "runs", str(day), "timings")
+    for ti in tis:
+        entry = {"state": ti["state"], "airflow_s": round(ti["duration"] or 0.0, 1)}
+        rec_path = os.path.join(timings_dir, f"{ti['task_id']}.json")
+        if os.path.isfile(rec_path):
+            with open(rec_path) as f:
+                rec = json.load(f)
+            entry.update(process_s=rec["total_s"], startup_s=rec["startup_s"], phases=rec["phases"],
+                         outside_process_s=round(entry["airflow_s"] - rec["total_s"], 1))
+        tasks[ti["task_id"]] = entry
+    starts = [dt.datetime.fromisoformat(t["start_date"]) for t in tis if t["start_date"]]
+    ends = [dt.datetime.fromisoformat(t["end_date"]) for t in tis if t["end_date"]]
+    dag_run_s = round((max(ends) - min(starts)).total_seconds(), 1) if starts and ends else None
+    result = {"state": states[-1], "run_date": str(day), "dag_run_s": dag_run_s, "command_s": command_s,
+              "sum_of_tasks_s": round(sum(t["airflow_s"] for t in tasks.values()), 1), "tasks": tasks,
+              "impressions_per_day": cfg.world.impressions_per_day, "window_days": cfg.features.window_days,
+              "checkout": checkout_version(checkout)}
+    print(f"{world}/{label}: {result['state']}, DAG run {dag_run_s} s (command {command_s} s)", flush=True)
+    for task_id, t in tasks.items():
+        extra = (f"  process {t['process_s']:.1f} s, start-up {t['startup_s']:.1f} s" if "process_s" in t else "")
+        print(f"  {task_id:<26} {t['state']:<10} {t['airflow_s']:7.1f} s{extra}", flush=True)
+    if result["state"] != "success":
+        print(out[-3000:], file=sys.stderr)
+    return result
+
+
+def checkout_version(checkout: str) -> str:
+    proc = subprocess.run(["git", "-C", checkout, "describe", "--always", "--dirty"], capture_output=True, text=True)
+    return proc.stdout.strip() or "unknown"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = CliParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--label", required=True, help="the results' key, e.g. before or after")
+    ap.add_argument("--checkout", default=ROOT, help="the checkout whose DAG and stages run (default: this one)")
+    ap.add_argument("--worlds", default="tiny,demo", help="comma-separated, of: " + ", ".join(WORLDS))
+    ap.add_argument("--work", help="folder for the worlds' storage and Airflow homes (default: a temporary one)")
+    args = ap.parse_args(argv)
+    worlds = [w.strip() for w in args.worlds.split(",") if w.strip()]
+    bad = [w for w in worlds if w not in WORLDS]
+    if bad or not worlds:
+        ap.error(f"bad --worlds {args.worlds!r}; allowed: a comma-separated list of {', '.join(WORLDS)}")
+    checkout = os.path.abspath(args.checkout)
+    if not os.path.isfile(os.path.join(checkout, "dags", "cscnn_daily.py")):
+        ap.error(f"bad --checkout {args.checkout!r}: no dags/cscnn_daily.py there")
+    work = args.work or tempfile.mkdtemp(prefix="cscnn-overhead-")
+    env = dict(os.environ, SPARK_LOCAL_IP="127.0.0.1")
+    path = os.path.join(RESULTS, RESULT)
+    data = json.load(open(path)) if os.path.isfile(path) else {}
+    data.update(machine=machine(), goals=GOALS)
+    for world in worlds:
+        base, day, prep = prepare(world, work, env)
+        result = run_dag(world, base, day, args.label, checkout, work, env)
+        result["prepare"] = prep
+        result["measured_at"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+        data.setdefault("results", {}).setdefault(args.label, {})[world] = result
+        os.makedirs(RESULTS, exist_ok=True)
+        write_json(path, data, sort_keys=False)  # after each world: a later failure keeps what was measured
+        print(f"wrote {path}", flush=True)
+    if args.work is None:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))
