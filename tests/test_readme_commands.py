@@ -55,6 +55,8 @@ EXCLUDED = {
     "python -m bench.ablation": "five variants x three seeds of training, about 25 minutes",
     "python -m bench.lookup_serving": "a latency benchmark with thousands of timed rounds (minutes on a "
                                       "loaded machine); tests/serving covers the table and predictor",
+    "python -m bench.daily_overhead --label after": "whole DAG runs of the tiny and the demo world (many "
+                                                    "minutes); it rewrites a committed result file",
 }
 BLOCK_TIMEOUT_S = 2400  # the demo block: about 4 minutes on 2 idle cores, far more on a loaded machine
 
