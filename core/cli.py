@@ -25,6 +25,7 @@ from typing import Any, Callable, NoReturn, Sequence
 
 from core import exit_codes
 from core.config import ConfigError, PipelineConfig, build, load_config, parse_overrides
+from core.paths import Paths, is_local, local_path
 from core.timing import stage_timing
 
 
@@ -116,8 +117,6 @@ def setup_logging() -> None:
 
 def timing_record_path(cfg: PipelineConfig, run_date: dt.date, task: str) -> str | None:
     """Where `task`'s core.timing record of `run_date` goes; None when artifacts are not local."""
-    from core.paths import Paths, is_local, local_path
-
     uri = Paths.of(cfg).timing_record(run_date, task)
     return local_path(uri) if is_local(uri) else None
 

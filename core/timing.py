@@ -36,6 +36,8 @@ import socket
 import time
 from typing import Any, Callable, Iterator, TypeVar
 
+from core.files import write_json
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 log = logging.getLogger(__name__)
@@ -156,8 +158,6 @@ def stage_timing(record_path: str | None, task: str, run_date: str) -> Iterator[
             record = build_record(task, run_date, status, main_started, time.time(), dict(_CLOCK.totals),
                                   _proc_start_time(), _launcher_start_time())
             try:
-                from core.files import write_json
-
                 write_json(record_path, record, sort_keys=False)
             except OSError as err:
                 log.warning("could not write the timing record %s: %s", record_path, err)

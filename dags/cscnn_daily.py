@@ -31,8 +31,9 @@ Environment (all optional):
     CSCNN_RETRY_DELAY_S        first retry delay in seconds, growing exponentially (default 300)
 
 Imports: `airflow.sdk`, the Spark provider operator (via dags.cscnn_links), the project's Asset
-declarations and the standard library only; pyspark, torch and great_expectations are loaded
-by the stage processes, never while parsing this file.
+declarations, `core.jars` (standard library, core.files and core.config) and the standard library
+only; pyspark, torch and great_expectations are loaded by the stage processes, never while parsing
+this file.
 """
 
 from __future__ import annotations

@@ -29,6 +29,8 @@ from typing import Any, Iterator
 
 import great_expectations as gx
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 from great_expectations.checkpoint import UpdateDataDocsAction
 from great_expectations.core.run_identifier import RunIdentifier
 from great_expectations.data_context import FileDataContext
@@ -285,9 +287,6 @@ def _collect_if_small(df: SparkDataFrame, max_rows: int) -> pd.DataFrame | None:
     One Spark job, reading at most max_rows + 1 rows to the driver (as Arrow, which keeps null
     and NaN apart). A NaN keeps the frame on Spark: Spark orders NaN above every number, so a
     bounds expectation fails on it, while pandas reads NaN as missing and would pass it."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
     table = df.limit(max_rows + 1).toArrow()
     if table.num_rows > max_rows:
         return None

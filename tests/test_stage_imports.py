@@ -9,6 +9,8 @@ import sys
 
 import pytest
 
+from tests.test_packaging import STAGES
+
 HEAVY = ("torch", "torchvision", "great_expectations", "airflow")
 # What importing each stage's module may load; all else in HEAVY must wait until it is used.
 ALLOWED = {
@@ -30,6 +32,4 @@ def test_importing_a_stage_loads_only_what_it_uses(stage):
 
 
 def test_every_stage_script_is_listed():
-    from tests.test_packaging import STAGES
-
     assert {s.removesuffix(".py") for s in STAGES} == set(ALLOWED)

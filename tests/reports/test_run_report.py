@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from core import timing
 from core.config import load_config
 from core.files import write_json, write_json_local
 from core.paths import Paths, local_path
@@ -383,8 +384,6 @@ def test_published_and_live_versions_are_shown(tmp_path):
 
 def test_timing_records_are_tabled_in_start_order_and_a_bad_one_is_named(tmp_path):
     """Records written by core.timing's own writer, as the stages write them."""
-    from core import timing
-
     config_path, cfg = write_config(tmp_path)
     paths = Paths.of(cfg)
     for task, start in (("build_window", 200.0), ("ingest_day", 100.0)):
