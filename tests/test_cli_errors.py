@@ -125,6 +125,7 @@ def test_an_error_after_the_arguments_keeps_its_traceback_and_exit_code_1(guarde
     assert proc.returncode == 1 and "torch imported before" in proc.stderr
 
 
+@pytest.mark.slow  # a spark-submit (JVM)
 def test_the_exit_code_survives_the_dags_spark_submit(tmp_path):
     """check_bronze_quality's own spark-submit command (the DAG's operator builds it) exits 2."""
     code = textwrap.dedent("""
