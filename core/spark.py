@@ -13,16 +13,14 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from pathlib import Path
 
 from pyspark.sql import SparkSession
 
 from core.config import SparkConfig
-from core.jars import DEFAULT_JARS_CACHE, delta_jars
+from core.jars import DEFAULT_JARS_CACHE, SPARK_CONF_DIR, delta_jars  # conf/spark: log4j2.properties
 from core.timing import phase
 
 DEFAULT_IVY_DIR = os.path.expanduser(DEFAULT_JARS_CACHE)
-SPARK_CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf" / "spark")  # log4j2.properties
 
 
 def get_spark(cfg: SparkConfig | None = None) -> SparkSession:
