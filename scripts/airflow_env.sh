@@ -36,8 +36,9 @@ export AIRFLOW__CORE__AUTH_MANAGER=airflow.api_fastapi.auth.managers.simple.simp
 export AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS="admin:admin"
 export AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE="$AIRFLOW_HOME/simple_auth_manager_passwords.json.generated"
 export AIRFLOW__DATABASE__SQL_ALCHEMY_CONN="sqlite:///$AIRFLOW_HOME/airflow.db"
-# SQLite has one lock for all writers; wait for it up to core.airflow_db.BUSY_TIMEOUT_S instead of
-# sqlite3's 5 s (a CLI command racing the scheduler otherwise fails with `database is locked`).
+# SQLite has one lock for all writers: wait for it up to core.airflow_db.BUSY_TIMEOUT_S instead of
+# sqlite3's 5 s, and take it first in a savepoint that opens a transaction (a CLI command racing
+# the scheduler otherwise fails with `database is locked`; core/airflow_db.py says why).
 export AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS=core.airflow_db.SQLITE_CONNECT_ARGS
 export AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS_ASYNC=core.airflow_db.SQLITE_CONNECT_ARGS_ASYNC
 

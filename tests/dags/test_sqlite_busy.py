@@ -5,7 +5,9 @@ running scheduler failed on CI with `database is locked` after sqlite3's default
 scripts/airflow_env.sh now sets Airflow's connect args from core.airflow_db. Here another
 connection holds the write lock for longer than 5 s while `airflow variables set` runs: with the
 project's environment the command waits and succeeds; with the connect args unset (the control)
-the same command fails, which shows the lock really was in the way.
+the same command fails, which shows the lock really was in the way. Airflow's own engine is also
+checked to hand out core.airflow_db's connection class (tests/test_airflow_db.py shows what it
+changes for a savepoint that reads before it writes, as backfill creation does).
 """
 
 from __future__ import annotations
@@ -59,6 +61,11 @@ def test_a_cli_write_waits_for_the_lock_and_the_control_without_the_wait_fails(t
     migrate = _airflow(env, "airflow db migrate")
     assert migrate.returncode == 0, migrate.stderr[-3000:]
     db = str(tmp_path / "airflow" / "airflow.db")
+
+    probe = _airflow(env, "python -c 'from airflow import settings; c = settings.engine.raw_connection(); "
+                          "print(type(c.dbapi_connection).__name__)'")
+    assert probe.returncode == 0 and probe.stdout.split()[-1] == "ImmediateSavepointConnection", (
+        probe.stdout[-1000:] + probe.stderr[-2000:])
 
     control = _while_locked(db, lambda: _airflow(
         env, "unset AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS && airflow variables set cscnn_probe control"))
