@@ -128,7 +128,7 @@ def oracle_aucs(cfg: PipelineConfig, run_date: dt.date, holdout: Any) -> tuple[f
 
 def train_variants(cfg: PipelineConfig, run_date: dt.date, out_root: str) -> dict[str, dict[str, Any]]:
     """Train every variant on the same snapshot, seed and batch order; holdout metrics per variant."""
-    spec, train_tbl, holdout_tbl, images = read_snapshot(cfg, run_date)
+    spec, train_tbl, holdout_tbl, images, _ = read_snapshot(cfg, run_date)
     results: dict[str, dict[str, Any]] = {"_data": {"train_impressions": train_tbl.num_rows,
                                                     "test_impressions": holdout_tbl.num_rows,
                                                     "test_cold_impressions": int(np.asarray(

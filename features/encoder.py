@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import IO, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -265,6 +265,9 @@ ENCODED_BATCH_COLUMNS: tuple[str, ...] = (
 # --------------------------------------------------------------------------- the saved form
 
 
+ENCODER_FILE = "encoder.npz"  # the saved encoder's name in a lookup folder and in a training snapshot
+
+
 def save_encoder(encoder: FeatureEncoder, path: str | os.PathLike) -> None:
     """Write the encoder as one .npz of plain arrays (readable with allow_pickle=False), atomically."""
     arrays: dict[str, np.ndarray] = {}
@@ -279,8 +282,8 @@ def save_encoder(encoder: FeatureEncoder, path: str | os.PathLike) -> None:
         np.savez(f, **arrays)
 
 
-def load_encoder_file(path: str | os.PathLike) -> FeatureEncoder:
-    """The FeatureEncoder written by ``save_encoder``."""
+def load_encoder_file(path: str | os.PathLike | IO[bytes]) -> FeatureEncoder:
+    """The FeatureEncoder written by ``save_encoder`` (a path or an open binary file)."""
     with np.load(path, allow_pickle=False) as z:
         vocab = {n: (z[f"vocab_values.{n}"], z[f"vocab_ids.{n}"]) for n in VOCAB_FIELDS}
         edges = {n: z[f"bin_edges.{n}"] for n in NUMERIC_FIELDS}

@@ -23,7 +23,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import hashlib
-import io
 import json
 import logging
 import math
@@ -42,10 +41,12 @@ from torch import nn
 from core.config import ModelConfig, PipelineConfig, build
 from core.files import replace_file
 from core.metrics import auc
+from features.encoder import FeatureEncoder
 from features.spec import FeatureSpec
 from models.batching import (EncodedData, ImageTable, encode_examples, make_batch, plan_batches,
                              preprocess_images, shard_range)
 from models.ctr import CTRModel
+from models.warm_start import warm_start
 
 log = logging.getLogger(__name__)
 
@@ -165,35 +166,6 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
         model.tower.freeze_backbone()
     model.load_state_dict(payload["state_dict"])
     return model.to(map_location).eval()
-
-
-class WarmStartError(RuntimeError):
-    """The model to warm-start from does not match the checksum it was published with."""
-
-
-def warm_start(model: CTRModel, source: str | os.PathLike | Mapping[str, torch.Tensor],
-               sha256: str | None = None) -> list[str]:
-    """Copy every tensor of ``source`` (a model file or a state dict) whose name and shape match.
-
-    With ``sha256`` (the live version's record of the file, serving.registry.live_model) the file's
-    bytes are checked before they are loaded, and the very bytes checked are loaded; a mismatch
-    raises WarmStartError naming the file. Returns the names of this model's tensors that were NOT
-    initialised from the source."""
-    if not isinstance(source, Mapping):
-        data = Path(source).read_bytes()
-        if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
-            raise WarmStartError(f"{source}: sha256 {hashlib.sha256(data).hexdigest()[:16]}... differs from the "
-                                 f"{sha256[:16]}... its published version records; refusing to warm-start from a "
-                                 "modified model (re-publish or roll back the live version)")
-        payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-        source = payload["state_dict"] if "state_dict" in payload else payload
-    own = model.state_dict()
-    matched = {k: v for k, v in source.items() if k in own and own[k].shape == v.shape}
-    model.load_state_dict(matched, strict=False)
-    skipped = sorted(set(own) - set(matched))
-    log.info("warm start: %d tensors copied, %d kept fresh%s", len(matched), len(skipped),
-             f" (e.g. {skipped[:3]})" if skipped else "")
-    return skipped
 
 
 def _atomic_save(obj: Any, path: Path) -> None:
@@ -348,24 +320,29 @@ def _fingerprint(cfg: PipelineConfig, n_rows: int, world: int) -> str:
 def train(cfg: PipelineConfig, spec: FeatureSpec, train_data: Any, holdout_data: Any | None,
           images: Mapping[int, np.ndarray] | None, out_dir: str | os.PathLike, resume: bool = True,
           init_from: str | os.PathLike | Mapping[str, torch.Tensor] | None = None,
-          init_sha256: str | None = None) -> dict[str, Any]:
+          init_sha256: str | None = None, init_encoder: FeatureEncoder | None = None,
+          encoder: FeatureEncoder | None = None) -> dict[str, Any]:
     """Train the CTR model of ``cfg.model`` on encoded examples; see the module docstring.
 
+    ``init_from`` (with ``train.warm_start``, and no checkpoint to resume) is the model to warm-start
+    from; ``init_encoder`` and ``encoder`` are the encoders of its run and of this one, through which
+    models.warm_start remaps embedding and prior rows by value.
     Writes <out_dir>/model.pt (best weights, rank 0) and <out_dir>/checkpoint.pt; returns holdout
-    metrics (auc, auc_cold, logloss, mean_pred, observed_ctr, calibration) plus run facts."""
+    metrics (auc, auc_cold, logloss, mean_pred, observed_ctr, calibration) plus run facts, with
+    ``warm_start`` (models.warm_start.WarmStart.summary) when it warm-started."""
     tc = cfg.train
     out_dir = Path(out_dir)
     rank, world, device, created_pg = _init_distributed(tc.device)
     try:
         return _train(cfg, spec, train_data, holdout_data, images, out_dir, resume, init_from,
-                      rank, world, device, init_sha256)
+                      rank, world, device, init_sha256, init_encoder, encoder)
     finally:
         if created_pg:
             dist.destroy_process_group()
 
 
 def _train(cfg, spec, train_data, holdout_data, images, out_dir, resume, init_from, rank, world, device,
-           init_sha256=None):
+           init_sha256=None, init_encoder=None, encoder=None):
     tc, mc = cfg.train, cfg.model
     seed_everything(tc.seed)
     model = CTRModel(spec, mc)
@@ -388,8 +365,10 @@ def _train(cfg, spec, train_data, holdout_data, images, out_dir, resume, init_fr
             ckpt = None
 
     warm = ckpt is None and init_from is not None and tc.warm_start
+    warm_result = None
     if warm:
-        warm_start(model, init_from, init_sha256)
+        warm_result = warm_start(model, init_from, init_sha256, old_encoder=init_encoder,
+                                 new_encoder=encoder).summary()
     if mc.variant == "cnn_fixed":
         if ckpt is None and not warm:
             stats = pretrain_backbone(model.tower, train_set.pixels, _ad_categories(train_set), tc.pretrain_steps,
@@ -418,6 +397,7 @@ def _train(cfg, spec, train_data, holdout_data, images, out_dir, resume, init_fr
         early = _EarlyStop(**ckpt["early_stop"])
         best_state = ckpt["best_state"] or None
         _set_rng_state(ckpt["rng"])
+        warm_result = ckpt.get("warm_start") or None
         log.info("resumed from %s at step %d", ckpt_path, step)
 
     def evaluate() -> dict[str, Any]:
@@ -437,7 +417,8 @@ def _train(cfg, spec, train_data, holdout_data, images, out_dir, resume, init_fr
         if rank == 0:
             _atomic_save({"fingerprint": fingerprint, "model": model.state_dict(), "optimizer": opt.state_dict(),
                           "scaler": scaler.state_dict(), "step": step, "early_stop": dataclasses.asdict(early),
-                          "best_state": best_state or {}, "rng": _rng_state()}, ckpt_path)
+                          "best_state": best_state or {}, "rng": _rng_state(), "warm_start": warm_result or {}},
+                         ckpt_path)
 
     eval_every = tc.eval_every or len(plan)
     net.train()
@@ -493,6 +474,8 @@ def _train(cfg, spec, train_data, holdout_data, images, out_dir, resume, init_fr
     metrics.update({"steps": step, "best_step": early.best_step, "early_stopped": early.stopped,
                     "train_impressions": total_seen, "impressions_per_s": total_seen / max(elapsed, 1e-9),
                     "device": str(device), "world_size": world, "model_path": str(out_dir / MODEL_FILE)})
+    if warm_result:
+        metrics["warm_start"] = warm_result
     if rank == 0:
         save_model(model, out_dir / MODEL_FILE)
     if world > 1:

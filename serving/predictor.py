@@ -47,7 +47,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from core.config import ModelConfig, PipelineConfig, build
-from features.encoder import load_encoder_file
+from features.encoder import ENCODER_FILE, load_encoder_file
 from features.spec import FeatureSpec
 from models.layers import DCN, FieldEmbedding
 from serving import registry
@@ -56,7 +56,6 @@ from serving.requests import EncodedRequests, RequestColumns, RequestEncoder, co
 
 log = logging.getLogger(__name__)
 
-ENCODER_FILE = "encoder.npz"
 MODEL_FILE = "model.pt"
 PRECISIONS = ("fp32", "bf16")
 _MLP_DTYPE = {"fp32": torch.float32, "bf16": torch.bfloat16}  # the dtype of the DCN's MLP Linears per precision

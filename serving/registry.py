@@ -71,7 +71,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, NamedTuple
 
 import numpy as np
 from delta.tables import DeltaTable
@@ -91,6 +91,7 @@ log = logging.getLogger(__name__)
 
 CURRENT_FILE = "current.json"
 VERSION_FILE = "version.json"
+LIVE_ENCODER = "lookup/encoder.npz"  # the encoder of the version's run (spark_jobs/build_lookup.py)
 LOCK_FILE = ".lock"
 STAGING_PREFIX = ".staging-"
 VERSION_FORMAT = 2  # version.json lists every file's sha256 (1: earlier versions, no list)
@@ -362,8 +363,17 @@ def legacy_message(entry: dict[str, Any]) -> str:
             f"python spark_jobs/publish.py --date {entry.get('run_date')} --config FILE (after validate)")
 
 
-def live_model(cfg: PipelineConfig) -> tuple[Path, str] | None:
-    """(model.pt, its expected sha256) of the live version after verifying its chain; None if nothing is live."""
+class LiveModel(NamedTuple):
+    """The live version's model file and the encoder of its run, with the sha256 each was published with."""
+
+    model: Path
+    model_sha256: str
+    encoder: Path | None  # lookup/encoder.npz; None for a legacy version, whose files carry no checksums
+    encoder_sha256: str | None
+
+
+def live_model(cfg: PipelineConfig) -> LiveModel | None:
+    """The live version's model (and encoder) after verifying its chain; None if nothing is live."""
     current = read_current(cfg)
     if current is None:
         return None
@@ -376,9 +386,11 @@ def live_model(cfg: PipelineConfig) -> tuple[Path, str] | None:
             sha = json.loads(manifest_path.read_text())["model_sha256"]
         except (OSError, ValueError, KeyError) as e:
             raise IntegrityError(f"lookup/manifest.json: {manifest_path} names no model checksum ({e})") from None
-        return folder / "model" / "model.pt", sha
+        return LiveModel(folder / "model" / "model.pt", sha, None, None)
     require_listed(info, ["model/model.pt"], folder)
-    return folder / "model" / "model.pt", info["files"]["model/model.pt"]["sha256"]
+    encoder = info["files"].get(LIVE_ENCODER)
+    return LiveModel(folder / "model" / "model.pt", info["files"]["model/model.pt"]["sha256"],
+                     None if encoder is None else folder / LIVE_ENCODER, None if encoder is None else encoder["sha256"])
 
 
 # --------------------------------------------------------------------------- registry table

@@ -47,7 +47,7 @@ from core.config import PipelineConfig
 from core.paths import Paths, local_path
 from core.spark import get_spark
 from core.timing import phase
-from features.encoder import save_encoder
+from features.encoder import ENCODER_FILE, save_encoder
 from features.tables import AD_COUNTS_TABLE, load_encoder
 from serving.lookup import (CATEGORY_IDS_FILE, bytes_per_ad, make_reduction, select_ads, sha256_file,
                             write_lookup_files)
@@ -58,7 +58,6 @@ if TYPE_CHECKING:  # pragma: no cover
 log = logging.getLogger("build_lookup")
 
 MODEL_FILE = "model.pt"
-ENCODER_FILE = "encoder.npz"
 CANDIDATES_TABLE = "lookup_candidates"
 
 

@@ -8,6 +8,8 @@ possibly on a GPU worker without Spark) reads this snapshot with pyarrow instead
 
     <artifacts>/runs/D/snapshot/images/*.parquet    ad_id, image_bytes of every ad in either split
     <artifacts>/runs/D/snapshot/feature_spec.json   the FeatureSpec of the run date
+    <artifacts>/runs/D/snapshot/encoder.npz         the run date's encoder (features/encoder.py), which
+                                                    the warm start remaps rows by value through
     <artifacts>/runs/D/snapshot/_SUCCESS            written last: row counts and `examples`, the
                                                     run date's examples table (features/examples/D)
 
@@ -35,7 +37,8 @@ from core.files import write_json, write_text
 from core.paths import Paths, is_local, local_path
 from core.spark import get_spark
 from features.examples import SPLITS, read_example_files
-from features.tables import examples_uri, load_feature_spec
+from features.encoder import ENCODER_FILE, save_encoder
+from features.tables import examples_uri, load_encoder, load_feature_spec
 
 
 def export_training_snapshot(cfg: PipelineConfig, spark: SparkSession, run_date: dt.date) -> dict[str, Any]:
@@ -60,6 +63,7 @@ def export_training_snapshot(cfg: PipelineConfig, spark: SparkSession, run_date:
     spec = load_feature_spec(cfg, spark, run_date)
     if is_local(out):
         write_text(os.path.join(local_path(out), "feature_spec.json"), spec.to_json())
+        save_encoder(load_encoder(cfg, spark, run_date), os.path.join(local_path(out), ENCODER_FILE))
         write_json(os.path.join(local_path(out), "_SUCCESS"), counts, indent=None, sort_keys=False)
     else:
         spark.createDataFrame([(spec.to_json(),)], "spec string").coalesce(1).write.mode("overwrite").text(

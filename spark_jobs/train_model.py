@@ -7,7 +7,9 @@ N > 1, around a store on 127.0.0.1; one process is `python -m spark_jobs.train_m
 the plain-parquet snapshot that export_training_snapshot wrote (spark_jobs/export_snapshot.py)
 and the parquet files of the run date's examples table, so no Spark is needed here: this stage
 lives with the other stage jobs but never imports pyspark.
-Warm-starts from the live published model when `train.warm_start` and shapes match.
+Warm-starts from the live published model when `train.warm_start` (models.warm_start: embedding
+and category-prior rows remapped by value through the live version's encoder and this run's, which
+the snapshot carries; the manifest's `warm_start` counts the rows carried over, new and dropped).
 Output: <artifacts>/runs/D/model/{model.pt, checkpoint.pt, manifest.json} (the manifest holds the
 holdout metrics). torch (models.train) is imported in `run`, so that a bad argument is reported
 without loading it (tests/test_cli_errors.py).
@@ -16,12 +18,14 @@ without loading it (tests/test_cli_errors.py).
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import io
 import json
 import logging
 import os
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -33,8 +37,10 @@ from core.config import PipelineConfig
 from core.files import sha256_file, write_json
 from core.paths import Paths, local_path
 from core.timing import phase, stage_timing
+from features.encoder import ENCODER_FILE, FeatureEncoder, load_encoder_file
 from features.examples import read_example_files
 from features.spec import FeatureSpec
+from serving.lookup import IntegrityError
 from serving.registry import live_model
 
 log = logging.getLogger("train_model")
@@ -49,8 +55,10 @@ def decode_images(image_bytes: list[bytes], ad_ids: list[int]) -> dict[int, np.n
     return out
 
 
-def read_snapshot(cfg: PipelineConfig, run_date: dt.date) -> tuple[FeatureSpec, Any, Any, dict[int, np.ndarray]]:
-    """(feature spec, train examples, holdout examples, images by ad id) of the run date's snapshot."""
+def read_snapshot(cfg: PipelineConfig, run_date: dt.date
+                  ) -> tuple[FeatureSpec, Any, Any, dict[int, np.ndarray], FeatureEncoder | None]:
+    """(feature spec, train examples, holdout examples, images by ad id, the run's encoder) of the run
+    date's snapshot; the encoder is None in a snapshot exported before snapshots carried it."""
     snap = local_path(Paths.of(cfg).snapshot(run_date))
     if not os.path.exists(os.path.join(snap, "_SUCCESS")):
         raise FileNotFoundError(f"no complete training snapshot for {run_date} at {snap}; "
@@ -62,18 +70,29 @@ def read_snapshot(cfg: PipelineConfig, run_date: dt.date) -> tuple[FeatureSpec, 
                                 f"export_training_snapshot stage (spark_jobs/export_snapshot.py) for {run_date}")
     with open(os.path.join(snap, "feature_spec.json")) as f:
         spec = FeatureSpec.from_json(f.read())
+    encoder_path = os.path.join(snap, ENCODER_FILE)
+    encoder = load_encoder_file(encoder_path) if os.path.exists(encoder_path) else None
     train = read_example_files(examples, "train")
     holdout = read_example_files(examples, "holdout")
     img = pq.read_table(os.path.join(snap, "images"))
     images = decode_images(img.column("image_bytes").to_pylist(), img.column("ad_id").to_pylist())
-    return spec, train, holdout, images
+    return spec, train, holdout, images, encoder
 
 
 def live_model_path(cfg: PipelineConfig) -> tuple[str, str] | None:
     """(model.pt, its published sha256) of the version live now (the registry's `current` pointer,
     its chain of checksums verified: serving.registry.live_model), if any."""
     live = live_model(cfg)
-    return None if live is None else (str(live[0]), live[1])
+    return None if live is None else (str(live.model), live.model_sha256)
+
+
+def load_checked_encoder(path: str | os.PathLike, sha256: str | None) -> FeatureEncoder:
+    """The encoder at ``path``; with ``sha256``, the very bytes checked are the ones loaded."""
+    data = Path(path).read_bytes()
+    if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
+        raise IntegrityError(f"{path}: sha256 {hashlib.sha256(data).hexdigest()[:16]}... differs from the "
+                             f"{sha256[:16]}... its published version records; refusing to warm-start from it")
+    return load_encoder_file(io.BytesIO(data))
 
 
 def run(cfg: PipelineConfig, run_date: dt.date) -> dict[str, Any]:
@@ -82,19 +101,25 @@ def run(cfg: PipelineConfig, run_date: dt.date) -> dict[str, Any]:
         from models.train import train
 
     t0 = time.time()
-    spec, train_tbl, holdout_tbl, images = read_snapshot(cfg, run_date)
+    spec, train_tbl, holdout_tbl, images, encoder = read_snapshot(cfg, run_date)
     out_dir = local_path(Paths.of(cfg).run_model_dir(run_date))
     os.makedirs(out_dir, exist_ok=True)
-    init_from, init_sha256 = (live_model_path(cfg) if cfg.train.warm_start else None) or (None, None)
+    live = live_model(cfg) if cfg.train.warm_start else None
+    init_from = None if live is None else str(live.model)
+    init_encoder = None if live is None or live.encoder is None else load_checked_encoder(live.encoder,
+                                                                                           live.encoder_sha256)
     log.info("training %s on %d examples (%d holdout, %d images), warm start from %s", cfg.model.variant,
              train_tbl.num_rows, holdout_tbl.num_rows, len(images), init_from or "scratch")
     metrics = train(cfg, spec, train_tbl, holdout_tbl, images, out_dir, resume=True, init_from=init_from,
-                    init_sha256=init_sha256)
+                    init_sha256=None if live is None else live.model_sha256, init_encoder=init_encoder,
+                    encoder=encoder)
+    warm = metrics.pop("warm_start", None)
     if int(os.environ.get("RANK", "0")) == 0:
         model_path = os.path.join(out_dir, "model.pt")
         manifest = {"run_date": run_date.isoformat(), "variant": cfg.model.variant,
                     "feature_spec": json.loads(spec.to_json()), "model_config": cfg.to_dict()["model"],
                     "files": {"model.pt": sha256_file(model_path)}, "warm_start_from": init_from,
+                    "warm_start": warm,
                     "config_hash": cfg.config_hash(), "metrics": metrics, "seconds": round(time.time() - t0, 1)}
         write_json(local_path(Paths.of(cfg).model_manifest(run_date)), manifest, sort_keys=False, default=float)
         print(json.dumps({"run_date": run_date.isoformat(), "metrics": metrics}, default=float))

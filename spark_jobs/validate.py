@@ -57,13 +57,13 @@ from core.paths import Paths, local_path
 from core.spark import get_spark
 from expectations.lookup import build_lookup_suite, project_lookup
 from expectations.runner import validate
-from features.encoder import load_encoder_file
+from features.encoder import ENCODER_FILE, load_encoder_file
 from features.spec import MULTI_FIELDS, SINGLE_FIELDS
 from features.tables import AD_COUNTS_TABLE, load_examples
 from serving.lookup import coverage_curve, sha256_file
 from serving.registry import read_current, verify_version, version_dir
 from serving.requests import EncodedRequests
-from spark_jobs.build_lookup import ENCODER_FILE, candidates_uri, model_paths, read_images, stack_images
+from spark_jobs.build_lookup import candidates_uri, model_paths, read_images, stack_images
 from spark_jobs.feature_transforms import with_catalog
 from spark_jobs.report_inputs import category_ids_of, write_report_data
 

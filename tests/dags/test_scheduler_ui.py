@@ -29,12 +29,14 @@ import time
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 from pyspark.sql import functions as F
 
 from core.config import load_config
-from core.paths import Paths
-from features.tables import read_examples
+from core.paths import Paths, local_path
+from features.encoder import MULTI_FIELDS, VOCAB_FIELDS
+from features.tables import load_encoder, read_examples
 from serving.registry import read_current
 from simworld.generate import generate_day
 from spark_jobs import ingest
@@ -263,6 +265,20 @@ def test_backfill_three_days_under_the_scheduler(world, backfill, spark):
     assert read_current(cfg)["run_date"] == str(BACKFILL_DAYS[-1])
     for day in BACKFILL_DAYS:
         assert os.path.exists(paths.run_report(day))
+
+    # Days 2 and 3 warm-started from the day before's published model, rows remapped by value: the
+    # manifest's counts are those of the two run dates' stored vocabularies.
+    for before, day in zip(BACKFILL_DAYS, BACKFILL_DAYS[1:]):
+        manifest = json.loads(Path(local_path(paths.model_manifest(day))).read_text())
+        assert manifest["warm_start_from"].endswith(f"-{before}/model/model.pt"), manifest["warm_start_from"]
+        tables = manifest["warm_start"]["tables"]
+        old, new = load_encoder(cfg, spark, before), load_encoder(cfg, spark, day)
+        for name in VOCAB_FIELDS:
+            shared = int(np.isin(new.vocab[name][0], old.vocab[name][0]).sum())
+            dropped = int(old.vocab[name][0].size - shared)
+            key = f"embedding.{'multi' if name in MULTI_FIELDS else 'single'}.{name}.weight"
+            assert tables[key] == {"carried": 1 + shared, "new": new.vocab_size(name) - 1 - shared,
+                                   "dropped": dropped}, (day, key)
 
 
 @pytest.fixture(scope="module")

@@ -19,11 +19,11 @@ import pytest
 import torch
 
 from models.ctr import CTRModel
-from models.train import WarmStartError, warm_start
+from models.warm_start import WarmStartError, id_keyed_tensors, warm_start
 from serving import registry
 from serving.lookup import IntegrityError, sha256_file
 from serving.predictor import Predictor
-from spark_jobs.train_model import live_model_path
+from spark_jobs.train_model import live_model_path, load_checked_encoder
 from tests.serving.helpers import requests_from_examples, small_cfg
 from tests.serving.test_predictor import served  # noqa: F401  (fixture)
 
@@ -142,7 +142,11 @@ def test_warm_start_refuses_a_tampered_live_model(live):
     path, sha = live_model_path(cfg)
     assert Path(path) == folder / "model" / "model.pt" and sha == sha256_file(path)
     fresh = CTRModel(model.spec, model.cfg)
-    assert warm_start(fresh, path, sha) == []  # untampered: every tensor copied
+    live_version = registry.live_model(cfg)
+    assert live_version.encoder == folder / "lookup" / "encoder.npz"
+    assert live_version.encoder_sha256 == sha256_file(live_version.encoder)
+    # untampered: every tensor copied but the id-keyed ones (no encoders given here)
+    assert set(warm_start(fresh, path, sha).fresh) == set(id_keyed_tensors(fresh))
     _tamper_model(folder / "model" / "model.pt")
     # the train stage's look-up of the live model verifies the chain ...
     with pytest.raises(IntegrityError, match=r"^model/model.pt: checksum mismatch with version.json"):
@@ -193,3 +197,11 @@ def test_registry_cli_takes_config_and_set_after_the_command(live):
                          text=True, timeout=120)
     assert out.returncode == 2 and "config file not found: 'conf/no-such-file.toml'" in out.stderr
     assert "unrecognized arguments" not in out.stderr
+
+
+def test_warm_start_refuses_a_live_encoder_that_differs_from_its_published_checksum(live):
+    cfg, _, _ = live
+    live_version = registry.live_model(cfg)
+    load_checked_encoder(live_version.encoder, live_version.encoder_sha256)  # as published: loads
+    with pytest.raises(IntegrityError, match=r"encoder.npz: sha256 .* differs from the 0000000000000000\.\.\."):
+        load_checked_encoder(live_version.encoder, "0" * 64)
