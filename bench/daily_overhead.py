@@ -3,6 +3,7 @@
     python -m bench.daily_overhead --label after                       # tiny and demo, this checkout
     python -m bench.daily_overhead --label before --checkout /tmp/old  # the same, an older checkout's DAG
     python -m bench.daily_overhead --worlds tiny --label after
+    python -m bench.daily_overhead --worlds tiny --label after-warm --warm-server
 
 For each world (tiny: conf/tiny.toml; demo: conf/demo.toml) the inputs are made once per
 invocation with this checkout's code: the simulated days [D-W, D] and the window's history
@@ -11,6 +12,13 @@ cscnn_daily D` runs the DAG of `--checkout` (default: this one), in that checkou
 copy of those inputs, in a fresh AIRFLOW_HOME. Per task it reads Airflow's own record (the
 task_instance rows of the metadata DB: state, duration) and, where the checkout writes them, the
 stage's core.timing record (launch, imports, spark session, quality, writes, work).
+
+Spark: a checkout whose stages share the machine's Spark Connect server (core/spark_server.py)
+runs with a server folder of this invocation (CSCNN_SPARK_SERVER_DIR), and no server is running
+when the DAG run starts (the preparation's is stopped), so by default the run pays for starting
+it: what a fresh machine's first run pays. `--warm-server` starts it before the run instead, as
+it is on every later day of a machine that keeps it; the result records which
+(`spark_server`). A checkout that runs spark-submit per stage starts no server either way.
 
 Results merge into bench/results/daily_overhead.json under results[<label>][<world>], so a
 `before` and an `after` invocation in one session sit side by side. Every number is measured.
@@ -33,6 +41,7 @@ from bench.common import RESULTS, machine
 from core.cli import CliParser, run_cli
 from core.config import load_config
 from core.files import write_json
+from core.spark_server import stop_all
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORLDS = {"tiny": "conf/tiny.toml", "demo": "conf/demo.toml"}
@@ -94,7 +103,7 @@ def task_instances(airflow_home: str) -> list[dict]:
 
 
 def run_dag(world: str, base: str, day: dt.date, label: str, checkout: str, work: str,
-            env: dict[str, str]) -> dict:
+            env: dict[str, str], warm_server: bool = False) -> dict:
     """One `airflow dags test` of the checkout's DAG on a copy of the prepared inputs; its per-task times."""
     root = os.path.join(work, world, label)
     shutil.copytree(base, root, symlinks=True)
@@ -107,8 +116,11 @@ def run_dag(world: str, base: str, day: dt.date, label: str, checkout: str, work
     run_env = {k: v for k, v in env.items() if not k.startswith("AIRFLOW") and k not in ("CSCNN_VENV", "VIRTUAL_ENV")}
     run_env.update(CSCNN_CONFIG=config, CSCNN_START_DATE=cfg.world.epoch, CSCNN_END_DATE=str(day),
                    CSCNN_TASK_RETRIES="0", AIRFLOW_HOME=home)
+    has_server = os.path.isfile(os.path.join(checkout, "core", "spark_server.py"))
+    start_server = (f"python -m core.spark_server start --config {config} >/dev/null && "
+                    if warm_server and has_server else "")
     command = ("source scripts/bootstrap.sh >/dev/null && . scripts/airflow_env.sh && airflow db migrate >/dev/null && "
-               f"airflow dags test {DAG_ID} {day}")
+               f"{start_server}airflow dags test {DAG_ID} {day}")
     t0 = time.monotonic()
     proc = subprocess.run(["bash", "-c", command], cwd=checkout, env=run_env, capture_output=True, text=True,
                           timeout=3 * 3600)
@@ -136,7 +148,9 @@ def run_dag(world: str, base: str, day: dt.date, label: str, checkout: str, work
     result = {"state": states[-1], "run_date": str(day), "dag_run_s": dag_run_s, "command_s": command_s,
               "sum_of_tasks_s": round(sum(t["airflow_s"] for t in tasks.values()), 1), "tasks": tasks,
               "impressions_per_day": cfg.world.impressions_per_day, "window_days": cfg.features.window_days,
-              "checkout": checkout_version(checkout)}
+              "checkout": checkout_version(checkout),
+              "spark_server": ("none (spark-submit per stage)" if not has_server else
+                               "running before the run" if warm_server else "started by the run's first stage")}
     print(f"{world}/{label}: {result['state']}, DAG run {dag_run_s} s (command {command_s} s)", flush=True)
     for task_id, t in tasks.items():
         extra = (f"  process {t['process_s']:.1f} s, start-up {t['startup_s']:.1f} s" if "process_s" in t else "")
@@ -157,6 +171,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--checkout", default=ROOT, help="the checkout whose DAG and stages run (default: this one)")
     ap.add_argument("--worlds", default="tiny,demo", help="comma-separated, of: " + ", ".join(WORLDS))
     ap.add_argument("--work", help="folder for the worlds' storage and Airflow homes (default: a temporary one)")
+    ap.add_argument("--warm-server", action="store_true",
+                    help="start the Spark Connect server before the DAG run (default: the run starts it)")
     args = ap.parse_args(argv)
     worlds = [w.strip() for w in args.worlds.split(",") if w.strip()]
     bad = [w for w in worlds if w not in WORLDS]
@@ -166,13 +182,18 @@ def main(argv: list[str] | None = None) -> int:
     if not os.path.isfile(os.path.join(checkout, "dags", "cscnn_daily.py")):
         ap.error(f"bad --checkout {args.checkout!r}: no dags/cscnn_daily.py there")
     work = args.work or tempfile.mkdtemp(prefix="cscnn-overhead-")
+    os.environ["CSCNN_SPARK_SERVER_DIR"] = os.path.join(work, "spark-servers")  # this invocation's servers only
     env = dict(os.environ, SPARK_LOCAL_IP="127.0.0.1")
     path = os.path.join(RESULTS, RESULT)
     data = json.load(open(path)) if os.path.isfile(path) else {}
     data.update(machine=machine(), goals=GOALS)
     for world in worlds:
         base, day, prep = prepare(world, work, env)
-        result = run_dag(world, base, day, args.label, checkout, work, env)
+        stop_all()  # the preparation's server: the run starts with none (or its own, --warm-server)
+        try:
+            result = run_dag(world, base, day, args.label, checkout, work, env, args.warm_server)
+        finally:
+            stop_all()
         result["prepare"] = prep
         result["measured_at"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
         data.setdefault("results", {}).setdefault(args.label, {})[world] = result

@@ -151,9 +151,16 @@ class SparkConfig:
     delta_package: str = "io.delta:delta-spark_4.2_2.13:4.4.0"  # 4.4.1 is not on Maven Central (404); the 4.4.0 jar serves the 4.4.1 Python package
     ivy_dir: str = ""  # Maven/ivy cache for the Delta jars (default ~/.cache/cscnn-pipeline/ivy)
     extra_conf: dict[str, str] = field(default_factory=dict)  # any further spark.* settings
+    # Where a stage's Spark runs (core.spark.get_spark): "local" = this machine's long-lived Spark
+    # Connect server, started on first use (core/spark_server.py); "sc://host:port" = that Spark
+    # Connect server; "" = a Spark of the stage's own process (a JVM per stage). A stage under
+    # spark-submit always uses the JVM spark-submit started.
+    remote: str = "local"
 
     def __post_init__(self) -> None:
         _check(self.shuffle_partitions >= 1, "spark.shuffle_partitions", self.shuffle_partitions, "an integer >= 1")
+        _check(self.remote in ("", "local") or self.remote.startswith("sc://"), "spark.remote", self.remote,
+               '"local", "" or a Spark Connect URL sc://host:port')
         for k in self.extra_conf:
             _check(k.startswith("spark."), "spark.extra_conf", k, "keys starting with 'spark.'")
 

@@ -1,28 +1,48 @@
 """Delta Lake helpers shared by the Spark stages and the Spark-side readers of features/tables.py.
 
-Imported only by processes that run Spark (it imports pyspark and delta at the top).
+Everything goes through DataFrames and Delta's SQL, so the same code runs on a Spark of the
+stage's own process and on a Spark Connect server (core/spark.py), where Delta's Python
+`DeltaTable` API is not available. Imported only by processes that run Spark (it imports pyspark).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import uuid
 
-from delta.tables import DeltaTable
+from pyspark.errors import AnalysisException
 from pyspark.sql import DataFrame, SparkSession
 
 from core.timing import timed
 
+# The error conditions of a path that holds no Delta table (a plain folder, or nothing).
+NOT_A_TABLE = ("DELTA_MISSING_DELTA_TABLE", "DELTA_TABLE_ONLY_OPERATION")
 
-def delta_exists(spark: SparkSession, uri: str) -> bool:
-    """Whether a Delta table exists at `uri`."""
-    return DeltaTable.isDeltaTable(spark, uri)
+
+def table_ref(uri: str) -> str:
+    """`uri` as a path-based Delta table name for SQL: delta.`uri` (backticks in it doubled)."""
+    return "delta.`" + uri.replace("`", "``") + "`"
+
+
+def sql_string(value: str) -> str:
+    """`value` as a SQL string literal."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 def latest_version(spark: SparkSession, uri: str) -> int | None:
     """The latest committed version of the Delta table at `uri`; None when there is no table."""
-    if not delta_exists(spark, uri):
-        return None
-    return int(DeltaTable.forPath(spark, uri).history(1).select("version").collect()[0][0])
+    try:
+        rows = spark.sql(f"DESCRIBE HISTORY {table_ref(uri)} LIMIT 1").select("version").collect()
+    except AnalysisException as e:
+        if e.getCondition() in NOT_A_TABLE:
+            return None
+        raise
+    return int(rows[0][0])
+
+
+def delta_exists(spark: SparkSession, uri: str) -> bool:
+    """Whether a Delta table exists at `uri`."""
+    return latest_version(spark, uri) is not None
 
 
 def read_delta(spark: SparkSession, uri: str, version: int | None = None) -> DataFrame:
@@ -45,6 +65,34 @@ def replace_where(df: DataFrame, uri: str, partition_by: list[str], where: str) 
     """Overwrite exactly the rows matching `where` in one commit (creating the table on first write)."""
     (df.write.format("delta").mode("overwrite").partitionBy(*partition_by)
      .option("replaceWhere", where).save(uri))
+
+
+@timed("writes")
+def update_where(spark: SparkSession, uri: str, assignments: dict[str, str], where: str) -> None:
+    """`UPDATE` the Delta table at `uri`: set each column to its SQL expression where `where` holds (one commit)."""
+    sets = ", ".join(f"`{column}` = {expr}" for column, expr in assignments.items())
+    spark.sql(f"UPDATE {table_ref(uri)} SET {sets} WHERE {where}").collect()
+
+
+@timed("writes")
+def delete_where(spark: SparkSession, uri: str, where: str) -> None:
+    """`DELETE` the rows of the Delta table at `uri` where `where` holds (one commit)."""
+    spark.sql(f"DELETE FROM {table_ref(uri)} WHERE {where}").collect()
+
+
+@timed("writes")
+def merge_into(spark: SparkSession, uri: str, source: DataFrame, statement: str) -> None:
+    """Run `MERGE INTO <the table at uri> t USING <source> s <statement>` (one commit).
+
+    `statement` is the rest of the MERGE: `ON ... WHEN MATCHED ... WHEN NOT MATCHED ...`, with
+    the table as `t` and `source` as `s`. The source is a temporary view of this session only.
+    """
+    view = f"cscnn_merge_source_{uuid.uuid4().hex}"
+    source.createOrReplaceTempView(view)
+    try:
+        spark.sql(f"MERGE INTO {table_ref(uri)} t USING {view} s {statement}").collect()
+    finally:
+        spark.catalog.dropTempView(view)
 
 
 def dates_sql(days: list[dt.date]) -> str:

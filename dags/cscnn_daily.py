@@ -15,6 +15,12 @@ Environment (all optional):
     CSCNN_MAX_ACTIVE_RUNS      concurrent runs (default 1: day D warm-starts from day D-1's model)
     CSCNN_GPU_QUEUE            executor queue of `train_model` (default "default"; compose: "gpu")
     CSCNN_GPU_POOL             pool of `train_model` (default "default_pool")
+    CSCNN_SPARK_SUBMIT         "true": run each Spark stage with spark-submit (a JVM per stage, the
+                               master of CSCNN_SPARK_CONN_ID); default false: each stage is a
+                               `python -m spark_jobs.<stage>` process whose SparkSession follows the
+                               config's spark.remote (default: the machine's long-lived Spark Connect
+                               server, core/spark_server.py). The CSCNN_SPARK_* settings below
+                               are spark-submit's.
     CSCNN_SPARK_CONN_ID        Airflow connection with the Spark master (default spark_default,
                                e.g. AIRFLOW_CONN_SPARK_DEFAULT='{"conn_type": "spark", "host": "local[*]"}')
     CSCNN_SPARK_CONF           JSON object of extra spark.* settings merged over the defaults
@@ -52,7 +58,7 @@ from airflow.sdk import Param, TriggerRule, chain, dag, task
 
 from core.assets import LOOKUP_TABLE_ASSET, MODEL_ASSET
 from core.jars import DEFAULT_JARS_CACHE
-from dags.cscnn_links import ReportingSparkSubmitOperator
+from dags.cscnn_links import ReportingSparkSubmitOperator, StageOperator
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SPARK_JOBS = REPO_ROOT / "spark_jobs"
@@ -197,13 +203,24 @@ def spark_env() -> dict[str, str]:
     }
 
 
-def spark_stage(task_id: str, application: str, config_path: Any, **kwargs: Any) -> ReportingSparkSubmitOperator:
-    """A spark-submit task running spark_jobs/<application> with the shared stage CLI."""
+def spark_stage(task_id: str, application: str, config_path: Any,
+                **kwargs: Any) -> StageOperator | ReportingSparkSubmitOperator:
+    """A task running spark_jobs/<application> with the shared stage CLI: a stage process on the
+    worker (StageOperator), or a spark-submit when CSCNN_SPARK_SUBMIT is true."""
+    conf = spark_conf()  # checked in both modes: a bad CSCNN_SPARK_CONF is an import error either way
+    if not _env_bool("CSCNN_SPARK_SUBMIT", False):
+        return StageOperator(
+            task_id=task_id,
+            module=f"spark_jobs.{Path(application).stem}",
+            arguments=["--date", "{{ ds }}", "--config", config_path],
+            env=spark_env(),
+            **kwargs,
+        )
     return ReportingSparkSubmitOperator(
         task_id=task_id,
         application=str(SPARK_JOBS / application),
         conn_id=os.environ.get("CSCNN_SPARK_CONN_ID") or "spark_default",
-        conf=spark_conf(),
+        conf=conf,
         delta_package=DELTA_PACKAGE,
         ivy_dir=os.environ.get("CSCNN_SPARK_IVY_DIR") or DEFAULT_JARS_CACHE,
         env_vars=spark_env(),

@@ -1,11 +1,17 @@
-"""Operator extra links from a task's page in the Airflow UI to the pipeline's HTML reports.
+"""The stage operators, and the links from a task's page in the Airflow UI to the pipeline's HTML reports.
+
+Two ways to run a Spark stage, with the same exit-code rules (non_retryable_failure):
+* StageOperator (the default): `python -m spark_jobs.<stage>` on the worker; its SparkSession is a
+  client of the machine's long-lived Spark Connect server (core/spark.py, core/spark_server.py).
+* ReportingSparkSubmitOperator (CSCNN_SPARK_SUBMIT=true): one spark-submit per stage, a JVM each,
+  for clusters where that is the operator's choice.
 
 The reports themselves are served by the `cscnn_reports` plugin (plugins/cscnn_reports.py)
 under REPORTS_URL_PREFIX, behind Airflow's own login. In Airflow 3 a worker computes each link
 when the task finishes, whatever its state, and stores it as an XCom that the UI reads; so a
 failed quality check still shows its "Data Docs" button.
 
-Imports: `airflow.sdk`, the Spark provider's SparkSubmitOperator, core.exit_codes and the
+Imports: `airflow.sdk`, the Spark provider's SparkSubmitOperator, core.exit_codes, core.jars and the
 standard library (this module is loaded by DAG parsing); core.config and core.paths are imported
 inside the link's function, so that parsing the DAG does not load them.
 """
@@ -14,12 +20,15 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
+import sys
 import urllib.parse
-from typing import Any
+from typing import Any, Sequence
 
 from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
-from airflow.sdk import BaseOperatorLink, conf
-from airflow.sdk.exceptions import AirflowFailException
+from airflow.sdk import BaseOperator, BaseOperatorLink, conf
+from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
 from core.exit_codes import BAD_DATA, NON_RETRYABLE, USAGE
 from core.jars import DEFAULT_JARS_CACHE, delta_jars
@@ -136,3 +145,51 @@ class ReportingSparkSubmitOperator(SparkSubmitOperator):
             if failure is None:
                 raise
             raise failure from err
+
+
+class StageOperator(BaseOperator):
+    """Runs a stage as `python -m <module> <arguments>` on the worker, its output in the task log.
+
+    The interpreter is the worker's own (the project's venv). The stage's SparkSession follows
+    its config's `spark.remote` (by default the machine's Spark Connect server, started by the
+    first stage that needs it). Exit codes as ReportingSparkSubmitOperator: a code of
+    core.exit_codes.NON_RETRYABLE fails the task at once, any other failure keeps its retries
+    (a Spark server that died: the retry starts a new one). Killing the task (timeout, a user's
+    "mark failed") stops the stage's whole process group.
+    """
+
+    template_fields: Sequence[str] = ("arguments",)
+    operator_extra_links = (DataDocsLink(), RunReportLink())
+
+    def __init__(self, *, module: str, arguments: list[Any], env: dict[str, str] | None = None,
+                 cwd: str | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.module = module
+        self.arguments = arguments
+        self.env = dict(env or {})
+        self.cwd = cwd
+        self._process: subprocess.Popen | None = None
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", self.module, *[str(a) for a in self.arguments]]
+
+    def execute(self, context: Any) -> None:
+        command = self.command()
+        self.log.info("running %s", " ".join(command))
+        self._process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                         stderr=subprocess.STDOUT, env={**os.environ, **self.env}, cwd=self.cwd,
+                                         start_new_session=True, text=True, errors="replace")
+        assert self._process.stdout is not None
+        for line in self._process.stdout:
+            self.log.info("%s", line.rstrip("\n"))
+        code = self._process.wait()
+        if code != 0:
+            raise non_retryable_failure(code, self.task_id) or AirflowException(
+                f"{self.task_id}: the stage exited with code {code} (see its output above)")
+
+    def on_kill(self) -> None:
+        if self._process is not None and self._process.poll() is None:
+            try:
+                os.killpg(self._process.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass

@@ -3,7 +3,8 @@
 #
 #     scripts/airflow_ui.sh start     # migrate the DB, start, wait until healthy, print login
 #     scripts/airflow_ui.sh status
-#     scripts/airflow_ui.sh stop      # stops every process it started (one process group)
+#     scripts/airflow_ui.sh stop      # stops every process it started (one process group), and the
+#                                     # Spark Connect server its tasks started (core/spark_server.py)
 #
 # The components of `airflow standalone` (api-server, scheduler, dag-processor, triggerer) run
 # as one process group started with setsid, so `stop` ends exactly them. They are started one
@@ -116,6 +117,8 @@ stop() {
   fi
   rm -f "$pid_file"
   echo "Airflow stopped (process group $pgid)"
+  # The Spark Connect server its tasks started (core/spark_server.py) runs in a session of its own.
+  python -m core.spark_server stop || true
 }
 
 status() {

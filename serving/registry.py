@@ -74,12 +74,11 @@ from pathlib import Path
 from typing import Any, Iterator, NamedTuple
 
 import numpy as np
-from delta.tables import DeltaTable
 from pyspark.sql import SparkSession
-from pyspark.sql import functions as F
 
 from core.cli import CliParser, config_from_args, run_cli, setup_logging
 from core.config import PipelineConfig
+from core.delta import delete_where, delta_exists, sql_string, update_where
 from core.files import locked
 from core.paths import Paths, local_path
 from core.spark import get_spark
@@ -414,14 +413,14 @@ def append_registry(spark: SparkSession, cfg: PipelineConfig, entry: dict[str, A
 
 def set_state(spark: SparkSession, cfg: PipelineConfig, txn: str, state: str) -> None:
     """Set the state of transaction ``txn``'s registry row (one Delta commit)."""
-    DeltaTable.forPath(spark, Paths.of(cfg).registry).update(F.col("txn") == txn, {"state": F.lit(state)})
+    update_where(spark, Paths.of(cfg).registry, {"state": sql_string(state)}, f"txn = {sql_string(txn)}")
 
 
 def read_registry(spark: SparkSession, cfg: PipelineConfig) -> list[dict[str, Any]]:
     """Registry rows, oldest first ([] when the table does not exist yet); rows written before states
     existed get state "live" and txn None."""
     uri = Paths.of(cfg).registry
-    if not DeltaTable.isDeltaTable(spark, uri):
+    if not delta_exists(spark, uri):
         return []
     rows = [r.asDict() for r in spark.read.format("delta").load(uri).orderBy("published_at").collect()]
     for r in rows:
@@ -452,7 +451,7 @@ def agrees(current: dict[str, Any] | None, rows: list[dict[str, Any]]) -> bool:
 
 def _published_table_has_versions(spark: SparkSession, uri: str) -> bool | None:
     """None: no table; True: the published table (version column); False: a table written by earlier code."""
-    if not DeltaTable.isDeltaTable(spark, uri):
+    if not delta_exists(spark, uri):
         return None
     return "version" in spark.read.format("delta").load(uri).columns
 
@@ -483,7 +482,7 @@ def delete_published_lookup(spark: SparkSession, cfg: PipelineConfig, version: i
     """Remove an abandoned version's rows from the published lookup table (no-op when it has none)."""
     uri = Paths.of(cfg).lookup_table
     if _published_table_has_versions(spark, uri):
-        DeltaTable.forPath(spark, uri).delete(f"version = {int(version)}")
+        delete_where(spark, uri, f"version = {int(version)}")
 
 
 def published_lookup(spark: SparkSession, cfg: PipelineConfig):

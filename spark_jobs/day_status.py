@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import datetime as dt
 
-from delta.tables import DeltaTable
 from pyspark.sql import SparkSession, Window
 from pyspark.sql import functions as F
 
+from core.delta import delta_exists
 from core.paths import Paths
 from core.timing import timed
 
@@ -38,7 +38,7 @@ def record_verdict(spark: SparkSession, paths: Paths, day: dt.date, passed: bool
 def latest_verdicts(spark: SparkSession, paths: Paths, days: list[dt.date]) -> dict[dt.date, dict]:
     """{day: {'passed', 'reason', 'checked_at', 'summary_path'}} of the days in `days` that were checked."""
     uri = day_status_uri(paths)
-    if not days or not DeltaTable.isDeltaTable(spark, uri):
+    if not days or not delta_exists(spark, uri):
         return {}
     latest = Window.partitionBy("dt").orderBy(F.col("checked_at").desc())
     rows = (spark.read.format("delta").load(uri).where(F.col("dt").isin(days))

@@ -39,7 +39,6 @@ from functools import reduce
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
-from delta.tables import DeltaTable
 from PIL import Image
 from pyspark.errors import AnalysisException
 from pyspark.sql import DataFrame, Window
@@ -49,7 +48,7 @@ from core import contract
 from core.cli import (config_from_args, date_arg, parse_date, run_cli, setup_logging, stage_parser,
                       timing_record_path)
 from core.config import PipelineConfig
-from core.delta import delta_exists, latest_version, replace_where
+from core.delta import delta_exists, latest_version, merge_into, replace_where
 from core.exit_codes import BAD_DATA, BadDataError
 from core.files import write_json_local
 from core.paths import Paths, is_local, local_path
@@ -209,13 +208,17 @@ def to_quarantine(df: "DataFrame", source: str, key: str, fields: tuple[contract
 
 
 def _hadoop_fs(spark: "SparkSession", uri: str):
-    jvm = spark.sparkContext._jvm
-    path = jvm.org.apache.hadoop.fs.Path(uri)
-    return path.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration()), path
+    context = getattr(spark, "sparkContext", None)
+    if context is None or not hasattr(context, "_jvm"):
+        raise ValueError(f"{uri!r} is not on a local filesystem, and a Spark Connect session cannot reach "
+                         "Hadoop's FileSystem to list it; run the stage with spark.remote = \"\" (a Spark of its "
+                         "own) or under spark-submit for a non-local landing area")
+    path = context._jvm.org.apache.hadoop.fs.Path(uri)
+    return path.getFileSystem(context._jsc.hadoopConfiguration()), path
 
 
 def existing_files(spark: "SparkSession", uris: list[str]) -> set[str]:
-    """Which of `uris` exist (through Hadoop's FileSystem, so s3a:// works too)."""
+    """Which of `uris` exist (a local stat each; otherwise through Hadoop's FileSystem, for s3a://)."""
     if all(is_local(u) for u in uris):  # one stat per file, without a JVM round trip each
         return {u for u in uris if os.path.isfile(local_path(u))}
     found = set()
@@ -328,7 +331,7 @@ def read_local_images(spark: "SparkSession", landing_dir: str, rel_uris: list[st
         finally:
             os.close(root_fd)
 
-    n_parts = max(1, min(len(rel_uris) // 64 + 1, spark.sparkContext.defaultParallelism))
+    n_parts = max(1, min(len(rel_uris) // 64 + 1, int(spark.conf.get("spark.sql.shuffle.partitions"))))
     uris_df = spark.createDataFrame([(u,) for u in rel_uris], "image_uri string").repartition(n_parts)
     return uris_df.mapInPandas(read_batches, IMAGE_STATUS_SCHEMA)
 
@@ -577,12 +580,10 @@ def _merge_images(spark: "SparkSession", paths: Paths, new_images_df: "DataFrame
         return per_day
     if not per_day:
         return per_day
-    (DeltaTable.forPath(spark, paths.bronze_images).alias("t")
-     .merge(good_df.alias("s"), "t.ad_id = s.ad_id")
-     .whenMatchedUpdate(condition="t.sha256 <> s.sha256",
-                        set={c: f"s.{c}" for c in ("image_bytes", "width", "height", "sha256", "image_uri")})
-     .whenNotMatchedInsertAll()
-     .execute())
+    updated = ", ".join(f"t.{c} = s.{c}" for c in ("image_bytes", "width", "height", "sha256", "image_uri"))
+    merge_into(spark, paths.bronze_images, good_df,
+               f"ON t.ad_id = s.ad_id WHEN MATCHED AND t.sha256 <> s.sha256 THEN UPDATE SET {updated} "
+               "WHEN NOT MATCHED THEN INSERT *")
     return per_day
 
 

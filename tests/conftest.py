@@ -1,4 +1,13 @@
-"""Shared fixtures: one local SparkSession (Delta on) per test run, tmp configs; the `slow` mark.
+"""Shared fixtures: one Spark for the whole test run, tmp configs; the `slow` mark.
+
+Two Sparks serve the whole test run. The `spark` fixture is a Spark in the test process
+(spark.remote = ""): a test's many small queries run fastest without a client-server hop. Every
+stage process (the DAG tests' tasks, a stage run as a command) is a client of one Spark Connect
+server (core/spark_server.py), started by the first of them; its records live in a folder of
+this test run (CSCNN_SPARK_SERVER_DIR, inherited by every subprocess), never a developer's own
+server, and every server started there is stopped when the run ends. CSCNN_TEST_SPARK_REMOTE=local
+makes the `spark` fixture a client of that server too, to run the in-process tests over Spark
+Connect.
 
 `./scripts/test.sh -m "not slow"` is the developer's fast loop: every test that needs a JVM (the
 `spark` fixture, a spark-submit, an Airflow run) is marked slow here or in its module; CI runs all.
@@ -7,14 +16,25 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 
 import pytest
 
 from core.config import SparkConfig, load_config
 from core.spark import get_spark
+from core.spark_server import stop_all
 from tests.worlds import TINY_WORLD
 
 os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+_SERVER_DIR = tempfile.mkdtemp(prefix="cscnn-test-spark-servers-")
+os.environ["CSCNN_SPARK_SERVER_DIR"] = _SERVER_DIR
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Stop the Spark Connect servers this run started."""
+    stop_all()
+    shutil.rmtree(_SERVER_DIR, ignore_errors=True)
 
 
 def pytest_collection_modifyitems(config, items):
@@ -26,9 +46,9 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(scope="session")
 def spark():
-    """One local session for the whole test run (JVM start is ~7 s); Delta enabled."""
+    """One local session for the whole test run, in this process (JVM start is ~7 s); Delta enabled."""
     session = get_spark(SparkConfig(master="local[2]", shuffle_partitions=1, driver_memory="2g",
-                                    app_name="cscnn-tests"))
+                                    app_name="cscnn-tests", remote=os.environ.get("CSCNN_TEST_SPARK_REMOTE", "")))
     yield session
     session.stop()
 

@@ -141,7 +141,7 @@ def test_the_exit_code_survives_the_dags_spark_submit(tmp_path):
             print(json.dumps({"error": f"{type(e).__name__}: {e}"}))
     """)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CSCNN_", "AIRFLOW"))}
-    env["AIRFLOW_HOME"] = str(tmp_path / "airflow")
+    env.update(AIRFLOW_HOME=str(tmp_path / "airflow"), CSCNN_SPARK_SUBMIT="true")
     proc = subprocess.run(["bash", "-c", '. scripts/airflow_env.sh && exec python -c "$0"', code],
                           cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]

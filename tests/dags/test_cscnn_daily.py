@@ -10,13 +10,13 @@ import textwrap
 
 import pytest
 from airflow.dag_processing.dagbag import DagBag
-from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
 from airflow.sdk import TriggerRule
 from airflow.sdk.definitions.param import ParamsDict
 
 from core.assets import LOOKUP_TABLE_ASSET, MODEL_ASSET
 from core.config import RUN_OVERRIDE_SECTIONS, VARIANTS, ConfigError, PipelineConfig, SparkConfig, load_config
 from dags import cscnn_daily
+from dags.cscnn_links import StageOperator
 from dags.cscnn_daily import _NPROC_SNIPPET, params_to_overrides, train_command
 from tests.dags.conftest import AIRFLOW_TEST_ENV, DAGS_DIR, REPO_ROOT
 
@@ -108,21 +108,52 @@ def test_report_renders_after_failures_and_the_run_still_fails(dag):
     assert {"publish", "render_report"} <= conclude.upstream_task_ids
 
 
-def test_spark_tasks_submit_the_stage_applications(dag):
+def test_spark_tasks_run_the_stage_modules_on_the_worker(dag):
+    """By default each Spark stage is a `python -m spark_jobs.<stage>` process of the worker's
+    interpreter; its SparkSession is a client of the machine's Spark Connect server."""
     for task_id, script in SPARK_TASKS.items():
         task = dag.get_task(task_id)
-        assert isinstance(task, SparkSubmitOperator), task_id
-        assert task.application == str(REPO_ROOT / "spark_jobs" / script)
-        assert task._conn_id == "spark_default"
-        assert task.application_args[:3] == ["--date", "{{ ds }}", "--config"]
-        assert task.application_args[3].operator.task_id == "build_config"
-        # Delta's jars are added by path when the task runs (core.jars), never resolved per stage.
-        assert task.delta_package == cscnn_daily.DELTA_PACKAGE and "spark.jars.packages" not in task.conf
-        assert task.conf["spark.sql.extensions"] == "io.delta.sql.DeltaSparkSessionExtension"
-        assert task.conf["spark.sql.catalog.spark_catalog"] == "org.apache.spark.sql.delta.catalog.DeltaCatalog"
-        assert task.conf["spark.driver.bindAddress"] == "127.0.0.1"
-        assert str(REPO_ROOT) in task.env_vars["PYTHONPATH"].split(os.pathsep)
+        assert isinstance(task, StageOperator), task_id
+        module = f"spark_jobs.{script.removesuffix('.py')}"
+        assert (REPO_ROOT / "spark_jobs" / script).is_file()
+        assert task.command()[:3] == [sys.executable, "-m", module]
+        assert task.arguments[:3] == ["--date", "{{ ds }}", "--config"]
+        assert task.arguments[3].operator.task_id == "build_config"
+        assert task.env["PYSPARK_PYTHON"] == sys.executable
         assert {link.name for link in task.operator_extra_links} == {"Data Docs", "Run report"}
+
+
+def test_spark_submit_mode_submits_the_stage_applications():
+    """CSCNN_SPARK_SUBMIT=true: one spark-submit per stage, Delta's jars by path."""
+    result = _run_python("""
+        import json, os
+        from airflow.dag_processing.dagbag import DagBag
+        dag = DagBag(dag_folder="dags").dags["cscnn_daily"]
+        out = {}
+        for task in dag.tasks:
+            if type(task).__name__ != "ReportingSparkSubmitOperator":
+                continue
+            out[task.task_id] = {"application": task.application, "conn_id": task._conn_id,
+                                 "args": [a if isinstance(a, str) else a.operator.task_id
+                                          for a in task.application_args],
+                                 "delta_package": task.delta_package, "conf": task.conf,
+                                 "pythonpath": task.env_vars["PYTHONPATH"].split(os.pathsep),
+                                 "links": sorted(link.name for link in task.operator_extra_links)}
+        print(json.dumps(out))
+    """, {"CSCNN_SPARK_SUBMIT": "true"})
+    assert set(result) == set(SPARK_TASKS)
+    for task_id, script in SPARK_TASKS.items():
+        task = result[task_id]
+        assert task["application"] == str(REPO_ROOT / "spark_jobs" / script)
+        assert task["conn_id"] == "spark_default"
+        assert task["args"] == ["--date", "{{ ds }}", "--config", "build_config"]
+        # Delta's jars are added by path when the task runs (core.jars), never resolved per stage.
+        assert task["delta_package"] == cscnn_daily.DELTA_PACKAGE and "spark.jars.packages" not in task["conf"]
+        assert task["conf"]["spark.sql.extensions"] == "io.delta.sql.DeltaSparkSessionExtension"
+        assert task["conf"]["spark.sql.catalog.spark_catalog"] == "org.apache.spark.sql.delta.catalog.DeltaCatalog"
+        assert task["conf"]["spark.driver.bindAddress"] == "127.0.0.1"
+        assert str(REPO_ROOT) in task["pythonpath"]
+        assert task["links"] == ["Data Docs", "Run report"]
 
 
 def test_publish_emits_the_model_and_lookup_table_assets(dag):
@@ -151,7 +182,7 @@ def test_environment_sets_queue_pool_catchup_and_spark_conf():
                           "driver_host": ingest.conf.get("spark.driver.host"),
                           "bind": ingest.conf["spark.driver.bindAddress"]}))
     """, {"CSCNN_GPU_QUEUE": "gpu", "CSCNN_GPU_POOL": "gpu_pool", "CSCNN_CATCHUP": "true",
-          "CSCNN_MAX_ACTIVE_RUNS": "2",
+          "CSCNN_MAX_ACTIVE_RUNS": "2", "CSCNN_SPARK_SUBMIT": "true",
           "CSCNN_SPARK_CONF": '{"spark.driver.host": "airflow-worker", "spark.driver.bindAddress": "0.0.0.0"}'})
     assert result == {"queue": "gpu", "pool": "gpu_pool", "catchup": True, "max_active_runs": 2,
                       "driver_host": "airflow-worker", "bind": "0.0.0.0"}

@@ -45,6 +45,7 @@ def test_compose_services_gpu_worker_and_shared_warehouse():
     assert gpu["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
     assert gpu["command"][gpu["command"].index("--queues") + 1] == "gpu"
     assert services["airflow-scheduler"]["environment"]["CSCNN_GPU_QUEUE"] == "gpu"
+    assert services["airflow-worker"]["environment"]["CSCNN_SPARK_SUBMIT"] == "true"  # the compose cluster's master
     for name in ("airflow-worker", "airflow-worker-gpu", "spark-worker"):
         assert any(v.startswith("warehouse:/opt/cscnn/var") for v in services[name]["volumes"]), name
     assert services["airflow-api-server"]["ports"][0]["host_ip"] == "127.0.0.1" \

@@ -1,6 +1,7 @@
-"""The Spark operator fails a task without retries only when the stage says retrying cannot help.
+"""The stage operators fail a task without retries only when the stage says retrying cannot help.
 
-Each case runs a real spark-submit of a tiny Python application that exits with a given code.
+Each case runs a tiny Python application that exits with a given code: as the default stage
+process (StageOperator, `python -m`) and through a real spark-submit (ReportingSparkSubmitOperator).
 """
 
 from __future__ import annotations
@@ -9,9 +10,29 @@ import pytest
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
 from core.exit_codes import BAD_DATA, USAGE
-from dags.cscnn_links import ReportingSparkSubmitOperator
+from dags.cscnn_links import ReportingSparkSubmitOperator, StageOperator
 
 APP = "import sys\nsys.exit(int(sys.argv[1]))\n"
+
+
+def _stage(tmp_path, code: int) -> None:
+    (tmp_path / "exit_with.py").write_text(APP)
+    op = StageOperator(task_id=f"exit_{code}", module="exit_with", arguments=[code],
+                       env={"PYTHONPATH": str(tmp_path)})
+    op.execute({})
+
+
+@pytest.mark.parametrize("code", [BAD_DATA, USAGE])
+def test_a_stage_process_exiting_bad_data_or_usage_fails_without_retry(tmp_path, code):
+    with pytest.raises(AirflowFailException, match=f"exited with code {code}.*not retried"):
+        _stage(tmp_path, code)
+
+
+def test_a_stage_process_exiting_otherwise_keeps_its_retries(tmp_path):
+    with pytest.raises(AirflowException, match="exited with code 1") as info:
+        _stage(tmp_path, 1)
+    assert not isinstance(info.value, AirflowFailException)
+    _stage(tmp_path, 0)
 
 
 def _submit(tmp_path, monkeypatch, code: int) -> None:
