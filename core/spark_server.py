@@ -217,9 +217,8 @@ def _kill(pid: int, timeout: float = STOP_TIMEOUT_S) -> None:
 
 def servers() -> list[tuple[Path, dict[str, Any], bool]]:
     """(folder, record, running) of every server recorded in the state folder."""
-    root = state_dir()
     out = []
-    for folder in sorted(p for p in root.glob("*") if p.is_dir()) if root.is_dir() else []:
+    for folder in sorted(p for p in state_dir().glob("*") if p.is_dir()):
         record = _read_record(folder)
         if record is not None:
             out.append((folder, record, _running(folder) is not None))

@@ -102,7 +102,7 @@ def test_a_server_killed_mid_stage_fails_the_task_and_the_retry_leaves_no_duplic
         assert runner.is_alive(), f"the stage ended before it committed anything: {outcome}"
         assert time.monotonic() < deadline, "the stage committed nothing in time"
         time.sleep(0.05)
-    (killed_folder, record, running), = servers()
+    (_, record, running), = servers()
     assert running
     os.killpg(int(record["pid"]), signal.SIGKILL)
     runner.join(KILL_WAIT_S)
