@@ -71,6 +71,7 @@ def guarded_env(tmp_path_factory):
     (shadow / "torch" / "__init__.py").write_text(
         'raise ImportError("torch imported before the argument error was reported")\n')
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CSCNN_", "AIRFLOW"))}
+    env["CSCNN_SPARK_SERVER_DIR"] = os.environ["CSCNN_SPARK_SERVER_DIR"]  # the test run's, never a developer's
     env["SPARK_HOME"] = str(shadow / "no-spark-here")
     env["PYTHONPATH"] = str(REPO_ROOT)
     return env, str(shadow)

@@ -14,7 +14,9 @@ files), so `var/` of this checkout is never touched, in README order, one bash p
 - `requests.jsonl`, the predictor's input file that the README leaves to the user, is written
   from the demo's landing day (impressions joined with their ads, contract fields only).
 - `/tmp/world`, a scratch root of a simworld example, becomes a folder of the test's scratch folder.
-- The Airflow UI listens on a free port (CSCNN_AIRFLOW_PORT, as scripts/airflow_ui.sh says).
+- The Airflow UI listens on a free port (CSCNN_AIRFLOW_PORT, as scripts/airflow_ui.sh says), and
+  the Spark Connect servers the commands start keep their records in the scratch folder
+  (CSCNN_SPARK_SERVER_DIR); the test stops them at the end.
   After `airflow_ui.sh start` the test waits until the dag-processor has stored `cscnn_daily`,
   as a user would see it in the UI before stopping; the backfill block then runs after `stop`, so
   `airflow backfill create` registers its runs without a scheduler that would start seven DAG
@@ -193,6 +195,7 @@ def readme_run():
                if not k.startswith(("CSCNN_", "AIRFLOW", "PYSPARK_", "SPARK_")) and k != "PYTHONPATH" or k in keep}
         env["CSCNN_AIRFLOW_PORT"] = str(_free_port())
         env["CSCNN_AIRFLOW_START_TIMEOUT"] = "600"  # scripts/airflow_ui.sh: 180 s is short on a loaded machine
+        env["CSCNN_SPARK_SERVER_DIR"] = str(scratch / "spark-servers")  # never a developer's own servers
         try:
             for b, commands in enumerate(BLOCKS):
                 if any("serving.predict" in c for c in commands):
@@ -201,9 +204,11 @@ def readme_run():
                     except Exception as e:  # the predictor's command then fails, naming the missing file
                         (logs / "requests.jsonl.error").write_text(repr(e))
                 _run_block(clone, logs, b, commands, env, scratch)
-        finally:  # whatever happened, no Airflow server of the copy outlives the test
+        finally:  # whatever happened, no Airflow or Spark server of the copy outlives the test
             subprocess.run(["bash", "scripts/airflow_ui.sh", "stop"], cwd=clone, env=env, capture_output=True,
                            timeout=120)
+            subprocess.run(["bash", "-c", "source scripts/bootstrap.sh && python -m core.spark_server stop"],
+                           cwd=clone, env=env, capture_output=True, timeout=120)
         results = {}
         for b, i, _ in COMMANDS:
             rc_file, log_file = logs / f"{b}-{i}.rc", logs / f"{b}-{i}.log"
