@@ -33,8 +33,8 @@ import sys
 from pyspark.sql import SparkSession
 
 from core.config import SparkConfig
-from core.jars import DEFAULT_JARS_CACHE, SPARK_CONF_DIR, delta_jars  # conf/spark: log4j2.properties
-from core.spark_server import ensure_server
+from core.jars import DEFAULT_JARS_CACHE, SPARK_CONF_DIR  # conf/spark: log4j2.properties
+from core.spark_server import ensure_server, spark_conf
 from core.timing import phase
 
 DEFAULT_IVY_DIR = os.path.expanduser(DEFAULT_JARS_CACHE)
@@ -55,10 +55,6 @@ def get_spark(cfg: SparkConfig | None = None) -> SparkSession:
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("SPARK_CONF_DIR", SPARK_CONF_DIR)  # read when the JVM starts
     logging.getLogger("py4j").setLevel(logging.WARNING)  # one INFO line per gateway connection
-    jars = delta_jars(cfg.delta_package, cfg.ivy_dir or DEFAULT_IVY_DIR)
-    extra = dict(cfg.extra_conf)
-    if extra.get("spark.jars"):
-        jars = [*jars, extra.pop("spark.jars")]
     builder = SparkSession.builder
     if "PYSPARK_GATEWAY_PORT" not in os.environ:
         # Under spark-submit the master comes from its --master; only a plain Python process
@@ -66,17 +62,10 @@ def get_spark(cfg: SparkConfig | None = None) -> SparkSession:
         builder = builder.master(cfg.master)
     builder = (
         builder.appName(cfg.app_name)
-        .config("spark.jars", ",".join(jars))
-        .config("spark.sql.extensions", "io.delta.sql.DeltaSparkSessionExtension")
-        .config("spark.sql.catalog.spark_catalog", "org.apache.spark.sql.delta.catalog.DeltaCatalog")
         .config("spark.driver.memory", cfg.driver_memory)
-        .config("spark.ui.enabled", "true" if cfg.ui_enabled else "false")
-        .config("spark.ui.showConsoleProgress", "false")
         .config("spark.driver.bindAddress", "127.0.0.1" if cfg.master.startswith("local") else "0.0.0.0")
     )
-    for k, v in session_conf(cfg).items():
-        builder = builder.config(k, v)
-    for k, v in extra.items():
+    for k, v in {**session_conf(cfg), **spark_conf(cfg)}.items():  # extra_conf (in spark_conf) wins
         builder = builder.config(k, v)
     with phase("spark_session"):
         spark = builder.getOrCreate()

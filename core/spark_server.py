@@ -78,23 +78,27 @@ def state_dir() -> Path:
     return Path(os.path.expanduser(os.environ.get("CSCNN_SPARK_SERVER_DIR") or DEFAULT_STATE_DIR))
 
 
-def server_conf(cfg: SparkConfig) -> dict[str, str]:
-    """The settings a server is started with: Delta on, loopback only, plus `cfg.extra_conf`."""
+def spark_conf(cfg: SparkConfig) -> dict[str, str]:
+    """The JVM settings of every Spark the project starts (this server, or one in a stage's process):
+    Delta's jars by path (plus `spark.jars` of `cfg.extra_conf`), its extensions and catalog, the
+    UI as configured, and then `cfg.extra_conf`."""
     jars = delta_jars(cfg.delta_package, cfg.ivy_dir or os.path.expanduser(DEFAULT_JARS_CACHE))
     extra = dict(cfg.extra_conf)
     conf = {
         "spark.jars": ",".join([*jars, *([extra.pop("spark.jars")] if extra.get("spark.jars") else [])]),
         "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
         "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
-        "spark.connect.grpc.binding.address": "127.0.0.1",
-        "spark.driver.bindAddress": "127.0.0.1",
-        "spark.driver.host": "127.0.0.1",
         "spark.ui.enabled": "true" if cfg.ui_enabled else "false",
         "spark.ui.showConsoleProgress": "false",
-        "spark.sql.session.timeZone": "UTC",
     }
     conf.update(extra)
     return conf
+
+
+def server_conf(cfg: SparkConfig) -> dict[str, str]:
+    """The settings a server is started with: `spark_conf`, loopback only."""
+    return {"spark.connect.grpc.binding.address": "127.0.0.1", "spark.driver.bindAddress": "127.0.0.1",
+            "spark.driver.host": "127.0.0.1", "spark.sql.session.timeZone": "UTC", **spark_conf(cfg)}
 
 
 def server_key(cfg: SparkConfig) -> str:

@@ -64,7 +64,7 @@ from pyspark.sql import functions as F
 
 from core.cli import UsageError, run_cli, run_stage
 from core.config import FeaturesConfig, PipelineConfig
-from core.delta import delta_exists, latest_version, read_delta, replace_where
+from core.delta import latest_version, read_delta, replace_where
 from core.exit_codes import BadDataError
 from core.files import write_json_local
 from core.paths import Paths
@@ -149,11 +149,11 @@ def resolve_bronze_versions(spark: SparkSession, paths: Paths,
         raise FeaturesError(f"unknown bronze table(s) {unknown} in bronze_versions; allowed: {sorted(uris)}")
     versions: dict[str, int] = {}
     for name, uri in uris.items():
-        if not delta_exists(spark, uri):
+        latest = latest_version(spark, uri)  # one history query: None when there is no table
+        if latest is None:
             if name == "images":
                 continue
             raise FeaturesError(f"bronze table {name!r} not found at {uri}; run ingest for the window first")
-        latest = latest_version(spark, uri)
         version = int(pinned.get(name, latest))
         if not 0 <= version <= latest:
             raise FeaturesError(f"bronze_versions[{name!r}] = {version} is outside [0, {latest}] of {uri}")
