@@ -18,7 +18,9 @@ runs with a server folder of this invocation (CSCNN_SPARK_SERVER_DIR), and no se
 when the DAG run starts (the preparation's is stopped), so by default the run pays for starting
 it: what a fresh machine's first run pays. `--warm-server` starts it before the run instead, as
 it is on every later day of a machine that keeps it; the result records which
-(`spark_server`). A checkout that runs spark-submit per stage starts no server either way.
+(`spark_server`). A checkout that runs spark-submit per stage starts no server either way. The
+same holds for the warm stage runner of a checkout that has one (core/stage_runner.py, its own
+folder CSCNN_STAGE_RUNNER_DIR of this invocation; `stage_runner` in the result).
 
 Results merge into bench/results/daily_overhead.json under results[<label>][<world>], so a
 `before` and an `after` invocation in one session sit side by side. Every number is measured.
@@ -41,6 +43,7 @@ from bench.common import RESULTS, machine
 from core.cli import CliParser, run_cli
 from core.config import load_config
 from core.files import write_json
+from core import stage_runner
 from core.spark_server import stop_all
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -117,8 +120,11 @@ def run_dag(world: str, base: str, day: dt.date, label: str, checkout: str, work
     run_env.update(CSCNN_CONFIG=config, CSCNN_START_DATE=cfg.world.epoch, CSCNN_END_DATE=str(day),
                    CSCNN_TASK_RETRIES="0", AIRFLOW_HOME=home)
     has_server = os.path.isfile(os.path.join(checkout, "core", "spark_server.py"))
+    has_runner = os.path.isfile(os.path.join(checkout, "core", "stage_runner.py"))
     start_server = (f"python -m core.spark_server start --config {config} >/dev/null && "
                     if warm_server and has_server else "")
+    if warm_server and has_runner:
+        start_server += "python -m core.stage_runner start >/dev/null && "
     command = ("source scripts/bootstrap.sh >/dev/null && . scripts/airflow_env.sh && airflow db migrate >/dev/null && "
                f"{start_server}airflow dags test {DAG_ID} {day}")
     t0 = time.monotonic()
@@ -150,6 +156,8 @@ def run_dag(world: str, base: str, day: dt.date, label: str, checkout: str, work
               "impressions_per_day": cfg.world.impressions_per_day, "window_days": cfg.features.window_days,
               "checkout": checkout_version(checkout),
               "spark_server": ("none (spark-submit per stage)" if not has_server else
+                               "running before the run" if warm_server else "started by the run's first stage"),
+              "stage_runner": ("none (a new interpreter per stage)" if not has_runner else
                                "running before the run" if warm_server else "started by the run's first stage")}
     print(f"{world}/{label}: {result['state']}, DAG run {dag_run_s} s (command {command_s} s)", flush=True)
     for task_id, t in tasks.items():
@@ -183,6 +191,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"bad --checkout {args.checkout!r}: no dags/cscnn_daily.py there")
     work = args.work or tempfile.mkdtemp(prefix="cscnn-overhead-")
     os.environ["CSCNN_SPARK_SERVER_DIR"] = os.path.join(work, "spark-servers")  # this invocation's servers only
+    os.environ["CSCNN_STAGE_RUNNER_DIR"] = os.path.join(work, "stage-runners")
     env = dict(os.environ, SPARK_LOCAL_IP="127.0.0.1")
     path = os.path.join(RESULTS, RESULT)
     data = json.load(open(path)) if os.path.isfile(path) else {}
@@ -194,6 +203,7 @@ def main(argv: list[str] | None = None) -> int:
             result = run_dag(world, base, day, args.label, checkout, work, env, args.warm_server)
         finally:
             stop_all()
+            stage_runner.stop_all()
         result["prepare"] = prep
         result["measured_at"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
         data.setdefault("results", {}).setdefault(args.label, {})[world] = result

@@ -150,6 +150,10 @@ class ReportingSparkSubmitOperator(SparkSubmitOperator):
 class StageOperator(BaseOperator):
     """Runs a stage as `python -m <module> <arguments>` on the worker, its output in the task log.
 
+    The stage runs in a fork of the worker's warm stage runner (core/stage_runner.py: Great
+    Expectations, torch, pandas and Spark's client imported once per machine), which behaves as
+    that command would: the same output, exit code, environment and working directory.
+
     The interpreter is the worker's own (the project's venv). The stage's SparkSession follows
     its config's `spark.remote` (by default the machine's Spark Connect server, started by the
     first stage that needs it). Exit codes as ReportingSparkSubmitOperator: a code of
@@ -171,7 +175,9 @@ class StageOperator(BaseOperator):
         self._process: subprocess.Popen | None = None
 
     def command(self) -> list[str]:
-        return [sys.executable, "-m", self.module, *[str(a) for a in self.arguments]]
+        """`python -m <module> <arguments>`, run by core.stage_runner (a fork of the warm stage
+        runner; CSCNN_STAGE_RUNNER=cold: a new interpreter)."""
+        return [sys.executable, "-m", "core.stage_runner", "run", self.module, *[str(a) for a in self.arguments]]
 
     def execute(self, context: Any) -> None:
         command = self.command()

@@ -4,7 +4,8 @@
     python -m models.launch --nproc-per-node N path/to/script.py ARGS...
 
 One process (N = 1): the target replaces this process with no distributed environment, so
-training opens no socket at all. Several: this process is their agent. It serves the c10d
+training opens no socket at all (a module target runs as `python -m core.stage_runner run
+MODULE ...`: in a fork of the warm stage runner, which has torch imported already). Several: this process is their agent. It serves the c10d
 store on 127.0.0.1 (a socket it binds itself and hands to TCPStore, whose own server would
 listen on every interface) and starts N workers with RANK, LOCAL_RANK, WORLD_SIZE,
 MASTER_ADDR/MASTER_PORT naming that store and TORCHELASTIC_USE_AGENT_STORE=True (so rank 0
@@ -138,6 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     target = ["-m", args.script, *args.script_args] if args.module else [args.script, *args.script_args]
     if args.nproc_per_node == 1:
         sys.stdout.flush(), sys.stderr.flush()
+        if args.module:
+            os.execv(sys.executable, [sys.executable, "-m", "core.stage_runner", "run", args.script, *args.script_args])
         os.execv(sys.executable, [sys.executable, *target])
     return run_workers(args.nproc_per_node, target)
 

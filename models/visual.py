@@ -1,4 +1,4 @@
-"""The visual tower: a backbone (torchvision ResNet18 or a light CNN) whose last L' conv layers
+"""The visual tower: a backbone (ResNet18 or a light CNN) whose last L' conv layers
 each get an attention plug-in (models.attention), global average pooling and a linear
 projection to the visual embedding x_v.
 
@@ -6,6 +6,12 @@ Every attentive conv is ``conv -> BatchNorm -> attention(feat, category)``; the 
 (conv1) never gets attention. ResNet18 has 16 such convs (2 per BasicBlock; the 1x1 downsample
 convs of the shortcuts are not counted, as in the paper's "16 conv layers"); the light
 backbone has 4.
+
+ResNet18 is built here (He et al. 2016, the 18-layer ImageNet layout) with the parameter names,
+shapes and initialisation of torchvision's ``resnet18(weights=None)``, so models saved by earlier
+versions load unchanged; tests/models/test_modules.py checks both against torchvision. Importing
+torchvision costs about 4 s more than torch alone (its ops import torch._dynamo), which every
+stage that loads a model paid for two layers it used.
 """
 
 from __future__ import annotations
@@ -15,8 +21,6 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.models import resnet18
-from torchvision.models.resnet import BasicBlock
 
 from core.config import ConfigError, ModelConfig
 from models.attention import make_attention
@@ -35,14 +39,26 @@ def _check_attention_layers(n: int, available: int, backbone: str) -> None:
                           f"for backbone {backbone!r} (attention goes on its last L' conv layers, never conv1)")
 
 
-class AttentiveBasicBlock(nn.Module):
-    """torchvision's BasicBlock with an attention plug-in after each conv's BatchNorm."""
+# (out_channels, stride of the first block) of ResNet18's four stages, two BasicBlocks each.
+RESNET18_STAGES = ((64, 1), (128, 2), (256, 2), (512, 2))
 
-    def __init__(self, block: BasicBlock, att1: nn.Module, att2: nn.Module) -> None:
+
+def _conv3x3(in_ch: int, out_ch: int, stride: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(in_ch, out_ch, 3, stride=stride, padding=1, bias=False)
+
+
+class AttentiveBasicBlock(nn.Module):
+    """ResNet's BasicBlock (two 3x3 convs and a shortcut) with an attention plug-in after each
+    conv's BatchNorm; the shortcut is a 1x1 conv + BatchNorm where the shape changes."""
+
+    def __init__(self, in_ch: int, out_ch: int, stride: int, att1: nn.Module, att2: nn.Module) -> None:
         super().__init__()
-        self.conv1, self.bn1, self.att1 = block.conv1, block.bn1, att1
-        self.conv2, self.bn2, self.att2 = block.conv2, block.bn2, att2
-        self.downsample = block.downsample
+        self.conv1, self.bn1, self.att1 = _conv3x3(in_ch, out_ch, stride), nn.BatchNorm2d(out_ch), att1
+        self.conv2, self.bn2, self.att2 = _conv3x3(out_ch, out_ch), nn.BatchNorm2d(out_ch), att2
+        self.downsample = None
+        if stride != 1 or in_ch != out_ch:
+            self.downsample = nn.Sequential(nn.Conv2d(in_ch, out_ch, 1, stride=stride, bias=False),
+                                            nn.BatchNorm2d(out_ch))
 
     def forward(self, x: torch.Tensor, category: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.att1(self.bn1(self.conv1(x)), category))
@@ -52,24 +68,32 @@ class AttentiveBasicBlock(nn.Module):
 
 
 class ResNet18Backbone(nn.Module):
-    """torchvision ResNet18 (weights=None: never downloads) without its classifier."""
+    """ResNet18 without its classifier: stem (7x7 conv, BatchNorm, ReLU, max pool) and 8 BasicBlocks."""
 
     out_channels = 512
 
     def __init__(self, attention: AttentionFactory, attention_layers: int) -> None:
         super().__init__()
         _check_attention_layers(attention_layers, RESNET18_ATTENTIVE_CONVS, "resnet18")
-        net = resnet18(weights=None)
-        self.stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
+        self.stem = nn.Sequential(nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=False), nn.BatchNorm2d(64),
+                                  nn.ReLU(inplace=True), nn.MaxPool2d(3, stride=2, padding=1))
+        blocks, in_ch = [], 64
+        for out_ch, stride in RESNET18_STAGES:
+            for s in (stride, 1):
+                blocks.append(AttentiveBasicBlock(in_ch, out_ch, s, nn.Identity(), nn.Identity()))
+                in_ch = out_ch
+        self.blocks = nn.ModuleList(blocks)
+        for m in self.modules():  # torchvision's initialisation of resnet18(weights=None)
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
         first = RESNET18_ATTENTIVE_CONVS - attention_layers  # index of the first attentive conv
-
-        def att(i: int, channels: int) -> nn.Module:
-            return attention(channels) if i >= first else make_attention("none", channels)
-
-        blocks = [b for layer in (net.layer1, net.layer2, net.layer3, net.layer4) for b in layer]
-        self.blocks = nn.ModuleList(
-            AttentiveBasicBlock(b, att(2 * i, b.conv1.out_channels), att(2 * i + 1, b.conv2.out_channels))
-            for i, b in enumerate(blocks))
+        for i, block in enumerate(self.blocks):  # attention modules keep their own initialisation
+            for j, name in enumerate(("att1", "att2")):
+                channels = block.conv1.out_channels
+                setattr(block, name, attention(channels) if 2 * i + j >= first else make_attention("none", channels))
 
     def forward(self, x: torch.Tensor, category: torch.Tensor) -> torch.Tensor:
         x = self.stem(x)  # (N, 64, H/4, W/4)

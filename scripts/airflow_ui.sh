@@ -119,6 +119,7 @@ stop() {
   echo "Airflow stopped (process group $pgid)"
   # The Spark Connect server its tasks started (core/spark_server.py) runs in a session of its own.
   python -m core.spark_server stop || true
+  python -m core.stage_runner stop || true  # the warm Python its tasks ran their stages in
 }
 
 status() {

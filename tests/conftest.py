@@ -5,7 +5,8 @@ Two Sparks serve the whole test run. The `spark` fixture is a Spark in the test 
 stage process (the DAG tests' tasks, a stage run as a command) is a client of one Spark Connect
 server (core/spark_server.py), started by the first of them; its records live in a folder of
 this test run (CSCNN_SPARK_SERVER_DIR, inherited by every subprocess), never a developer's own
-server, and every server started there is stopped when the run ends. CSCNN_TEST_SPARK_REMOTE=local
+server, and every server started there is stopped when the run ends. The same holds for the
+warm stage runner the DAG's tasks run their stages in (core/stage_runner.py, CSCNN_STAGE_RUNNER_DIR). CSCNN_TEST_SPARK_REMOTE=local
 makes the `spark` fixture a client of that server too, to run the in-process tests over Spark
 Connect.
 
@@ -23,18 +24,23 @@ import pytest
 
 from core.config import SparkConfig, load_config
 from core.spark import get_spark
+from core import stage_runner
 from core.spark_server import stop_all
 from tests.worlds import TINY_WORLD
 
 os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
 _SERVER_DIR = tempfile.mkdtemp(prefix="cscnn-test-spark-servers-")
 os.environ["CSCNN_SPARK_SERVER_DIR"] = _SERVER_DIR
+_RUNNER_DIR = tempfile.mkdtemp(prefix="cscnn-test-stage-runners-")
+os.environ["CSCNN_STAGE_RUNNER_DIR"] = _RUNNER_DIR
 
 
 def pytest_sessionfinish(session, exitstatus):
-    """Stop the Spark Connect servers this run started."""
+    """Stop the Spark Connect servers and stage runners this run started."""
     stop_all()
+    stage_runner.stop_all()
     shutil.rmtree(_SERVER_DIR, ignore_errors=True)
+    shutil.rmtree(_RUNNER_DIR, ignore_errors=True)
 
 
 def pytest_collection_modifyitems(config, items):

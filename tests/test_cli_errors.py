@@ -72,6 +72,7 @@ def guarded_env(tmp_path_factory):
         'raise ImportError("torch imported before the argument error was reported")\n')
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CSCNN_", "AIRFLOW"))}
     env["CSCNN_SPARK_SERVER_DIR"] = os.environ["CSCNN_SPARK_SERVER_DIR"]  # the test run's, never a developer's
+    env["CSCNN_STAGE_RUNNER_DIR"] = os.environ["CSCNN_STAGE_RUNNER_DIR"]
     env["SPARK_HOME"] = str(shadow / "no-spark-here")
     env["PYTHONPATH"] = str(REPO_ROOT)
     return env, str(shadow)

@@ -196,6 +196,7 @@ def readme_run():
         env["CSCNN_AIRFLOW_PORT"] = str(_free_port())
         env["CSCNN_AIRFLOW_START_TIMEOUT"] = "600"  # scripts/airflow_ui.sh: 180 s is short on a loaded machine
         env["CSCNN_SPARK_SERVER_DIR"] = str(scratch / "spark-servers")  # never a developer's own servers
+        env["CSCNN_STAGE_RUNNER_DIR"] = str(scratch / "stage-runners")
         try:
             for b, commands in enumerate(BLOCKS):
                 if any("serving.predict" in c for c in commands):
@@ -207,7 +208,8 @@ def readme_run():
         finally:  # whatever happened, no Airflow or Spark server of the copy outlives the test
             subprocess.run(["bash", "scripts/airflow_ui.sh", "stop"], cwd=clone, env=env, capture_output=True,
                            timeout=120)
-            subprocess.run(["bash", "-c", "source scripts/bootstrap.sh && python -m core.spark_server stop"],
+            subprocess.run(["bash", "-c", "source scripts/bootstrap.sh && python -m core.spark_server stop && "
+                            "python -m core.stage_runner stop"],
                            cwd=clone, env=env, capture_output=True, timeout=120)
         results = {}
         for b, i, _ in COMMANDS:

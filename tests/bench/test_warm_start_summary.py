@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bench.warm_start import _tables, parse_args, summarize
+from bench.warm_start import _tables, main, parse_args, summarize
 
 SETTINGS = {"days": 3}
 
@@ -50,7 +50,6 @@ def test_row_counts_are_named_by_field_and_the_priors_once():
 
 
 def test_bad_sizes_are_refused_with_the_value(capsys):
-    from bench.warm_start import main
     with pytest.raises(SystemExit, match=r"--days 1 \(>= 2\)"):
         main(["--days", "1"])
     assert parse_args([]).days == 8

@@ -116,7 +116,7 @@ def test_spark_tasks_run_the_stage_modules_on_the_worker(dag):
         assert isinstance(task, StageOperator), task_id
         module = f"spark_jobs.{script.removesuffix('.py')}"
         assert (REPO_ROOT / "spark_jobs" / script).is_file()
-        assert task.command()[:3] == [sys.executable, "-m", module]
+        assert task.command()[:5] == [sys.executable, "-m", "core.stage_runner", "run", module]
         assert task.arguments[:3] == ["--date", "{{ ds }}", "--config"]
         assert task.arguments[3].operator.task_id == "build_config"
         assert task.env["PYSPARK_PYTHON"] == sys.executable

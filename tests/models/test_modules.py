@@ -9,6 +9,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 import torch
+import torchvision
 
 from core.config import ConfigError, ModelConfig, load_config
 from features.spec import FeatureSpec
@@ -204,6 +205,38 @@ def test_resnet18_takes_attention_on_all_16_convs_but_not_conv1():
     assert sum(isinstance(m, CBAM) for m in tower.modules()) == 16
     with pytest.raises(ConfigError, match="attention_layers.*17"):
         build_visual_tower(tiny_cfg(variant="cbam", backbone="resnet18", attention_layers=17), n_categories=2)
+
+
+def test_resnet18_is_torchvisions_resnet18_without_its_classifier():
+    """Same parameter and buffer names (models saved with the torchvision-built backbone load),
+    same shapes and count, same initialisation statistics, same output for the same weights."""
+    ours = build_visual_tower(tiny_cfg(variant="cnn_finetune", backbone="resnet18", attention_layers=0), n_categories=2).backbone
+    ref = torchvision.models.resnet18(weights=None)
+    names = {"conv1": "stem.0", "bn1": "stem.1"}
+    for i, (layer, block) in enumerate((l, b) for l in (1, 2, 3, 4) for b in (0, 1)):
+        names[f"layer{layer}.{block}."] = f"blocks.{i}."
+    mapped = {}
+    for k, v in ref.state_dict().items():
+        if k.startswith("fc."):
+            continue
+        for a, b in names.items():
+            if k.startswith(a):
+                k = b + k[len(a):]
+                break
+        mapped[k] = v
+    assert list(ours.state_dict()) == list(mapped)
+    assert {k: v.shape for k, v in ours.state_dict().items()} == {k: v.shape for k, v in mapped.items()}
+    convs = [m for m in ours.modules() if isinstance(m, torch.nn.Conv2d)]
+    ref_convs = [m for m in ref.modules() if isinstance(m, torch.nn.Conv2d)]
+    for c, r in zip(convs, ref_convs, strict=True):  # kaiming normal, fan_out: std sqrt(2 / fan_out)
+        assert abs(c.weight.std().item() - r.weight.std().item()) < 0.15 * r.weight.std().item()
+    assert all(bool((m.weight == 1).all() and (m.bias == 0).all())
+               for m in ours.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    ours.load_state_dict(mapped)
+    ours.eval(), ref.eval()
+    x = torch.randn(2, 3, 64, 64)
+    body = torch.nn.Sequential(*list(ref.children())[:-2])
+    torch.testing.assert_close(ours(x, torch.tensor([0, 1])), body(x))
 
 
 @pytest.mark.parametrize("variant", ["dcn", "cnn_fixed", "cnn_finetune", "cbam", "cscnn"])
