@@ -13,8 +13,10 @@ forks a child per stage. The child is the stage's process in every way that matt
 * its stdin, stdout and stderr are the `run` command's own (passed over the socket), so the output
   reaches the task log as before;
 * it gets the `run` command's working directory, environment and arguments, a session of its own,
-  and Python's default signal handlers, and it imports the project's modules fresh (the runner's
-  own copies of project modules are dropped in the child, so an edited checkout is never stale);
+  and Python's default signal handlers; its `sys.path` is the one `python -m` builds (the working
+  directory, then the `run` command's PYTHONPATH, then the interpreter's own entries); and it
+  imports the project's modules fresh (the runner's own copies of project modules are dropped in
+  the child, so an edited checkout is never stale);
 * its exit status is the `run` command's exit status (a signal N: 128 + N, as a shell reports it);
 * SIGTERM or SIGINT to the `run` command is passed on to the child's process group, and a `run`
   command that disappears (SIGKILL, a killed task) has its child's process group killed.
@@ -22,7 +24,10 @@ forks a child per stage. The child is the stage's process in every way that matt
 `run` starts the runner when none is running (under a file lock, in a session of its own: the
 task that started it may end) and finds it afterwards by its record (pid checked to be a runner,
 socket answering). When the runner cannot be started, or CSCNN_STAGE_RUNNER=cold, `run` executes
-`python -m MODULE ARG ...` itself: slower, never different. The socket is a Unix socket in a
+`python -m MODULE ARG ...` itself: slower, never different. So does a `run` command whose
+environment differs from the runner's in a variable read only when an interpreter or a preloaded
+library starts (`STARTUP_ENV`: PYTHONHASHSEED, PYTHONWARNINGS, OMP_NUM_THREADS, ...): a fork
+could not honour it. The socket is a Unix socket in a
 folder only its user can enter (0700, the socket 0600): the runner listens on no network port.
 
 <state> is CSCNN_STAGE_RUNNER_DIR, else ~/.cache/cscnn-pipeline/stage-runner; a runner's folder
@@ -72,6 +77,12 @@ KILL_GRACE_S = 10.0
 DEFAULT_IDLE_S = 3600.0
 MAX_REQUEST = 1 << 20
 _LEN = struct.Struct("!I")
+# Read when an interpreter or a preloaded library starts, so a fork cannot take another value.
+STARTUP_ENV = ("PYTHONHOME", "PYTHONHASHSEED", "PYTHONWARNINGS", "PYTHONIOENCODING", "PYTHONUTF8", "PYTHONOPTIMIZE",
+               "PYTHONSAFEPATH", "PYTHONNOUSERSITE", "PYTHONUSERBASE", "PYTHONDEVMODE", "PYTHONMALLOC",
+               "PYTHONFAULTHANDLER", "PYTHONTRACEMALLOC", "PYTHONPLATLIBDIR", "PYTHONDONTWRITEBYTECODE",
+               "PYTHONINTMAXSTRDIGITS", "PYTHONVERBOSE", "PYTHONINSPECT", "LD_PRELOAD", "LD_LIBRARY_PATH",
+               "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "ARROW_DEFAULT_MEMORY_POOL")
 
 
 class RunnerError(RuntimeError):
@@ -154,7 +165,11 @@ def _project_modules(packages: set[str]) -> list[str]:
     return [name for name in list(sys.modules) if name.split(".", 1)[0] in packages]
 
 
-def _child(request: dict[str, Any], fds: list[int], packages: set[str]) -> NoReturn:
+def _pythonpath(env: dict[str, str]) -> list[str]:
+    return [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+
+
+def _child(request: dict[str, Any], fds: list[int], packages: set[str], base_path: list[str]) -> NoReturn:
     """In the forked child: become the stage's process and run it; never returns."""
     code = 1
     try:
@@ -180,7 +195,7 @@ def _child(request: dict[str, Any], fds: list[int], packages: set[str]) -> NoRet
         if request["env"].get("PYTHONUNBUFFERED"):
             for stream in (sys.stdout, sys.stderr):
                 stream.reconfigure(write_through=True)
-        sys.path[0] = request["cwd"]  # as `python -m` does
+        sys.path[:] = [request["cwd"], *_pythonpath(request["env"]), *base_path]  # as `python -m` builds it
         sys.argv = [request["module"], *request["args"]]
         try:
             runpy.run_module(request["module"], run_name="__main__", alter_sys=True)
@@ -228,6 +243,8 @@ def serve(folder: Path) -> None:
             log.warning("could not preload %s: %s", name, err)
     import_s = time.monotonic() - started
     packages = _project_packages()
+    own = set(_pythonpath(dict(os.environ)))
+    base_path = [p for p in sys.path[1:] if p not in own]  # the interpreter's own entries (stdlib, site)
     path = folder / SOCKET
     path.unlink(missing_ok=True)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -242,7 +259,8 @@ def serve(folder: Path) -> None:
     signal.signal(signal.SIGTERM, lambda signum, _frame: stopping.append(signum))
     signal.signal(signal.SIGINT, lambda signum, _frame: stopping.append(signum))
     _write_record(folder, {"pid": os.getpid(), "socket": str(path), "started_at": time.time(),
-                           "preload_s": round(import_s, 2), "python": sys.executable})
+                           "preload_s": round(import_s, 2), "python": sys.executable,
+                           "startup_env": {k: os.environ.get(k) for k in STARTUP_ENV}})
     log.info("runner %d up: preloaded %s in %.1f s", os.getpid(), ", ".join(modules) or "nothing", import_s)
     sel = selectors.DefaultSelector()
     sel.register(listener, selectors.EVENT_READ, None)
@@ -269,7 +287,7 @@ def serve(folder: Path) -> None:
             elif key.data is None:
                 with contextlib.suppress(BlockingIOError, InterruptedError):
                     conn, _ = listener.accept()
-                    pid = _start_child(conn, listener, children, packages)
+                    pid = _start_child(conn, listener, children, packages, base_path)
                     if pid is not None:
                         children[pid] = conn
                         sel.register(conn, selectors.EVENT_READ, pid)
@@ -302,7 +320,7 @@ def serve(folder: Path) -> None:
 
 
 def _start_child(conn: socket.socket, listener: socket.socket, children: dict[int, socket.socket],
-                 packages: set[str]) -> int | None:
+                 packages: set[str], base_path: list[str]) -> int | None:
     conn.setblocking(True)
     conn.settimeout(5.0)
     fds: list[int] = []
@@ -328,7 +346,7 @@ def _start_child(conn: socket.socket, listener: socket.socket, children: dict[in
         for other in children.values():
             other.close()
         conn.close()
-        _child(request, fds, packages)
+        _child(request, fds, packages, base_path)
     for fd in fds:
         os.close(fd)
     log.info("child %d: %s %s", pid, request["module"], " ".join(request.get("args", [])))
@@ -489,6 +507,13 @@ def run(module: str, args: list[str]) -> int:
     except (RunnerError, OSError) as err:
         print(f"core.stage_runner: no warm runner ({str(err).splitlines()[0]}); running {module} in a new "
               f"interpreter", file=sys.stderr, flush=True)
+        _exec_cold(module, args)
+    theirs = (_read_record(runner_folder()) or {}).get("startup_env") or {}
+    differ = [k for k in STARTUP_ENV if os.environ.get(k) != theirs.get(k)]
+    if differ:
+        conn.close()
+        print(f"core.stage_runner: {differ[0]}={os.environ.get(differ[0])!r} differs from the warm runner's "
+              f"{theirs.get(differ[0])!r}; running {module} in a new interpreter", file=sys.stderr, flush=True)
         _exec_cold(module, args)
     sys.stdout.flush()
     sys.stderr.flush()

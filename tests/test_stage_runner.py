@@ -115,6 +115,21 @@ def test_run_is_the_command_it_stands_for(env):
     assert runner_pid() == first  # found, not started again
 
 
+def test_pythonpath_and_startup_settings_are_the_run_commands(env, tmp_path):
+    """sys.path follows the run command's PYTHONPATH (here the module is found only through it);
+    a setting read when an interpreter starts, which a fork cannot change, runs cold."""
+    other = tmp_path / "elsewhere"
+    other.mkdir()
+    (other / "only_here.py").write_text("import sys\nprint('found', sys.path[1])\n")
+    assert run(env, "exit", "0").returncode == 0  # the runner starts without `elsewhere` on its path
+    out = subprocess.run([sys.executable, "-m", "core.stage_runner", "run", "only_here"], capture_output=True,
+                         text=True, env={**env, "PYTHONPATH": str(other)}, cwd=tmp_path, timeout=60)
+    assert out.returncode == 0 and out.stdout.strip() == f"found {other}", out.stderr
+    hashed = run({**env, "PYTHONHASHSEED": "123"}, "exit", "0")
+    assert hashed.returncode == 0 and "warm False" in hashed.stdout.decode()
+    assert "PYTHONHASHSEED='123' differs from the warm runner's None" in hashed.stderr.decode()
+
+
 def test_exit_status_of_an_exception_and_of_a_signal(env):
     out = run(env, "raise")
     assert out.returncode == 1 and "RuntimeError: stage failed" in out.stderr.decode()
