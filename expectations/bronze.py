@@ -25,13 +25,13 @@ import great_expectations.expectations as gxe
 
 from core.config import PipelineConfig
 from core.contract import AD_FIELDS, IMPRESSION_FIELDS, names, required
+from core.records import QUARANTINE_TABLES  # the ingest record's tables, one definition
 from expectations.runner import expectation, new_suite
 
 IMPRESSIONS_SUITE = "bronze_impressions"
 ADS_SUITE = "bronze_ads"
 LANDING_SCHEMA_SUITE = "landing_impressions_schema"
 QUARANTINE_SUITE = "bronze_quarantine"
-QUARANTINE_TABLES = ("impressions", "ads")
 PARTITION_COLUMN = "dt"
 
 

@@ -8,6 +8,9 @@ rate within bounds, holdout not empty), each through a GX checkpoint that update
 and writes the summary to <reports>/quality/<D>-examples.json. A failed critical expectation
 raises DataQualityError naming it and its Data Docs page; the command then exits with
 core.exit_codes.BAD_DATA, which the DAG does not retry.
+
+Great Expectations (expectations.*, ~6 s of imports) is imported by `check_examples`, so that a
+bad argument is reported without loading it (tests/test_cli_errors.py).
 """
 
 from __future__ import annotations
@@ -21,8 +24,7 @@ from pyspark.sql import functions as F
 
 from core.cli import run_cli
 from core.config import PipelineConfig
-from expectations.examples import build_examples_suite, project_examples
-from expectations.runner import raise_on_critical, validate
+from core.timing import phase
 from features.examples import SPLITS
 from features.tables import load_feature_spec, read_examples
 from spark_jobs.check_quality import run_check_stage, summary_entry, write_summary
@@ -32,6 +34,9 @@ def check_examples(cfg: PipelineConfig, spark: SparkSession, run_date: dt.date) 
     """GX on the run date's encoded examples (both splits): ids within vocabularies, no nulls,
     label rate within bounds, holdout not empty. Raises DataQualityError on critical failures,
     after writing the summary to <reports>/quality/<D>-examples.json."""
+    with phase("imports"):
+        from expectations.examples import build_examples_suite, project_examples
+        from expectations.runner import raise_on_critical, validate
     spec = load_feature_spec(cfg, spark, run_date)
     examples_df = read_examples(cfg, spark, run_date)
     results = []

@@ -16,6 +16,10 @@ days whose latest verdict failed), then raises DataQualityError if any critical 
 failed, naming each one and its Data Docs page; the command then exits with
 core.exit_codes.BAD_DATA, which the DAG does not retry. Re-running a date replaces the summary,
 adds a new Data Docs run and a new verdict (the latest wins).
+
+Great Expectations (expectations.bronze and expectations.runner, ~6 s of imports) is imported by
+`run`, so that a bad argument is reported without loading it (tests/test_cli_errors.py); the DAG's
+stage runner has it loaded already.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import datetime as dt
 import json
 import logging
 import sys
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import pandas as pd
 from pyspark.errors import AnalysisException
@@ -36,11 +40,13 @@ from core.config import PipelineConfig
 from core.delta import read_required
 from core.files import write_json
 from core.paths import Paths, local_path
+from core.records import QUARANTINE_TABLES
 from core.spark import get_spark
-from expectations.bronze import (QUARANTINE_TABLES, build_ads_suite, build_impressions_suite,
-                                 build_landing_schema_suite, build_quarantine_suite, quarantine_rate_column)
-from expectations.runner import QualityResult, raise_on_critical, validate
+from core.timing import phase
 from spark_jobs.day_status import record_verdict
+
+if TYPE_CHECKING:
+    from expectations.runner import QualityResult
 
 log = logging.getLogger("check_quality")
 
@@ -127,6 +133,10 @@ def run(cfg: PipelineConfig, spark: SparkSession, day: dt.date) -> dict[str, Any
     Returns the summary ({'date', 'success', 'summary_path', 'suites': {suite: {...}}}); raises
     DataQualityError after writing it when a critical expectation failed (an empty day does).
     """
+    with phase("imports"):
+        from expectations.bronze import (build_ads_suite, build_impressions_suite, build_landing_schema_suite,
+                                         build_quarantine_suite, quarantine_rate_column)
+        from expectations.runner import raise_on_critical, validate
     paths = Paths.of(cfg)
     run_name = day.isoformat()
     imp_df = _read_delta(spark, paths.bronze_impressions, "bronze impressions")

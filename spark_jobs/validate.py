@@ -30,8 +30,9 @@ The record is written to <artifacts>/runs/D/validation.json before GateFailed is
 run report's calibration bins and attention panels (spark_jobs/report_inputs.py) under
 <artifacts>/runs/D/report_data/ before any gate is evaluated.
 
-torch (models.*, serving.predictor) is imported inside the functions that score, so that a bad
-argument is reported without loading it (tests/test_cli_errors.py).
+torch (models.*, serving.predictor) is imported inside the functions that score, and Great
+Expectations (expectations.*) inside the one that runs the lookup suite, so that a bad argument is
+reported without loading them (tests/test_cli_errors.py).
 """
 
 from __future__ import annotations
@@ -55,8 +56,7 @@ from core.cli import run_cli, run_stage
 from core.config import PipelineConfig
 from core.paths import Paths, local_path
 from core.spark import get_spark
-from expectations.lookup import build_lookup_suite, project_lookup
-from expectations.runner import validate
+from core.timing import phase
 from features.encoder import ENCODER_FILE, load_encoder_file
 from features.spec import MULTI_FIELDS, SINGLE_FIELDS
 from features.tables import AD_COUNTS_TABLE, load_examples
@@ -270,6 +270,9 @@ def run(cfg: PipelineConfig, spark: "SparkSession", run_date: dt.date) -> dict[s
                   f"scores by up to {drift:.2e} vs the CNN; ") + f"table-path AUC {table_metrics['auc']:.5f}"
     table_df = (spark.read.format("delta").load(candidates_uri(cfg))
                 .where(f"run_date = DATE'{run_date.isoformat()}'"))
+    with phase("imports"):
+        from expectations.lookup import build_lookup_suite, project_lookup
+        from expectations.runner import validate
     gx = validate(cfg, project_lookup(table_df), build_lookup_suite(predictor.table.manifest["dims"], gc.norm_min,
                                                                      gc.norm_max), "lookup_table", run_date.isoformat())
     verdicts = [
