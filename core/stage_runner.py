@@ -452,9 +452,9 @@ def _start(folder: Path) -> None:
                       f"{_tail(folder / LOG)}")
 
 
-def connect() -> socket.socket:
+def connect(folder: Path | None = None) -> socket.socket:
     """A connection to this interpreter's runner, started first when none is running."""
-    folder = runner_folder()
+    folder = folder or runner_folder()
     conn = _connect(folder)
     if conn is not None:
         return conn
@@ -503,12 +503,13 @@ def run(module: str, args: list[str]) -> int:
     if (os.environ.get("CSCNN_STAGE_RUNNER") or "warm").lower() == "cold":
         _exec_cold(module, args)
     try:
-        conn = connect()
+        folder = runner_folder()
+        conn = connect(folder)
     except (RunnerError, OSError) as err:
         print(f"core.stage_runner: no warm runner ({str(err).splitlines()[0]}); running {module} in a new "
               f"interpreter", file=sys.stderr, flush=True)
         _exec_cold(module, args)
-    theirs = (_read_record(runner_folder()) or {}).get("startup_env") or {}
+    theirs = (_read_record(folder) or {}).get("startup_env") or {}
     differ = [k for k in STARTUP_ENV if os.environ.get(k) != theirs.get(k)]
     if differ:
         conn.close()
