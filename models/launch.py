@@ -5,9 +5,10 @@
 
 One process (N = 1): the target replaces this process with no distributed environment, so
 training opens no socket at all (a module target runs as `python -m core.stage_runner run
-MODULE ...`: in a fork of the warm stage runner, which has torch imported already). Several: this process is their agent. It serves the c10d
-store on 127.0.0.1 (a socket it binds itself and hands to TCPStore, whose own server would
-listen on every interface) and starts N workers with RANK, LOCAL_RANK, WORLD_SIZE,
+MODULE ...`: in a fork of the warm stage runner, which has torch imported already).
+Several: this process is their agent. It serves the c10d store on 127.0.0.1 (a socket it
+binds itself and hands to TCPStore, whose own server would listen on every interface) and
+starts N workers with RANK, LOCAL_RANK, WORLD_SIZE,
 MASTER_ADDR/MASTER_PORT naming that store and TORCHELASTIC_USE_AGENT_STORE=True (so rank 0
 connects to it instead of serving another), and with gloo and NCCL bound to the loopback
 interface. torchrun is not used: its rendezvous stores listen on all interfaces and its
