@@ -61,10 +61,16 @@ def read_required(spark: SparkSession, uri: str, what: str, fix: str) -> DataFra
 
 
 @timed("writes")
-def replace_where(df: DataFrame, uri: str, partition_by: list[str], where: str) -> None:
-    """Overwrite exactly the rows matching `where` in one commit (creating the table on first write)."""
-    (df.write.format("delta").mode("overwrite").partitionBy(*partition_by)
-     .option("replaceWhere", where).save(uri))
+def replace_where(df: DataFrame, uri: str, partition_by: list[str], where: str, merge_schema: bool = False) -> None:
+    """Overwrite exactly the rows matching `where` in one commit (creating the table on first write).
+
+    `merge_schema` lets the write add columns to an existing table (a table whose layout grew).
+    """
+    writer = (df.write.format("delta").mode("overwrite").partitionBy(*partition_by)
+              .option("replaceWhere", where))
+    if merge_schema:
+        writer = writer.option("mergeSchema", "true")
+    writer.save(uri)
 
 
 @timed("writes")

@@ -50,6 +50,11 @@ _DIRECT_VALUE_LIMIT = 1 << 62
 PASSTHROUGH_COLUMNS: tuple[str, ...] = ("split", "impression_id", "event_ts")
 
 
+def stable_column(name: str) -> str:
+    """The column of a stored day row holding field `name`'s stable ids (spark_jobs/id_registry.py)."""
+    return f"id_{name}"
+
+
 def apply_bin_edges(edges: np.ndarray | list[float], values):
     """Bin ids of `values` (scalar or array) for sorted, distinct bin `edges`.
 
@@ -143,13 +148,21 @@ class FeatureEncoder:
     """One run date's encoding: vocabularies, numeric bin edges and window impressions per ad.
 
     vocab[field] = (sorted raw values int64, ids int32); bin_edges[field] = sorted distinct
-    float64 edges; ad_window_counts = (sorted ad ids int64, impressions in the window int64).
+    float64 edges; ad_window_counts = (sorted ad ids int64, impressions in the window int64);
+    stable_ids[field] = the registry id (spark_jobs/id_registry.py) of each vocabulary value,
+    aligned with vocab[field][0] (None for encoders saved before the registry existed).
+
+    A run's ids are the rows of its model's embedding tables: its active values ranked by window
+    frequency. The raw value and the stable id of a row are two names of the same value; the
+    features job encodes stored day rows by stable id (`encode_batch(..., stable=True)`), serving
+    encodes raw requests by value, and both give the same row.
     """
 
     vocab: dict[str, tuple[np.ndarray, np.ndarray]]
     bin_edges: dict[str, np.ndarray]
     ad_window_counts: tuple[np.ndarray, np.ndarray] = field(
         default_factory=lambda: (np.zeros(0, np.int64), np.zeros(0, np.int64)))
+    stable_ids: dict[str, np.ndarray] | None = None
 
     def __post_init__(self) -> None:
         missing = [f for f in VOCAB_FIELDS if f not in self.vocab] + \
@@ -160,20 +173,35 @@ class FeatureEncoder:
         for name, (values, ids) in self.vocab.items():
             if values.shape != ids.shape or (values.size > 1 and not np.all(np.diff(values) > 0)):
                 raise ValueError(f"vocabulary of field {name!r} must have sorted distinct values aligned with ids")
+        if self.stable_ids is not None:
+            for name in VOCAB_FIELDS:
+                stable = self.stable_ids.get(name)
+                if stable is None or stable.shape != self.vocab[name][0].shape:
+                    raise ValueError(f"stable ids of field {name!r} must be aligned with its vocabulary values")
+                if stable.size and int(stable.min()) < 1:
+                    raise ValueError(f"stable ids of field {name!r} must be >= 1, got {int(stable.min())}")
 
     @classmethod
     def from_entries(cls, vocab_entries: dict[str, dict[int, int]], bin_edges: dict[str, list[float]],
-                     ad_window_counts: dict[int, int] | None = None) -> "FeatureEncoder":
-        """Build from plain dicts: {field: {raw value: id}}, {field: edges}, {ad_id: impressions}."""
-        vocab = {}
+                     ad_window_counts: dict[int, int] | None = None,
+                     stable_ids: dict[str, dict[int, int]] | None = None) -> "FeatureEncoder":
+        """Build from plain dicts: {field: {raw value: id}}, {field: edges}, {ad_id: impressions},
+        and optionally {field: {raw value: stable id}} for every vocabulary value."""
+        vocab, stable = {}, None if stable_ids is None else {}
         for name in VOCAB_FIELDS:
             entries = vocab_entries.get(name, {})
             values = np.array(sorted(entries), dtype=np.int64)
             vocab[name] = (values, np.array([entries[v] for v in values.tolist()], dtype=np.int32))
+            if stable is not None:
+                of = stable_ids.get(name, {})
+                unknown = [v for v in values.tolist() if v not in of]
+                if unknown:
+                    raise ValueError(f"field {name!r}: vocabulary values {unknown[:5]} have no stable id")
+                stable[name] = np.array([of[v] for v in values.tolist()], dtype=np.int64)
         edges = {name: np.array(sorted(set(bin_edges.get(name, []))), dtype=np.float64) for name in NUMERIC_FIELDS}
         counts = ad_window_counts or {}
         ads = np.array(sorted(counts), dtype=np.int64)
-        return cls(vocab, edges, (ads, np.array([counts[a] for a in ads.tolist()], dtype=np.int64)))
+        return cls(vocab, edges, (ads, np.array([counts[a] for a in ads.tolist()], dtype=np.int64)), stable)
 
     def vocab_size(self, name: str) -> int:
         """Ids of a field including OOV (numeric fields: bins + the null bin)."""
@@ -193,6 +221,23 @@ class FeatureEncoder:
             values, ids = self.vocab[name]
             table = direct_table(values, ids, max(DENSE_MIN_SPAN, DENSE_SPAN_PER_ENTRY * values.size))
             cache[name] = None if table is None else DirectIds([table])
+        return cache[name]
+
+    def stable_lookup(self, name: str) -> DirectIds:
+        """The direct-address lookup stable id -> this run's id of a vocabulary field (built once).
+
+        Stable ids are dense (1, 2, ... per field), so the table spans at most the field's
+        registry; an id that is not active in this run (or above every active one) maps to 0.
+        """
+        if self.stable_ids is None:
+            raise ValueError("this encoder has no stable ids (saved before the id registry); "
+                             "it encodes raw values only")
+        cache = self.__dict__.setdefault("_stable_lookup", {})
+        if name not in cache:
+            stable, ids = self.stable_ids[name], self.vocab[name][1]
+            order = np.argsort(stable, kind="stable")
+            table = direct_table(stable[order], ids[order], 1 << 62)
+            cache[name] = DirectIds([table if table is not None else (0, np.zeros(2, np.int32))])
         return cache[name]
 
     def encode_single(self, name: str, values, valid: np.ndarray | None = None):
@@ -220,10 +265,12 @@ class FeatureEncoder:
             n = np.where(ads[pos] == x, counts[pos], 0)
         return n < COLD_MAX_IMPRESSIONS
 
-    def encode_batch(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+    def encode_batch(self, batch: pa.RecordBatch, stable: bool = False) -> pa.RecordBatch:
         """Encode a batch of joined impression rows into ENCODED_BATCH_COLUMNS.
 
-        Inputs: PASSTHROUGH_COLUMNS, click and the raw SINGLE_FIELDS / MULTI_FIELDS columns.
+        Inputs: PASSTHROUGH_COLUMNS, click, ad_id and the raw SINGLE_FIELDS / MULTI_FIELDS columns;
+        with `stable`, the vocabulary fields are read as stable ids from their `stable_column`
+        instead (stored day rows, spark_jobs/id_registry.py), the numeric fields stay raw.
         """
         n = batch.num_rows
         cols = {name: batch.column(batch.schema.get_field_index(name)) for name in batch.schema.names}
@@ -232,22 +279,27 @@ class FeatureEncoder:
         out["ad_id"] = cols["ad_id"].cast(pa.int64())
         out["label"] = cols["click"].cast(pa.int32())
         out["is_cold"] = pa.array(self.is_cold(ad_raw) | ~ad_valid, type=pa.bool_())
+        def ids_of(name: str, values: np.ndarray, valid: np.ndarray) -> np.ndarray:
+            if not stable:
+                return self.encode_single(name, values, valid)
+            return self.stable_lookup(name).lookup(values[None], valid[None])[0]
+
         for name in SINGLE_FIELDS:
-            arr = cols[name]
             if name in NUMERIC_FIELDS:
+                arr = cols[name]
                 values = np.asarray(arr.cast(pa.float64()).fill_null(np.nan).to_numpy(zero_copy_only=False))
                 ids = apply_bin_edges(self.bin_edges[name], values)
             else:
-                values, valid = _int_values(arr)
-                ids = self.encode_single(name, values, valid)
+                values, valid = _int_values(cols[stable_column(name) if stable else name])
+                ids = ids_of(name, values, valid)
             out[f"f_{name}"] = pa.array(ids, type=pa.int32())
         out["category_idx"] = out["f_category_id"]
         for name in MULTI_FIELDS:
-            lists = cols[name]
+            lists = cols[stable_column(name) if stable else name]
             lengths = np.asarray(pc.list_value_length(lists).fill_null(0).to_numpy(zero_copy_only=False),
                                  dtype=np.int64)
             flat_values, flat_valid = _int_values(pc.list_flatten(lists))  # null lists contribute nothing
-            flat_ids = self.encode_single(name, flat_values, flat_valid)
+            flat_ids = ids_of(name, flat_values, flat_valid)
             offsets = np.zeros(n + 1, dtype=np.int32)
             np.cumsum(lengths, out=offsets[1:])
             out[f"m_{name}"] = pa.ListArray.from_arrays(pa.array(offsets, type=pa.int32()),
@@ -274,6 +326,8 @@ def save_encoder(encoder: FeatureEncoder, path: str | os.PathLike) -> None:
     for name, (values, ids) in encoder.vocab.items():
         arrays[f"vocab_values.{name}"] = np.asarray(values, dtype=np.int64)
         arrays[f"vocab_ids.{name}"] = np.asarray(ids, dtype=np.int32)
+        if encoder.stable_ids is not None:
+            arrays[f"vocab_stable_ids.{name}"] = np.asarray(encoder.stable_ids[name], dtype=np.int64)
     for name, edges in encoder.bin_edges.items():
         arrays[f"bin_edges.{name}"] = np.asarray(edges, dtype=np.float64)
     arrays["ad_window_counts.ad_id"] = np.asarray(encoder.ad_window_counts[0], dtype=np.int64)
@@ -288,4 +342,6 @@ def load_encoder_file(path: str | os.PathLike | IO[bytes]) -> FeatureEncoder:
         vocab = {n: (z[f"vocab_values.{n}"], z[f"vocab_ids.{n}"]) for n in VOCAB_FIELDS}
         edges = {n: z[f"bin_edges.{n}"] for n in NUMERIC_FIELDS}
         counts = (z["ad_window_counts.ad_id"], z["ad_window_counts.impressions"])
-    return FeatureEncoder(vocab, edges, counts)
+        stable = ({n: z[f"vocab_stable_ids.{n}"] for n in VOCAB_FIELDS}
+                  if all(f"vocab_stable_ids.{n}" in z.files for n in VOCAB_FIELDS) else None)
+    return FeatureEncoder(vocab, edges, counts, stable)

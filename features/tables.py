@@ -4,11 +4,12 @@ The build_window stage (spark_jobs/build_window.py) writes, per run date D, unde
 
   features/day_rows          one bronze day's impressions joined to that day's catalog (dt partitions)
   features/daily_counts      raw value counts of one day's rows (dt partitions)
-  features/vocab             run_date, field, value, id, count: the run's vocabularies
+  features/vocab             run_date, field, value, id, count, stable_id: the run's vocabularies
   features/bins              run_date, field, edges: the run's numeric bin edges
   features/ad_window_counts  run_date, ad_id, impressions: every ad's impressions in the window
   features/examples/<D>      the run date's encoded examples (features/examples.py)
   features/runs              run_date, the feature spec, bronze versions read, window and metadata
+  features/id_registry       field, value, id, first_dt: every value's permanent id (spark_jobs/id_registry.py)
 
 The readers take a SparkSession and return what the stages, training and serving share: the
 feature spec, the run's metadata, its FeatureEncoder and its examples.
@@ -37,6 +38,7 @@ BINS_TABLE = "features/bins"
 AD_COUNTS_TABLE = "features/ad_window_counts"
 EXAMPLES_TABLE = "features/examples"
 RUNS_TABLE = "features/runs"
+ID_REGISTRY_TABLE = "features/id_registry"
 
 
 class FeaturesError(RuntimeError):
@@ -50,22 +52,29 @@ def read_encoder(spark: SparkSession, paths: Paths, run_date: dt.date) -> Featur
         raise FeaturesError(f"no feature vocabularies/bins under {paths.table('features')}; "
                             f"run the features job for {run_date} first")
     day = f"run_date = DATE'{run_date.isoformat()}'"
-    vocab_tbl = (spark.read.format("delta").load(vocab_uri).where(day)
-                 .select("field", "value", "id", "count").toArrow())
+    vocab_df = spark.read.format("delta").load(vocab_uri).where(day)
+    has_stable = "stable_id" in vocab_df.columns  # vocabularies stored before the id registry lack it
+    vocab_tbl = vocab_df.select("field", "value", "id", *(["stable_id"] if has_stable else [])).toArrow()
     bins_rows = spark.read.format("delta").load(bins_uri).where(day).select("field", "edges").collect()
     if not bins_rows:
         raise FeaturesError(f"no bin edges stored for run date {run_date}; run the features job for it first")
-    vocab_df = vocab_tbl.to_pandas()
+    vocab_pd = vocab_tbl.to_pandas()
+    # A run date built before the registry, in a table that has gained the column since, has none.
+    has_stable = has_stable and not vocab_pd["stable_id"].isna().any()
     entries: dict[str, dict[int, int]] = {name: {} for name in VOCAB_FIELDS}
-    for name, part in vocab_df.groupby("field"):
+    stable: dict[str, dict[int, int]] = {name: {} for name in VOCAB_FIELDS}
+    for name, part in vocab_pd.groupby("field"):
         entries[str(name)] = dict(zip(part["value"].tolist(), part["id"].tolist()))
+        if has_stable:
+            stable[str(name)] = dict(zip(part["value"].tolist(), part["stable_id"].astype("int64").tolist()))
     ad_counts: dict[int, int] = {}
     ad_counts_uri = paths.table(AD_COUNTS_TABLE)
     if delta_exists(spark, ad_counts_uri):
         ads_df = (spark.read.format("delta").load(ad_counts_uri).where(day)
                   .select("ad_id", "impressions").toArrow().to_pandas())
         ad_counts = dict(zip(ads_df["ad_id"].tolist(), ads_df["impressions"].tolist()))
-    return FeatureEncoder.from_entries(entries, {r["field"]: list(r["edges"] or []) for r in bins_rows}, ad_counts)
+    return FeatureEncoder.from_entries(entries, {r["field"]: list(r["edges"] or []) for r in bins_rows}, ad_counts,
+                                       stable_ids=stable if has_stable else None)
 
 
 def _run_row(cfg: PipelineConfig, spark: SparkSession, run_date: dt.date):

@@ -7,15 +7,20 @@ Every impression is joined to the ad catalog of its own day (bronze ads, dt = im
 Per run date D this job writes (Delta tables under the warehouse, all replaced per date; their
 names and readers are in features/tables.py):
 
-  features/day_rows      one bronze day's impressions joined to that day's catalog, with ad_pos (the
+  features/id_registry   field, value, id, first_dt: every vocabulary value's permanent id, given
+                         the first time a stored day contains it (spark_jobs/id_registry.py)
+  features/day_rows      one bronze day's impressions joined to that day's catalog, encoded to
+                         stable ids in Spark (numeric fields and ad_id kept raw), with ad_pos (the
                          row's position among its ad's rows of the day, by event_ts and
                          impression_id) and source_fingerprint (partitioned by dt); written once
                          per day and rewritten only when the day's bronze files change
                          (spark_jobs/day_store.py)
   features/daily_counts  dt, field, value, num_value, count, source_fingerprint (partitioned by dt)
-                         raw value counts of one day's rows, counted once like the day rows
-  features/vocab         run_date, field, value, id, count: values seen >= min_count times in
-                         the window, ids 1.. by descending count (0 = OOV)
+                         value counts of one day's rows (vocabulary fields by stable id), counted
+                         once like the day rows
+  features/vocab         run_date, field, value, id, count, stable_id: the window's *active* values
+                         (seen >= min_count times), ids 1.. by descending count (0 = OOV): the
+                         rows of the run's embedding tables; stable_id names the same value
   features/bins          run_date, field, edges: exact quantile edges of the window's values
   features/ad_window_counts  run_date, ad_id, impressions: every ad's impressions in the window
                          (is_cold = impressions < COLD_MAX_IMPRESSIONS, also for serving)
@@ -24,9 +29,10 @@ names and readers are in features/tables.py):
                          (spark_jobs/example_assembly.py)
   features/runs          run_date, the feature spec, bronze versions read, window and metadata
 
-A daily run therefore does Spark work for its new day only (join, count, write its rows) and
-sums stored counts; the window's rows are encoded, grouped and written by one pyarrow/numpy
-pass over the stored day rows. The full rebuild (features.incremental=false) recounts and
+A daily run therefore does Spark work for its new day only (join, register its new values,
+encode it to stable ids, count, write its rows) and sums stored counts; the window's stored rows
+are mapped from stable ids to the run's ids (an inactive id to 0), grouped and written by one
+pyarrow/numpy pass. The full rebuild (features.incremental=false) recounts and
 rewrites every day from the raw logs and then runs the same assembly.
 
 Numeric bins are exact weighted quantiles of the window's value counts, computed from the same
@@ -77,6 +83,7 @@ from features.tables import (AD_COUNTS_TABLE, BINS_TABLE, DAILY_COUNTS_TABLE, DA
 from spark_jobs import example_assembly
 from spark_jobs.day_status import latest_verdicts
 from spark_jobs.day_store import day_row_files, source_fingerprints, update_daily_counts, update_day_rows
+from spark_jobs.id_registry import read_registry
 from spark_jobs.feature_transforms import (agg_bin_edges, agg_vocabulary, agg_window_counts, field_rates,
                                            window_oov_rates, with_catalog)
 
@@ -229,15 +236,20 @@ def run(cfg: PipelineConfig, spark: SparkSession, run_date: dt.date,
 
     window_counts_df = (spark.read.format("delta").load(paths.table(DAILY_COUNTS_TABLE))
                         .where(F.col("dt").isin(read_days)).transform(agg_window_counts).cache())
+    # The stored counts name vocabulary values by stable id; the registry gives their raw values.
+    named_df = (window_counts_df.where(F.col("field").isin(list(VOCAB_FIELDS)) & F.col("value").isNotNull())
+                .withColumnRenamed("value", "stable_id")
+                .join(read_registry(spark, paths).select("field", F.col("id").alias("stable_id"), "value"),
+                      ["field", "stable_id"]))
     day = f"run_date = DATE'{run_date.isoformat()}'"
     tag = F.lit(run_date).alias("run_date")
-    replace_where(window_counts_df.transform(agg_vocabulary(thresholds)).select(tag, "*"),
-             paths.table(VOCAB_TABLE), ["run_date"], day)
+    replace_where(named_df.transform(agg_vocabulary(thresholds, extra=("stable_id",))).select(tag, "*"),
+                  paths.table(VOCAB_TABLE), ["run_date"], day, merge_schema=True)
     replace_where(window_counts_df.transform(agg_bin_edges(fc.n_bins)).select(tag, "*"),
-             paths.table(BINS_TABLE), ["run_date"], day)
-    replace_where(window_counts_df.where((F.col("field") == "ad_id") & F.col("value").isNotNull())
-             .select(tag, F.col("value").alias("ad_id"), F.col("count").alias("impressions")),
-             paths.table(AD_COUNTS_TABLE), ["run_date"], day)
+                  paths.table(BINS_TABLE), ["run_date"], day)
+    replace_where(named_df.where(F.col("field") == "ad_id")
+                  .select(tag, F.col("value").alias("ad_id"), F.col("count").alias("impressions")),
+                  paths.table(AD_COUNTS_TABLE), ["run_date"], day)
     window_oov = window_oov_rates(window_counts_df, thresholds)
     window_counts_df.unpersist()
     encoder = read_encoder(spark, paths, run_date)

@@ -18,12 +18,14 @@ from pyspark.sql import functions as F
 
 from core.delta import dates_sql, delta_exists, replace_where
 from core.paths import Paths
+from features.encoder import stable_column
 from features.tables import DAILY_COUNTS_TABLE, DAY_ROWS_TABLE, FeaturesError
 from spark_jobs.example_assembly import DAY_ROW_READ_COLUMNS
 from spark_jobs.feature_transforms import agg_daily_value_counts, with_ad_positions
+from spark_jobs.id_registry import encode_days, read_registry, timed_register
 
 # Bumped whenever the meaning of a stored day (its rows or counts) changes, so that it is redone.
-COUNTS_FORMAT_VERSION = "2"
+COUNTS_FORMAT_VERSION = "3"  # 3: vocabulary fields stored and counted as stable ids
 DAY_ROW_COLUMNS: tuple[str, ...] = ("dt", *DAY_ROW_READ_COLUMNS)
 _DT_DIR = re.compile(r"/dt=(\d{4}-\d{2}-\d{2})/")
 
@@ -72,7 +74,9 @@ def _with_fingerprints(df: DataFrame, fingerprints: dict[dt.date, str], days: li
 
 def update_day_rows(spark: SparkSession, paths: Paths, joined_df: DataFrame, days: list[dt.date],
                     fingerprints: dict[dt.date, str], incremental: bool) -> list[dt.date]:
-    """Write the joined rows (DAY_ROW_COLUMNS) of the days whose stored rows are missing or stale.
+    """Encode and write the joined rows (DAY_ROW_COLUMNS) of the days whose stored rows are missing
+    or stale: their new values are registered first (spark_jobs/id_registry.py), then every
+    vocabulary field is stored as its stable id.
 
     Returns the days written now; each replaces its dt partition (replaceWhere), so re-runs
     never duplicate rows.
@@ -80,23 +84,27 @@ def update_day_rows(spark: SparkSession, paths: Paths, joined_df: DataFrame, day
     uri = paths.table(DAY_ROWS_TABLE)
     to_write = _stale_days(spark, uri, days, fingerprints, incremental)
     if to_write:
-
-        rows_df = (joined_df.where(F.col("dt").isin(to_write)).transform(with_ad_positions)
+        days_df = joined_df.where(F.col("dt").isin(to_write))
+        timed_register(spark, paths, days_df)
+        rows_df = (encode_days(days_df.transform(with_ad_positions), read_registry(spark, paths))
                    .select(*DAY_ROW_COLUMNS).transform(lambda df: _with_fingerprints(df, fingerprints, to_write)))
-        replace_where(rows_df, uri, ["dt"], f"dt IN ({dates_sql(to_write)})")
+        # mergeSchema: a table stored before the registry held raw columns; its days are all stale
+        # (COUNTS_FORMAT_VERSION), so every day is rewritten with the id columns.
+        replace_where(rows_df, uri, ["dt"], f"dt IN ({dates_sql(to_write)})", merge_schema=True)
     return to_write
 
 
 def update_daily_counts(spark: SparkSession, paths: Paths, days: list[dt.date],
                         fingerprints: dict[dt.date, str], incremental: bool) -> list[dt.date]:
     """Count, from the stored day rows, the days whose stored counts are missing or stale (all
-    days when not incremental). Returns the days counted now (each replaces its partition)."""
+    days when not incremental): vocabulary fields by stable id, numeric fields by value. Returns
+    the days counted now (each replaces its partition)."""
 
     uri = paths.table(DAILY_COUNTS_TABLE)
     to_count = _stale_days(spark, uri, days, fingerprints, incremental)
     if to_count:
         rows_df = spark.read.format("delta").load(paths.table(DAY_ROWS_TABLE)).where(F.col("dt").isin(to_count))
-        counts_df = (rows_df.transform(agg_daily_value_counts)
+        counts_df = (rows_df.transform(lambda df: agg_daily_value_counts(df, column=stable_column))
                      .transform(lambda df: _with_fingerprints(df, fingerprints, to_count))
                      .repartition("dt"))  # one file per day, not one per day and task
         replace_where(counts_df, uri, ["dt"], f"dt IN ({dates_sql(to_count)})")

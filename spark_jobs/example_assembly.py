@@ -4,7 +4,8 @@ The features job keeps every bronze day's joined rows once, in `features/day_row
 (partitioned by dt, rewritten only when that day's bronze files change). A run date then
 reads the files of its window days and holdout day with pyarrow and, in numpy,
 
-  1. encodes them with the run's FeatureEncoder (the same code serving encodes with),
+  1. maps their stable ids (written once per day by spark_jobs/id_registry.py) to the run's ids
+     with the run's FeatureEncoder, inactive ids to 0, and bins the numeric fields,
   2. lays each split out in ad groups (`ad_group_layout`),
   3. writes them in training order as one Delta table per run date,
      `features/examples/<run date>` partitioned by split: the parquet files are written here
@@ -33,9 +34,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from core.paths import is_local, local_path
-from features.encoder import FeatureEncoder
+from features.encoder import VOCAB_FIELDS, FeatureEncoder, stable_column
 from features.examples import FILE_COLUMNS, FILE_SCHEMA, SPLITS, in_row_order, take_columns, workers
-from features.spec import MULTI_FIELDS, SINGLE_FIELDS
+from features.spec import MULTI_FIELDS, NUMERIC_FIELDS, SINGLE_FIELDS
 
 if TYPE_CHECKING:  # pragma: no cover
     from pyspark.sql import SparkSession
@@ -43,8 +44,10 @@ if TYPE_CHECKING:  # pragma: no cover
 log = logging.getLogger("features")
 
 NULL_AD_KEY = -(2**63)  # groups impressions whose ad_id is null (never a real id)
-# Columns of a day-rows file (day_store.DAY_ROW_COLUMNS without dt) that the assembly reads.
-DAY_ROW_READ_COLUMNS: tuple[str, ...] = ("impression_id", "event_ts", "click", *SINGLE_FIELDS, *MULTI_FIELDS, "ad_pos")
+# Columns of a day-rows file (day_store.DAY_ROW_COLUMNS without dt) that the assembly reads: the
+# vocabulary fields as stable ids (spark_jobs/id_registry.py), the ad id and numeric fields raw.
+DAY_ROW_READ_COLUMNS: tuple[str, ...] = ("impression_id", "event_ts", "click", "ad_id", *NUMERIC_FIELDS,
+                                         *[stable_column(n) for n in VOCAB_FIELDS], "ad_pos")
 ROWS_PER_FILE = 1 << 20  # at least this many rows per examples file (a split may use fewer files)
 _POS_BITS = 32  # within-ad order key: day number << 32 | position of the row within its ad and day
 
@@ -145,13 +148,14 @@ def encode_day_rows(encoder: FeatureEncoder, table: pa.Table, day: dt.date,
                     split: str) -> tuple[pa.Table, np.ndarray, np.ndarray]:
     """Encode one day's rows: (encoded columns, ad keys, within-ad keys).
 
-    `table` holds a day-rows file's columns (impression_id, event_ts, click, ad_pos and the raw
-    SINGLE/MULTI fields). The encoded table has FILE_COLUMNS except run_date, row_idx, group_id.
+    `table` holds a day-rows file's columns (DAY_ROW_READ_COLUMNS: the vocabulary fields as stable
+    ids, which the run's encoder maps to its ids, inactive ones to 0). The encoded table has
+    FILE_COLUMNS except run_date, row_idx, group_id.
     """
     n = table.num_rows
     batch_table = table.append_column("split", pa.repeat(pa.scalar(split, pa.string()), n))
     batches = batch_table.combine_chunks().to_batches() or [pa.RecordBatch.from_pylist([], schema=batch_table.schema)]
-    enc = pa.Table.from_batches([encoder.encode_batch(b) for b in batches])
+    enc = pa.Table.from_batches([encoder.encode_batch(b, stable=True) for b in batches])
     ad = table.column("ad_id").combine_chunks()
     ad_key = np.asarray(pc.fill_null(ad.cast(pa.int64()), NULL_AD_KEY).to_numpy(zero_copy_only=False), np.int64)
     ad_pos = np.asarray(table.column("ad_pos").to_numpy(), np.int64)

@@ -30,8 +30,11 @@ def with_catalog(ads_df: DataFrame) -> Callable[[DataFrame], DataFrame]:
     return inner
 
 
-def agg_daily_value_counts(joined_df: DataFrame) -> DataFrame:
+def agg_daily_value_counts(joined_df: DataFrame, column: Callable[[str], str] = lambda name: name) -> DataFrame:
     """Occurrences of every raw value per (dt, field) of joined impression rows.
+
+    `column` names the column a categorical field is read from (stored day rows hold stable ids
+    in `features.encoder.stable_column(field)`); numeric fields are read from their own column.
 
     Categorical values land in `value` (bigint), numeric ones in `num_value` (double; NaN counts
     as null); null single values are counted too (with both null) so that OOV rates include them.
@@ -43,15 +46,15 @@ def agg_daily_value_counts(joined_df: DataFrame) -> DataFrame:
                         num_value.cast("double").alias("num_value"))
 
     no_long, no_double = F.lit(None).cast("bigint"), F.lit(None).cast("double")
-    singles = [entry(n, F.col(n), no_double) for n in CATEGORICAL_SINGLE_FIELDS]
+    singles = [entry(n, F.col(column(n)), no_double) for n in CATEGORICAL_SINGLE_FIELDS]
     for n in NUMERIC_FIELDS:
         x = F.col(n).cast("double")
         singles.append(entry(n, no_long, F.when(F.isnan(x), None).otherwise(x)))
     def element_entry(name: str):  # a one-argument lambda: transform() passes (x, index) to two
         return lambda x: entry(name, x, no_double)
 
-    multis = [F.transform(F.coalesce(F.col(n), F.array().cast("array<int>")), element_entry(n))
-              for n in MULTI_FIELDS]
+    multis = [F.transform(F.coalesce(F.col(column(n)).cast("array<bigint>"), F.array().cast("array<bigint>")),
+                          element_entry(n)) for n in MULTI_FIELDS]
     entries = F.concat(F.array(*singles), *multis)
     return (joined_df.select("dt", F.explode(entries).alias("e"))
             .select("dt", "e.field", "e.value", "e.num_value")
@@ -71,9 +74,10 @@ def field_threshold(thresholds: dict[str, int]):
     return F.create_map(*pairs)[F.col("field")]
 
 
-def agg_vocabulary(thresholds: dict[str, int]) -> Callable[[DataFrame], DataFrame]:
-    """Vocabulary rows (field, value, id, count) from window counts: values seen >= the field's
-    threshold; ids 1.. by descending count, ties by ascending value (id 0 stays OOV)."""
+def agg_vocabulary(thresholds: dict[str, int], extra: tuple[str, ...] = ()) -> Callable[[DataFrame], DataFrame]:
+    """Vocabulary rows (field, value, id, count, *extra) from window counts: values seen >= the
+    field's threshold; ids 1.. by descending count, ties by ascending value (id 0 stays OOV).
+    `extra` columns of the counts (e.g. the stable id) are carried along."""
 
     def inner(window_counts_df: DataFrame) -> DataFrame:
         threshold = field_threshold(thresholds)
@@ -81,7 +85,7 @@ def agg_vocabulary(thresholds: dict[str, int]) -> Callable[[DataFrame], DataFram
         return (window_counts_df
                 .where(F.col("field").isin(list(thresholds)) & F.col("value").isNotNull()
                        & (F.col("count") >= threshold))
-                .select("field", "value", F.row_number().over(order).cast("int").alias("id"), "count"))
+                .select("field", "value", F.row_number().over(order).cast("int").alias("id"), "count", *extra))
 
     return inner
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import datetime as dt
+import shutil
 
 from core import contract
-from core.paths import Paths
+from core.paths import Paths, local_path
+from features.tables import ID_REGISTRY_TABLE
 
 D0 = dt.date(2026, 3, 1)
 
@@ -36,6 +38,18 @@ def ad(ad_id: int, day: dt.date, **kw) -> dict:
     return row
 
 
+def joined(rows: list[dict]) -> list[dict]:
+    """Impression rows merged with their ad's catalog attributes (what with_catalog produces)."""
+    out = []
+    for r in rows:
+        catalog = ad(r["ad_id"], r["dt"]) if r["ad_id"] is not None else {}
+        merged = {k: catalog.get(k) for k in ("category_id", "parent_category_id", "brand_id", "shop_id",
+                                                "price", "review_count", "title_words")}
+        merged.update(r.pop("_catalog", {}))
+        out.append({**r, **merged})
+    return out
+
+
 def as_tuples(rows: list[dict], ddl: str) -> list[tuple]:
     names = [c.strip().split(" ")[0] for c in ddl.split(",")]
     return [tuple(r.get(n) for n in names) for r in rows]
@@ -55,3 +69,13 @@ def replace_bronze_day(spark, cfg, day: dt.date, impressions: list[dict]) -> Non
     (spark.createDataFrame(as_tuples(impressions, IMPRESSIONS_DDL), IMPRESSIONS_DDL).write.format("delta")
      .mode("overwrite").partitionBy("dt").option("replaceWhere", f"dt = '{day.isoformat()}'")
      .save(Paths.of(cfg).bronze_impressions))
+
+
+def copy_id_registry(source_cfg, target_cfg) -> None:
+    """Copy the id registry of source_cfg's warehouse into target_cfg's (which must have none).
+
+    A full rebuild recomputes every derived features table from bronze; the registry is the
+    values' permanent identity, kept across rebuilds, so a rebuild compared with an incremental
+    run starts from the incremental run's registry."""
+    shutil.copytree(local_path(Paths.of(source_cfg).table(ID_REGISTRY_TABLE)),
+                    local_path(Paths.of(target_cfg).table(ID_REGISTRY_TABLE)))

@@ -16,7 +16,7 @@ from features import tables
 from spark_jobs import build_window
 from spark_jobs.build_window import FailedDaysError
 from spark_jobs.day_status import record_verdict
-from tests.features.bronze_fixture import replace_bronze_day
+from tests.features.bronze_fixture import copy_id_registry, replace_bronze_day
 from tests.features.test_run import DAYS, day_impressions, make_cfg, table, write_days
 
 FAILED = DAYS[2]
@@ -38,6 +38,7 @@ def _assert_same_as_full_rebuild(spark, cfg, meta, full_root, run_date, steps):
     """A full rebuild on a fresh root, after `steps(full_cfg)`, gives the incremental run's outputs."""
     full_cfg = make_cfg(full_root, **{"features.incremental": False})
     steps(full_cfg)
+    copy_id_registry(cfg, full_cfg)
     full = build_window.run(full_cfg, spark, run_date)
     for name in (tables.VOCAB_TABLE, tables.BINS_TABLE, tables.AD_COUNTS_TABLE):
         assertDataFrameEqual(table(spark, full_cfg, name, run_date), table(spark, cfg, name, run_date))

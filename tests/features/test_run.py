@@ -12,10 +12,12 @@ from pyspark.testing import assertDataFrameEqual
 from core.config import load_config
 from core.paths import Paths
 from features import tables
-from features.spec import FeatureSpec
+from features.encoder import load_encoder_file, save_encoder
+from features.spec import MULTI_FIELDS, SINGLE_FIELDS, FeatureSpec
 from features.tables import FeaturesError
+from serving.requests import RequestEncoder, columns_from_records
 from spark_jobs import build_window
-from tests.features.bronze_fixture import D0, ad, impression, replace_bronze_day, write_bronze
+from tests.features.bronze_fixture import D0, ad, copy_id_registry, impression, replace_bronze_day, write_bronze
 
 DAYS = [D0 + dt.timedelta(days=k) for k in range(5)]  # window of DAYS[3] is DAYS[0..2], of DAYS[4] DAYS[1..3]
 AD_OF_ROW = [1, 1, 1, 2, 2, 3, 1, 2]
@@ -71,11 +73,17 @@ def test_incremental_counts_only_new_days(built):
 
 
 def test_full_rebuild_gives_identical_outputs(spark, built, tmp_path):
+    """A full rebuild from bronze, in a warehouse that holds only the bronze tables and the id
+    registry (the values' permanent ids are state, not derived data), equals the incremental run."""
     cfg, _first, incremental = built
     full_cfg = make_cfg(tmp_path / "full", **{"features.incremental": False})
     write_days(spark, full_cfg, range(5))
+    registry = tables.ID_REGISTRY_TABLE
+    copy_id_registry(cfg, full_cfg)
     full = build_window.run(full_cfg, spark, DAYS[4])
     assert full["counted_days"] == [d.isoformat() for d in DAYS[1:4]]
+    assertDataFrameEqual(spark.read.format("delta").load(Paths.of(full_cfg).table(registry)),
+                         spark.read.format("delta").load(Paths.of(cfg).table(registry)))  # no id added
     for name in (tables.VOCAB_TABLE, tables.BINS_TABLE, tables.AD_COUNTS_TABLE):
         assertDataFrameEqual(table(spark, full_cfg, name, DAYS[4]), table(spark, cfg, name, DAYS[4]))
     assertDataFrameEqual(tables.read_examples(full_cfg, spark, DAYS[4]), tables.read_examples(cfg, spark, DAYS[4]))
@@ -88,10 +96,11 @@ def test_vocabulary_bins_and_oov_of_a_run(spark, built):
     vocab = table(spark, cfg, tables.VOCAB_TABLE, DAYS[4]).where(F.col("field").isin("user_location", "ad_id",
                                                                                        "hist_categories"))
     expected = spark.createDataFrame([
-        (DAYS[4], "user_location", 1, 1, 21),  # the null location of each day is not a value
-        (DAYS[4], "ad_id", 1, 1, 12), (DAYS[4], "ad_id", 2, 2, 9), (DAYS[4], "ad_id", 3, 3, 3),
-        (DAYS[4], "hist_categories", 5, 1, 24),  # 6+k occur once a day: below min_count 2
-    ], "run_date date, field string, value bigint, id int, count bigint")
+        (DAYS[4], "user_location", 1, 1, 21, 1),  # the null location of each day is not a value
+        (DAYS[4], "ad_id", 1, 1, 12, 1), (DAYS[4], "ad_id", 2, 2, 9, 2), (DAYS[4], "ad_id", 3, 3, 3, 3),
+        # 6+k occur once a day: below min_count 2; stable ids 2..5 went to 6, 7, 8, 9 (days 0..3)
+        (DAYS[4], "hist_categories", 5, 1, 24, 1),
+    ], "run_date date, field string, value bigint, id int, count bigint, stable_id bigint")
     assertDataFrameEqual(vocab, expected)
     # price (16 bins asked): ad 1 at 11, 12, 13 (4 impressions each), ad 3 at 30 (3), ad 2 null (9);
     # so the k/16 quantiles of 15 non-null values are 11 (k <= 4), 12, 13 (k <= 12) and 30.
@@ -173,3 +182,34 @@ def test_rerun_replaces_and_pinned_versions_reproduce(spark, tmp_path):
     assertDataFrameEqual(tables.read_examples(cfg, spark, DAYS[3]), spark.createDataFrame(first_examples))
     with pytest.raises(FeaturesError, match=r"bronze_versions\['ads'\] = 99"):
         build_window.run(cfg, spark, DAYS[3], bronze_versions={"ads": 99})
+
+
+def test_serving_encodes_raw_requests_to_the_examples_ids(spark, built, tmp_path):
+    """The predictor's encoder (raw values, via the saved encoder.npz) gives every impression of the
+    run date the ids its examples got from the stored stable ids, in both splits."""
+    cfg, _first, _second = built
+    path = tmp_path / "encoder.npz"
+    save_encoder(tables.load_encoder(cfg, spark, DAYS[4]), path)
+    loaded = load_encoder_file(path)
+    assert loaded.stable_ids is not None
+    encoder = RequestEncoder(loaded, SINGLE_FIELDS, MULTI_FIELDS)
+    examples = tables.read_examples(cfg, spark, DAYS[4]).toPandas().set_index("impression_id")
+    for k, split in ((3, "train"), (4, "holdout")):
+        catalog = {a["ad_id"]: a for a in day_ads(k)}
+        requests = []
+        for row in day_impressions(k):
+            request = {f: v for f, v in row.items() if f not in ("dt", "click")}
+            ad_row = catalog[row["ad_id"]]
+            request.update({f: ad_row[f] for f in ("category_id", "parent_category_id", "brand_id", "shop_id",
+                                                    "price", "review_count", "title_words")})
+            requests.append(request)
+        encoded = encoder.encode(columns_from_records(requests))
+        for i, request in enumerate(requests):
+            example = examples.loc[request["impression_id"]]
+            assert example["split"] == split
+            for j, name in enumerate(SINGLE_FIELDS):
+                assert encoded.single[i, j] == example[f"f_{name}"], (request["impression_id"], name)
+            for name in MULTI_FIELDS:
+                start = encoded.multi_offsets[name][i]
+                n = len(request[name] or [])
+                assert encoded.multi_values[name][start:start + n].tolist() == list(example[f"m_{name}"]), name

@@ -11,28 +11,18 @@ from pyspark.sql import Window
 from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 
-from core.config import FeaturesConfig
+from core.config import FeaturesConfig, load_config
+from core.paths import Paths
 from features.encoder import FeatureEncoder
 from features.tables import FeaturesError
+from spark_jobs import id_registry
 from spark_jobs.build_window import min_count_thresholds
 from spark_jobs.example_assembly import NULL_AD_KEY, ad_group_layout, encode_day_rows, within_ad_keys
 from spark_jobs.feature_transforms import (agg_bin_edges, agg_daily_value_counts, agg_vocabulary,
                                            agg_window_counts, with_ad_positions)
-from tests.features.bronze_fixture import D0, JOINED_DDL, ad, as_tuples, impression
+from tests.features.bronze_fixture import D0, JOINED_DDL, as_tuples, impression, joined
 
 COUNTS_DDL = "field string, value bigint, num_value double, count bigint"
-
-
-def joined(rows: list[dict]) -> list[dict]:
-    """Impression rows merged with their ad's catalog attributes (what with_catalog produces)."""
-    out = []
-    for r in rows:
-        catalog = ad(r["ad_id"], r["dt"]) if r["ad_id"] is not None else {}
-        merged = {k: catalog.get(k) for k in ("category_id", "parent_category_id", "brand_id", "shop_id",
-                                                "price", "review_count", "title_words")}
-        merged.update(r.pop("_catalog", {}))
-        out.append({**r, **merged})
-    return out
 
 
 def test_agg_daily_value_counts_counts_nulls_and_array_elements(spark):
@@ -97,10 +87,8 @@ def test_agg_bin_edges_exact_weighted_quantiles(spark):
     assertDataFrameEqual(counts.transform(agg_bin_edges(4)), expected)
 
 
-def test_encode_day_rows_oov_and_bins(spark):
-    encoder = FeatureEncoder.from_entries(
-        {"user_id": {100: 1, 101: 2}, "ad_id": {1: 1}, "category_id": {11: 1}, "title_words": {7: 1}},
-        {"price": [10.0, 20.0], "review_count": [1.0]}, ad_window_counts={1: 30, 2: 2})
+def test_encode_day_rows_oov_and_bins(spark, tmp_path):
+    """Joined rows -> registered and stored as stable ids (Spark) -> the run's ids (numpy)."""
     rows = joined([impression(0, D0, ad_id=1, user_id=100, click=1),
                    impression(1, D0, ad_id=2, user_id=555),  # unseen user, rare ad
                    impression(2, D0, ad_id=3, user_id=None,  # null user, ad unseen in the window
@@ -108,15 +96,27 @@ def test_encode_day_rows_oov_and_bins(spark):
                                         "category_id": None}),
                    impression(3, D0, ad_id=1, user_id=101, _catalog={"price": 99.0, "title_words": [None, 7, 8]})])
     day_rows = spark.createDataFrame(as_tuples(rows, JOINED_DDL), JOINED_DDL).transform(with_ad_positions)
-    encoded, ad_key, _within = encode_day_rows(encoder, day_rows.toArrow(), D0, "train")
+    paths = Paths.of(load_config(overrides={"storage.root": str(tmp_path)}))
+    added = id_registry.register(spark, paths, day_rows)
+    assert added["user_id"] == 3 and added["title_words"] == 4  # users 100, 101, 555; words 1, 2, 7, 8
+    registry = id_registry.read_registry(spark, paths).toPandas()
+    stable = {f: dict(zip(part["value"], part["id"])) for f, part in registry.groupby("field")}
+    assert stable["user_id"] == {100: 1, 101: 2, 555: 3}  # by (first day, value)
+    assert id_registry.register(spark, paths, day_rows) == {}  # registered values keep their ids
+    vocab = {"user_id": {101: 1, 100: 2}, "ad_id": {1: 1}, "category_id": {11: 1}, "title_words": {7: 1}}
+    encoder = FeatureEncoder.from_entries(
+        vocab, {"price": [10.0, 20.0], "review_count": [1.0]}, ad_window_counts={1: 30, 2: 2},
+        stable_ids={f: {v: stable[f][v] for v in entries} for f, entries in vocab.items()})
+    stored = id_registry.encode_days(day_rows, id_registry.read_registry(spark, paths))
+    encoded, ad_key, _within = encode_day_rows(encoder, stored.toArrow(), D0, "train")
     got = spark.createDataFrame(encoded.select(["impression_id", "ad_id", "label", "is_cold", "category_idx",
                                                 "f_user_id", "f_ad_id", "f_price", "f_review_count",
                                                 "m_title_words", "m_hist_shops"]))
     expected = spark.createDataFrame([
-        ("0301-0", 1, 1, False, 1, 1, 1, 1, 1, [1, 0], []),
+        ("0301-0", 1, 1, False, 1, 2, 1, 1, 1, [1, 0], []),
         ("0301-1", 2, 0, True, 0, 0, 0, 2, 2, [1, 0], []),  # category 10 is not in the vocabulary
         ("0301-2", 3, 0, True, 0, 0, 0, 0, 0, [], []),
-        ("0301-3", 1, 0, False, 1, 2, 1, 3, 1, [0, 1, 0], []),
+        ("0301-3", 1, 0, False, 1, 1, 1, 3, 1, [0, 1, 0], []),
     ], "impression_id string, ad_id bigint, label int, is_cold boolean, category_idx int, "
        "f_user_id int, f_ad_id int, f_price int, f_review_count int, m_title_words array<int>, "
        "m_hist_shops array<int>")

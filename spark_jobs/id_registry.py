@@ -1,0 +1,149 @@
+"""The id registry: one permanent id per (field, raw value), and the day rows encoded with it.
+
+`features/id_registry` (Delta, columns field, value, id, first_dt) gives every categorical value
+of every vocabulary field (features.encoder.VOCAB_FIELDS) an id the first time a day that
+contains it is stored by build_window, and keeps it for good:
+
+  * ids are 1, 2, ... per field, in the order values were first stored; within one store, by
+    (first day, value). 0 and null are never ids (they stay OOV);
+  * rows are only ever added (a MERGE that inserts values not yet present; the table is
+    Serializable, so two runs registering at once cannot both commit: the later one retries);
+  * a value that stops appearing keeps its id. Frequency control (features.min_count) decides,
+    per run date, which ids are *active*; an inactive id maps to its field's OOV row. A model's
+    embedding tables hold the active ids only (the run's rows, saved in encoder.npz with the
+    stable id of each row), so tables do not grow with the registry; the registry itself grows
+    by one small row per distinct value ever stored.
+
+`encode_days` turns a joined day (impressions + that day's catalog) into the stored day rows:
+each vocabulary field replaced by its stable id (`id_<field>`, arrays for multi-valued fields),
+the raw ad_id kept for grouping and cold-ad lookups, numeric fields kept raw (their bins are the
+run date's). It is done in Spark, once per stored day, with broadcast joins against the registry.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from pyspark.sql import DataFrame, SparkSession, Window
+from pyspark.sql import functions as F
+
+from core.delta import delta_exists, merge_into, table_ref
+from core.paths import Paths
+from features.encoder import CATEGORICAL_SINGLE_FIELDS, VOCAB_FIELDS, stable_column
+from features.spec import MULTI_FIELDS
+from features.tables import ID_REGISTRY_TABLE, FeaturesError
+
+log = logging.getLogger("features")
+
+REGISTRY_DDL = "field string, value bigint, id bigint, first_dt date"
+_KEY = ("dt", "_ad_key", "ad_pos")  # unique per day row (with_ad_positions numbers rows within dt and ad)
+_CONFLICT_RETRIES = 8
+
+
+def _values_of_days(joined_df: DataFrame) -> DataFrame:
+    """(field, value, first_dt): every non-null vocabulary value of the joined rows, with its first day."""
+    def entry(name: str, value):
+        return F.struct(F.lit(name).alias("field"), value.cast("bigint").alias("value"))
+
+    def element_entry(name: str):  # a one-argument lambda: transform() passes (x, index) to two
+        return lambda x: entry(name, x)
+
+    singles = [entry(n, F.col(n)) for n in CATEGORICAL_SINGLE_FIELDS]
+    multis = [F.transform(F.coalesce(F.col(n).cast("array<bigint>"), F.array().cast("array<bigint>")),
+                          element_entry(n)) for n in MULTI_FIELDS]
+    return (joined_df.select("dt", F.explode(F.concat(F.array(*singles), *multis)).alias("e"))
+            .select("dt", "e.field", "e.value").where(F.col("value").isNotNull())
+            .groupBy("field", "value").agg(F.min("dt").alias("first_dt")))
+
+
+def _is_conflict(error: Exception) -> bool:
+    """Whether `error` is Delta's answer to a concurrent commit (DELTA_CONCURRENT_*)."""
+    text = f"{type(error).__name__} {error}"
+    return "DELTA_CONCURRENT" in text or "ConcurrentAppendException" in text
+
+
+def register(spark: SparkSession, paths: Paths, joined_df: DataFrame) -> dict[str, int]:
+    """Give every vocabulary value of `joined_df` that has no id yet the next ids of its field.
+
+    Returns {field: ids added} (fields without new values omitted). Idempotent: values already
+    registered keep their ids, so re-storing a day adds nothing.
+    """
+    uri = paths.table(ID_REGISTRY_TABLE)
+    seen_df = _values_of_days(joined_df)
+    for attempt in range(1, _CONFLICT_RETRIES + 1):
+        try:
+            spark.sql(f"CREATE TABLE IF NOT EXISTS {table_ref(uri)} ({REGISTRY_DDL}) USING delta "
+                      "TBLPROPERTIES ('delta.isolationLevel' = 'Serializable')").collect()
+            registry_df = spark.read.format("delta").load(uri)
+            top_df = registry_df.groupBy("field").agg(F.max("id").alias("_top"))
+            order = Window.partitionBy("field").orderBy("first_dt", "value")
+            new_df = (seen_df.join(registry_df.select("field", "value"), ["field", "value"], "left_anti")
+                      .join(F.broadcast(top_df), "field", "left")
+                      .select("field", "value",
+                              (F.coalesce("_top", F.lit(0)) + F.row_number().over(order)).alias("id"), "first_dt")
+                      .localCheckpoint())  # the ids are fixed before the MERGE reads the registry again
+            added = {r["field"]: int(r["count"]) for r in new_df.groupBy("field").count().collect()}
+            if added:
+                merge_into(spark, uri, new_df, "ON t.field = s.field AND t.value = s.value "
+                                               "WHEN NOT MATCHED THEN INSERT *")
+            return dict(sorted(added.items()))
+        except Exception as e:  # Delta's ConcurrentAppendException, as Connect or py4j delivers it
+            if attempt == _CONFLICT_RETRIES or not _is_conflict(e):
+                raise
+            log.warning("id registry %s: another run registered values at the same time; retrying (%d of %d)",
+                        uri, attempt, _CONFLICT_RETRIES - 1)
+            time.sleep(0.2 * attempt)
+    raise AssertionError("unreachable")
+
+
+def read_registry(spark: SparkSession, paths: Paths) -> DataFrame:
+    """The registry (field, value, id, first_dt); FeaturesError when no day was stored yet."""
+    uri = paths.table(ID_REGISTRY_TABLE)
+    if not delta_exists(spark, uri):
+        raise FeaturesError(f"no id registry at {uri}; run build_window for a date first")
+    return spark.read.format("delta").load(uri)
+
+
+def encode_days(joined_df: DataFrame, registry_df: DataFrame) -> DataFrame:
+    """Replace each vocabulary field of the joined rows (which carry dt, ad_pos) by its stable id.
+
+    Single fields become `id_<field>` bigint (null stays null); multi-valued fields become
+    `id_<field>` array<bigint> in the same order (a null array stays null, a null element stays
+    null). `registry_df` must hold every non-null value (`register` them first): a value without
+    an id would be stored as null, that is OOV.
+    """
+    ids = {n: registry_df.where(F.col("field") == n).select(F.col("value").alias(f"_v_{n}"),
+                                                           F.col("id").alias(stable_column(n)))
+           for n in VOCAB_FIELDS}
+    df = joined_df.withColumn("_ad_key", F.coalesce(F.col("ad_id").cast("bigint"), F.lit(-(2**63))))
+    for n in CATEGORICAL_SINGLE_FIELDS:
+        df = (df.join(F.broadcast(ids[n]), F.col(n).cast("bigint") == F.col(f"_v_{n}"), "left")
+              .drop(f"_v_{n}"))
+    # Multi-valued fields: explode (field, position, value) once, look the values up, regroup per row.
+    def element(name: str):
+        return lambda x, i: F.struct(F.lit(name).alias("field"), i.alias("pos"), x.cast("bigint").alias("value"))
+
+    elements = F.concat(*[F.transform(F.coalesce(F.col(n).cast("array<bigint>"), F.array().cast("array<bigint>")), element(n))
+                          for n in MULTI_FIELDS])
+    multi_ids = registry_df.where(F.col("field").isin(list(MULTI_FIELDS))).select("field", "value", "id")
+    exploded = (df.select(*_KEY, F.explode(elements).alias("e")).select(*_KEY, "e.field", "e.pos", "e.value")
+                .join(F.broadcast(multi_ids), ["field", "value"], "left"))
+    regrouped = exploded.groupBy(*_KEY).agg(*[
+        F.array_sort(F.collect_list(F.when(F.col("field") == n, F.struct("pos", "id")))).alias(f"_l_{n}")
+        for n in MULTI_FIELDS])
+    df = df.join(regrouped, list(_KEY), "left")
+    for n in MULTI_FIELDS:
+        df = df.withColumn(stable_column(n), F.when(F.col(n).isNull(), F.lit(None)).otherwise(
+            F.transform(F.coalesce(F.col(f"_l_{n}"), F.array().cast("array<struct<pos:int,id:bigint>>")),
+                        lambda s: s["id"])))
+    return df.drop("_ad_key", *[f"_l_{n}" for n in MULTI_FIELDS])
+
+
+def timed_register(spark: SparkSession, paths: Paths, joined_df: DataFrame) -> dict[str, int]:
+    """`register`, logging the ids added per field and the time it took."""
+    started = time.monotonic()
+    added = register(spark, paths, joined_df)
+    log.info("id registry: %s new id(s) in %.1f s%s", sum(added.values()), time.monotonic() - started,
+             f" ({', '.join(f'{k} {v}' for k, v in added.items())})" if added else "")
+    return added
