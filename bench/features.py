@@ -8,12 +8,13 @@ For each size it writes synthetic bronze tables straight into a scratch warehous
 files, no ingest: Spark generates contract-shaped rows with long-tailed users and ads, so the
 benchmark measures only the features stage), then
 
-  1. runs the features job for D-1 incrementally (untimed: stores the rows and counts of its
-     window days and the rows of its holdout day D-1),
-  2. times the incremental run for D (stores day D's rows, counts day D-1 from its stored rows,
-     sums the stored daily counts),
-  3. times the full rebuild for D (features.incremental=false: rejoins, rewrites and recounts
-     every day from the bronze tables).
+  1. runs the features job for D-1 incrementally (untimed: registers the values of its window
+     days and holdout day D-1 in the id registry and stores their rows encoded to stable ids,
+     and the counts of its window days),
+  2. times the incremental run for D (registers and stores day D's rows, counts day D-1 from its
+     stored rows, sums the stored daily counts),
+  3. times the full rebuild for D (features.incremental=false: rejoins, re-encodes, rewrites and
+     recounts every day from the bronze tables, against the same id registry).
 
 Both timed runs write the same outputs (vocabularies, bins, and the encoded examples of the
 whole window, assembled from the stored day rows; `*_examples_s` is that assembly's share).

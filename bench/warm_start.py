@@ -98,7 +98,9 @@ def main(argv: list[str] | None = None) -> int:
     work = os.path.abspath(args.work or os.path.join("var", "warm_start"))
     shutil.rmtree(work, ignore_errors=True)
     torch.set_num_threads(2)
-    overrides = {**WORLD_KNOBS, **QUICK_KNOBS, **TRAIN_KNOBS, "model.variant": "cscnn",
+    # TRAIN_KNOBS switch the warm start off (the ablation trains each variant from scratch); here
+    # the warm arm needs it on, and the cold arm passes no model to start from.
+    overrides = {**WORLD_KNOBS, **QUICK_KNOBS, **TRAIN_KNOBS, "train.warm_start": True, "model.variant": "cscnn",
                  "world.impressions_per_day": args.impressions_per_day, "features.window_days": args.window_days,
                  "storage.root": work, "world.seed": args.seed, "features.seed": args.seed,
                  "train.seed": args.seed, **parse_overrides(args.set)}
@@ -140,6 +142,8 @@ def main(argv: list[str] | None = None) -> int:
                            "logloss": _r(metrics["logloss"]), "steps": metrics["steps"],
                            "seconds": round(time.perf_counter() - t1, 1)}
             if arm == "warm":
+                if previous is not None and not metrics.get("warm_start"):
+                    raise RuntimeError(f"{run_date}: the warm arm did not warm-start from {previous['model']}")
                 record["warm_start_rows"] = _tables(metrics.get("warm_start"))
                 previous = {"model": os.path.join(out_dir, "model.pt"), "encoder": encoder}
         log.info("%s: cold auc %.4f (cold ads %s), warm auc %.4f (cold ads %s)", run_date, record["cold"]["auc"],

@@ -6,7 +6,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from features.encoder import FeatureEncoder, apply_bin_edges, lookup_ids
+from features.encoder import FeatureEncoder, apply_bin_edges, load_encoder_file, lookup_ids, save_encoder
 
 
 def test_apply_bin_edges_scalars_arrays_and_nulls():
@@ -80,3 +80,25 @@ def test_encode_single_arrays_equal_the_binary_search(span):
     np.testing.assert_array_equal(got, lookup_ids(*encoder.vocab["user_id"], values, valid))
     assert (encoder.direct_ids("user_id") is None) == (span > 10**6)
     assert encoder.encode_single("user_id", next(iter(entries))) == 1  # scalars take the same ids
+
+
+def test_stable_ids_travel_in_encoder_npz_and_an_older_file_still_loads(tmp_path):
+    """encoder.npz keeps each vocabulary value's stable id; a file written before the id registry
+    (no stable ids) loads as before and encodes raw values the same, stable ids then unavailable."""
+    vocab = {"user_id": {500: 2, 700: 1}, "title_words": {9: 1}}
+    stable = {"user_id": {500: 31, 700: 4}, "title_words": {9: 12}}
+    enc = FeatureEncoder.from_entries(vocab, {"price": [1.0], "review_count": [1.0]}, stable_ids=stable)
+    save_encoder(enc, tmp_path / "new.npz")
+    loaded = load_encoder_file(tmp_path / "new.npz")
+    assert loaded.stable_ids["user_id"].tolist() == [31, 4]  # aligned with the sorted values 500, 700
+    ids = loaded.stable_lookup("user_id").lookup(np.array([[4, 31, 5, 0, 99]]), None)[0]
+    assert ids.tolist() == [1, 2, 0, 0, 0]  # inactive or unknown stable ids -> OOV
+    with np.load(tmp_path / "new.npz") as z:  # an encoder.npz as published before the registry
+        np.savez(tmp_path / "old.npz", **{k: z[k] for k in z.files if not k.startswith("vocab_stable_ids.")})
+    old = load_encoder_file(tmp_path / "old.npz")
+    assert old.stable_ids is None
+    assert old.encode_single("user_id", np.array([700, 500, 1])).tolist() == [1, 2, 0]
+    with pytest.raises(ValueError, match="no stable ids"):
+        old.stable_lookup("user_id")
+    with pytest.raises(ValueError, match=r"field 'user_id': vocabulary values \[500\] have no stable id"):
+        FeatureEncoder.from_entries(vocab, {}, stable_ids={"user_id": {700: 4}})
