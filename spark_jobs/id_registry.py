@@ -25,6 +25,8 @@ from __future__ import annotations
 import logging
 import time
 
+import numpy as np
+
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
@@ -39,6 +41,9 @@ log = logging.getLogger("features")
 REGISTRY_DDL = "field string, value bigint, id bigint, first_dt date"
 _KEY = ("dt", "_ad_key", "ad_pos")  # unique per day row (with_ad_positions numbers rows within dt and ad)
 _CONFLICT_RETRIES = 8
+# A multi-valued field whose registered values span at most this many integers is encoded through
+# an id array broadcast with the rows (8 bytes per integer of the span) instead of a regroup.
+LOOKUP_MAX_SPAN = 1 << 21
 
 
 def _values_of_days(joined_df: DataFrame) -> DataFrame:
@@ -105,13 +110,44 @@ def read_registry(spark: SparkSession, paths: Paths) -> DataFrame:
     return spark.read.format("delta").load(uri)
 
 
-def encode_days(joined_df: DataFrame, registry_df: DataFrame) -> DataFrame:
+def _lookup_arrays(registry_df: DataFrame, names: tuple[str, ...], max_span: int) -> dict[str, tuple[int, list[int]]]:
+    """{field: (smallest value, ids by value - smallest)} of the fields of `names` whose registered
+    values span at most `max_span` integers (gaps hold 0, never an id)."""
+    spans = (registry_df.where(F.col("field").isin(list(names))).groupBy("field")
+             .agg(F.min("value").alias("lo"), F.max("value").alias("hi")).collect())
+    small = {r["field"]: int(r["lo"]) for r in spans if int(r["hi"]) - int(r["lo"]) < max_span}
+    if not small:
+        return {}
+    pairs = registry_df.where(F.col("field").isin(list(small))).select("field", "value", "id").toArrow().to_pandas()
+    out = {}
+    for name, part in pairs.groupby("field"):
+        lo = small[str(name)]
+        ids = np.zeros(int(part["value"].max()) - lo + 1, np.int64)
+        ids[part["value"].to_numpy() - lo] = part["id"].to_numpy()
+        out[str(name)] = (lo, ids.tolist())
+    return out
+
+
+def _array_lookup(column: str, lo: int, ids: list[int]):
+    """A one-argument lambda for transform(): value x -> ids[x - lo] of the array column, null
+    outside it (transform() passes (x, index) to a lambda of two arguments)."""
+    def look_up(x):
+        index = x - F.lit(lo - 1)  # element_at is 1-based
+        return F.when((index >= 1) & (index <= len(ids)), F.element_at(F.col(column), index.cast("int")))
+
+    return look_up
+
+
+def encode_days(joined_df: DataFrame, registry_df: DataFrame, lookup_max_span: int = LOOKUP_MAX_SPAN) -> DataFrame:
     """Replace each vocabulary field of the joined rows (which carry dt, ad_pos) by its stable id.
 
-    Single fields become `id_<field>` bigint (null stays null); multi-valued fields become
-    `id_<field>` array<bigint> in the same order (a null array stays null, a null element stays
-    null). `registry_df` must hold every non-null value (`register` them first): a value without
-    an id would be stored as null, that is OOV.
+    Single fields become `id_<field>` bigint (null stays null), through a broadcast join each.
+    Multi-valued fields become `id_<field>` array<bigint> in the same order (a null array stays
+    null, a null element stays null): a field whose registered values span at most
+    `lookup_max_span` integers is looked up element by element in an id array broadcast with the
+    rows (no shuffle); a wider one is exploded, joined and regrouped per row (two shuffles).
+    `registry_df` must hold every non-null value (`register` them first): a value without an id
+    would be stored as null or 0, that is OOV.
     """
     ids = {n: registry_df.where(F.col("field") == n).select(F.col("value").alias(f"_v_{n}"),
                                                            F.col("id").alias(stable_column(n)))
@@ -120,24 +156,38 @@ def encode_days(joined_df: DataFrame, registry_df: DataFrame) -> DataFrame:
     for n in CATEGORICAL_SINGLE_FIELDS:
         df = (df.join(F.broadcast(ids[n]), F.col(n).cast("bigint") == F.col(f"_v_{n}"), "left")
               .drop(f"_v_{n}"))
-    # Multi-valued fields: explode (field, position, value) once, look the values up, regroup per row.
+    arrays = _lookup_arrays(registry_df, MULTI_FIELDS, lookup_max_span) if lookup_max_span > 0 else {}
+    if arrays:
+        spark = registry_df.sparkSession
+        names = sorted(arrays)
+        arrays_df = spark.createDataFrame([tuple(arrays[n][1] for n in names)],
+                                          ", ".join(f"_lut_{n} array<bigint>" for n in names))
+        df = df.crossJoin(F.broadcast(arrays_df))
+        for n in names:
+            df = df.withColumn(stable_column(n), F.transform(F.col(n).cast("array<bigint>"),
+                                                             _array_lookup(f"_lut_{n}", *arrays[n])))
+        df = df.drop(*[f"_lut_{n}" for n in names])
+    wide = [n for n in MULTI_FIELDS if n not in arrays]
+    if not wide:
+        return df.drop("_ad_key")
+    # The wide multi-valued fields: explode (field, position, value) once, look up, regroup per row.
     def element(name: str):
         return lambda x, i: F.struct(F.lit(name).alias("field"), i.alias("pos"), x.cast("bigint").alias("value"))
 
-    elements = F.concat(*[F.transform(F.coalesce(F.col(n).cast("array<bigint>"), F.array().cast("array<bigint>")), element(n))
-                          for n in MULTI_FIELDS])
-    multi_ids = registry_df.where(F.col("field").isin(list(MULTI_FIELDS))).select("field", "value", "id")
+    elements = F.concat(*[F.transform(F.coalesce(F.col(n).cast("array<bigint>"), F.array().cast("array<bigint>")),
+                                      element(n)) for n in wide])
+    multi_ids = registry_df.where(F.col("field").isin(wide)).select("field", "value", "id")
     exploded = (df.select(*_KEY, F.explode(elements).alias("e")).select(*_KEY, "e.field", "e.pos", "e.value")
                 .join(F.broadcast(multi_ids), ["field", "value"], "left"))
     regrouped = exploded.groupBy(*_KEY).agg(*[
         F.array_sort(F.collect_list(F.when(F.col("field") == n, F.struct("pos", "id")))).alias(f"_l_{n}")
-        for n in MULTI_FIELDS])
+        for n in wide])
     df = df.join(regrouped, list(_KEY), "left")
-    for n in MULTI_FIELDS:
+    for n in wide:
         df = df.withColumn(stable_column(n), F.when(F.col(n).isNull(), F.lit(None)).otherwise(
             F.transform(F.coalesce(F.col(f"_l_{n}"), F.array().cast("array<struct<pos:int,id:bigint>>")),
                         lambda s: s["id"])))
-    return df.drop("_ad_key", *[f"_l_{n}" for n in MULTI_FIELDS])
+    return df.drop("_ad_key", *[f"_l_{n}" for n in wide])
 
 
 def timed_register(spark: SparkSession, paths: Paths, joined_df: DataFrame) -> dict[str, int]:

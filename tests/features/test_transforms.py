@@ -87,7 +87,8 @@ def test_agg_bin_edges_exact_weighted_quantiles(spark):
     assertDataFrameEqual(counts.transform(agg_bin_edges(4)), expected)
 
 
-def test_encode_day_rows_oov_and_bins(spark, tmp_path):
+@pytest.mark.parametrize("lookup_max_span", [id_registry.LOOKUP_MAX_SPAN, 0])  # id arrays, or regroup
+def test_encode_day_rows_oov_and_bins(spark, tmp_path, lookup_max_span):
     """Joined rows -> registered and stored as stable ids (Spark) -> the run's ids (numpy)."""
     rows = joined([impression(0, D0, ad_id=1, user_id=100, click=1),
                    impression(1, D0, ad_id=2, user_id=555),  # unseen user, rare ad
@@ -107,7 +108,7 @@ def test_encode_day_rows_oov_and_bins(spark, tmp_path):
     encoder = FeatureEncoder.from_entries(
         vocab, {"price": [10.0, 20.0], "review_count": [1.0]}, ad_window_counts={1: 30, 2: 2},
         stable_ids={f: {v: stable[f][v] for v in entries} for f, entries in vocab.items()})
-    stored = id_registry.encode_days(day_rows, id_registry.read_registry(spark, paths))
+    stored = id_registry.encode_days(day_rows, id_registry.read_registry(spark, paths), lookup_max_span)
     encoded, ad_key, _within = encode_day_rows(encoder, stored.toArrow(), D0, "train")
     got = spark.createDataFrame(encoded.select(["impression_id", "ad_id", "label", "is_cold", "category_idx",
                                                 "f_user_id", "f_ad_id", "f_price", "f_review_count",
