@@ -35,6 +35,8 @@ from core.paths import Paths
 from features.encoder import CATEGORICAL_SINGLE_FIELDS, VOCAB_FIELDS, stable_column
 from features.spec import MULTI_FIELDS
 from features.tables import ID_REGISTRY_TABLE, FeaturesError
+from spark_jobs.example_assembly import NULL_AD_KEY
+from spark_jobs.feature_transforms import agg_daily_value_counts
 
 log = logging.getLogger("features")
 
@@ -48,17 +50,8 @@ LOOKUP_MAX_SPAN = 1 << 21
 
 def _values_of_days(joined_df: DataFrame) -> DataFrame:
     """(field, value, first_dt): every non-null vocabulary value of the joined rows, with its first day."""
-    def entry(name: str, value):
-        return F.struct(F.lit(name).alias("field"), value.cast("bigint").alias("value"))
-
-    def element_entry(name: str):  # a one-argument lambda: transform() passes (x, index) to two
-        return lambda x: entry(name, x)
-
-    singles = [entry(n, F.col(n)) for n in CATEGORICAL_SINGLE_FIELDS]
-    multis = [F.transform(F.coalesce(F.col(n).cast("array<bigint>"), F.array().cast("array<bigint>")),
-                          element_entry(n)) for n in MULTI_FIELDS]
-    return (joined_df.select("dt", F.explode(F.concat(F.array(*singles), *multis)).alias("e"))
-            .select("dt", "e.field", "e.value").where(F.col("value").isNotNull())
+    return (agg_daily_value_counts(joined_df)
+            .where(F.col("field").isin(list(VOCAB_FIELDS)) & F.col("value").isNotNull())
             .groupBy("field", "value").agg(F.min("dt").alias("first_dt")))
 
 
@@ -152,7 +145,7 @@ def encode_days(joined_df: DataFrame, registry_df: DataFrame, lookup_max_span: i
     ids = {n: registry_df.where(F.col("field") == n).select(F.col("value").alias(f"_v_{n}"),
                                                            F.col("id").alias(stable_column(n)))
            for n in VOCAB_FIELDS}
-    df = joined_df.withColumn("_ad_key", F.coalesce(F.col("ad_id").cast("bigint"), F.lit(-(2**63))))
+    df = joined_df.withColumn("_ad_key", F.coalesce(F.col("ad_id").cast("bigint"), F.lit(NULL_AD_KEY)))
     for n in CATEGORICAL_SINGLE_FIELDS:
         df = (df.join(F.broadcast(ids[n]), F.col(n).cast("bigint") == F.col(f"_v_{n}"), "left")
               .drop(f"_v_{n}"))
