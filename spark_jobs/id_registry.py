@@ -17,7 +17,8 @@ contains it is stored by build_window, and keeps it for good:
 `encode_days` turns a joined day (impressions + that day's catalog) into the stored day rows:
 each vocabulary field replaced by its stable id (`id_<field>`, arrays for multi-valued fields),
 the raw ad_id kept for grouping and cold-ad lookups, numeric fields kept raw (their bins are the
-run date's). It is done in Spark, once per stored day, with broadcast joins against the registry.
+run date's). It is done in Spark, once per stored day, through id arrays broadcast with the rows
+(broadcast joins or a regroup for fields whose values span too many integers; see encode_days).
 """
 
 from __future__ import annotations
@@ -43,8 +44,9 @@ log = logging.getLogger("features")
 REGISTRY_DDL = "field string, value bigint, id bigint, first_dt date"
 _KEY = ("dt", "_ad_key", "ad_pos")  # unique per day row (with_ad_positions numbers rows within dt and ad)
 _CONFLICT_RETRIES = 8
-# A multi-valued field whose registered values span at most this many integers is encoded through
-# an id array broadcast with the rows (8 bytes per integer of the span) instead of a regroup.
+# A field whose registered values span at most this many integers is encoded through an id array
+# broadcast with the rows (8 bytes per integer of the span) instead of a join (single fields) or a
+# regroup (multi-valued fields).
 LOOKUP_MAX_SPAN = 1 << 21
 
 
@@ -134,22 +136,17 @@ def _array_lookup(column: str, lo: int, ids: list[int]):
 def encode_days(joined_df: DataFrame, registry_df: DataFrame, lookup_max_span: int = LOOKUP_MAX_SPAN) -> DataFrame:
     """Replace each vocabulary field of the joined rows (which carry dt, ad_pos) by its stable id.
 
-    Single fields become `id_<field>` bigint (null stays null), through a broadcast join each.
-    Multi-valued fields become `id_<field>` array<bigint> in the same order (a null array stays
-    null, a null element stays null): a field whose registered values span at most
-    `lookup_max_span` integers is looked up element by element in an id array broadcast with the
-    rows (no shuffle); a wider one is exploded, joined and regrouped per row (two shuffles).
+    Single fields become `id_<field>` bigint (null stays null); multi-valued fields become
+    `id_<field>` array<bigint> in the same order (a null array stays null, a null element stays
+    null). A field whose registered values span at most `lookup_max_span` integers is looked up
+    in an id array broadcast with the rows, all such fields in one broadcast (no shuffle, no join
+    per field). A wider single field takes a broadcast join; a wider multi-valued field is
+    exploded, joined and regrouped per row (two shuffles).
     `registry_df` must hold every non-null value (`register` them first): a value without an id
     would be stored as null or 0, that is OOV.
     """
-    ids = {n: registry_df.where(F.col("field") == n).select(F.col("value").alias(f"_v_{n}"),
-                                                           F.col("id").alias(stable_column(n)))
-           for n in VOCAB_FIELDS}
+    arrays = _lookup_arrays(registry_df, VOCAB_FIELDS, lookup_max_span) if lookup_max_span > 0 else {}
     df = joined_df.withColumn("_ad_key", F.coalesce(F.col("ad_id").cast("bigint"), F.lit(NULL_AD_KEY)))
-    for n in CATEGORICAL_SINGLE_FIELDS:
-        df = (df.join(F.broadcast(ids[n]), F.col(n).cast("bigint") == F.col(f"_v_{n}"), "left")
-              .drop(f"_v_{n}"))
-    arrays = _lookup_arrays(registry_df, MULTI_FIELDS, lookup_max_span) if lookup_max_span > 0 else {}
     if arrays:
         spark = registry_df.sparkSession
         names = sorted(arrays)
@@ -157,9 +154,17 @@ def encode_days(joined_df: DataFrame, registry_df: DataFrame, lookup_max_span: i
                                           ", ".join(f"_lut_{n} array<bigint>" for n in names))
         df = df.crossJoin(F.broadcast(arrays_df))
         for n in names:
-            df = df.withColumn(stable_column(n), F.transform(F.col(n).cast("array<bigint>"),
-                                                             _array_lookup(f"_lut_{n}", *arrays[n])))
+            look_up = _array_lookup(f"_lut_{n}", *arrays[n])
+            if n in MULTI_FIELDS:
+                df = df.withColumn(stable_column(n), F.transform(F.col(n).cast("array<bigint>"), look_up))
+            else:  # a gap of the array (0) is a value without an id: null, as the join gives
+                df = df.withColumn(stable_column(n), F.nullif(look_up(F.col(n).cast("bigint")), F.lit(0)))
         df = df.drop(*[f"_lut_{n}" for n in names])
+    for n in CATEGORICAL_SINGLE_FIELDS:
+        if n not in arrays:
+            ids = registry_df.where(F.col("field") == n).select(F.col("value").alias(f"_v_{n}"),
+                                                                F.col("id").alias(stable_column(n)))
+            df = df.join(F.broadcast(ids), F.col(n).cast("bigint") == F.col(f"_v_{n}"), "left").drop(f"_v_{n}")
     wide = [n for n in MULTI_FIELDS if n not in arrays]
     if not wide:
         return df.drop("_ad_key")

@@ -499,8 +499,11 @@ def _image_conflicts(batch: _Batch) -> list[str]:
     return [r.why for r in reduce(DataFrame.unionByName, checks).limit(3).collect()]
 
 
-def _counts_by_day(df: "DataFrame") -> dict[dt.date, int]:
-    return {r["dt"]: int(r["count"]) for r in df.groupBy("dt").count().collect()}
+def _counts_by_source_day(frames: dict[str, "DataFrame"], by_reason: bool = False) -> list[Any]:
+    """Rows (source, dt[, _reason], count) of the frames {source: frame with dt[, _reason]}, in one job."""
+    keys = ["dt", "_reason"] if by_reason else ["dt"]
+    tagged = [df.select(F.lit(source).alias("source"), *keys) for source, df in frames.items()]
+    return reduce(DataFrame.unionByName, tagged).groupBy("source", *keys).count().collect()
 
 
 def _commit(spark: "SparkSession", paths: Paths, batch: _Batch) -> list[dict[str, Any]]:
@@ -514,10 +517,14 @@ def _commit(spark: "SparkSession", paths: Paths, batch: _Batch) -> list[dict[str
         quarantine_df = (to_quarantine(batch.ads_reason_df, "ads", "ad_id", contract.AD_FIELDS)
                          .unionByName(to_quarantine(batch.imp_reason_df, "impressions", "impression_id",
                                                     contract.IMPRESSION_FIELDS)))
-        landing_imp, landing_ads = _counts_by_day(batch.imp_reason_df), _counts_by_day(batch.ads_reason_df)
+        # Landing rows per day and the quarantine's reasons, from one job over the judged rows.
+        landing_rows: dict[str, dict[dt.date, int]] = {"impressions": {}, "ads": {}}
         reasons: dict[dt.date, dict[str, dict[str, int]]] = {day: {"impressions": {}, "ads": {}} for day in days}
-        for r in quarantine_df.groupBy("dt", "source", "reason").count().collect():
-            reasons[r["dt"]][r["source"]][r["reason"]] = int(r["count"])
+        for r in _counts_by_source_day({"impressions": batch.imp_reason_df, "ads": batch.ads_reason_df},
+                                       by_reason=True):
+            landing_rows[r["source"]][r["dt"]] = landing_rows[r["source"]].get(r["dt"], 0) + int(r["count"])
+            if r["_reason"] is not None:
+                reasons[r["dt"]][r["source"]][r["_reason"]] = int(r["count"])
 
         _replace_partitions(bronze_imp_df, paths.bronze_impressions, days)
         _replace_partitions(bronze_ads_df, paths.bronze_ads, days)
@@ -527,8 +534,11 @@ def _commit(spark: "SparkSession", paths: Paths, batch: _Batch) -> list[dict[str
         batch.release()
 
     in_batch = F.col("dt").between(F.lit(first), F.lit(last))
-    bronze_imp = _counts_by_day(spark.read.format("delta").load(paths.bronze_impressions).where(in_batch))
-    bronze_ads = _counts_by_day(spark.read.format("delta").load(paths.bronze_ads).where(in_batch))
+    # What the tables hold now for the batch's days, read back (one job for both).
+    bronze_rows: dict[str, dict[dt.date, int]] = {"impressions": {}, "ads": {}}
+    for r in _counts_by_source_day({name: spark.read.format("delta").load(uri).where(in_batch) for name, uri in
+                                    (("impressions", paths.bronze_impressions), ("ads", paths.bronze_ads))}):
+        bronze_rows[r["source"]][r["dt"]] = int(r["count"])
     versions = {name: latest_version(spark, uri) for name, uri in
                 (("impressions", paths.bronze_impressions), ("ads", paths.bronze_ads),
                  ("images", paths.bronze_images), ("quarantine", paths.quarantine))}
@@ -538,9 +548,10 @@ def _commit(spark: "SparkSession", paths: Paths, batch: _Batch) -> list[dict[str
         q_imp, q_ads = sum(reasons[day]["impressions"].values()), sum(reasons[day]["ads"].values())
         record = {
             "dt": day.isoformat(),
-            "landing_impressions": landing_imp.get(day, 0), "bronze_impressions": bronze_imp.get(day, 0),
-            "quarantined_impressions": q_imp,
-            "landing_ads": landing_ads.get(day, 0), "bronze_ads": bronze_ads.get(day, 0), "quarantined_ads": q_ads,
+            "landing_impressions": landing_rows["impressions"].get(day, 0),
+            "bronze_impressions": bronze_rows["impressions"].get(day, 0), "quarantined_impressions": q_imp,
+            "landing_ads": landing_rows["ads"].get(day, 0), "bronze_ads": bronze_rows["ads"].get(day, 0),
+            "quarantined_ads": q_ads,
             "new_images": merged_images.get(day, 0),
             "reasons": reasons[day], "schema_drift": batch.drift[day],
             "versions": versions, "range": [first.isoformat(), last.isoformat()], "seconds": seconds,

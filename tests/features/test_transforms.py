@@ -87,7 +87,7 @@ def test_agg_bin_edges_exact_weighted_quantiles(spark):
     assertDataFrameEqual(counts.transform(agg_bin_edges(4)), expected)
 
 
-@pytest.mark.parametrize("lookup_max_span", [id_registry.LOOKUP_MAX_SPAN, 0])  # id arrays, or regroup
+@pytest.mark.parametrize("lookup_max_span", [id_registry.LOOKUP_MAX_SPAN, 0])  # id arrays, or joins and regroup
 def test_encode_day_rows_oov_and_bins(spark, tmp_path, lookup_max_span):
     """Joined rows -> registered and stored as stable ids (Spark) -> the run's ids (numpy)."""
     rows = joined([impression(0, D0, ad_id=1, user_id=100, click=1),
