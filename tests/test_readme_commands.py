@@ -59,6 +59,8 @@ EXCLUDED = {
                                       "loaded machine); tests/serving covers the table and predictor",
     "python -m bench.daily_overhead --label after": "whole DAG runs of the tiny and the demo world (many "
                                                     "minutes); it rewrites a committed result file",
+    "python -m bench.warm_start": "eight daily runs with two trainings each (about 10 minutes); it rewrites a "
+                                  "committed result file; tests/bench covers its summary",
 }
 BLOCK_TIMEOUT_S = 2400  # the demo block: about 4 minutes on 2 idle cores, far more on a loaded machine
 
