@@ -6,7 +6,9 @@ collection time, before any test module imports airflow.
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -15,6 +17,7 @@ DAGS_DIR = REPO_ROOT / "dags"
 PLUGINS_DIR = REPO_ROOT / "plugins"
 
 _AIRFLOW_HOME = tempfile.mkdtemp(prefix="cscnn-airflow-test-")
+atexit.register(shutil.rmtree, _AIRFLOW_HOME, True)  # removed when the test process ends
 AIRFLOW_TEST_ENV = {
     "AIRFLOW_HOME": _AIRFLOW_HOME,
     "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS_DIR),
