@@ -33,8 +33,11 @@ folder only its user can enter (0700, the socket 0600): the runner listens on no
 <state> is CSCNN_STAGE_RUNNER_DIR, else ~/.cache/cscnn-pipeline/stage-runner; a runner's folder
 <state>/<key> is named by a hash of this interpreter, its site-packages (a reinstalled venv gets a
 new runner) and the modules it preloads (`PRELOAD`, or CSCNN_STAGE_RUNNER_PRELOAD: a comma-separated
-list; the tests use a light one). Standard library and core.files only at import time, so `run`
-itself starts in ~50 ms.
+list; the tests use a light one). The runner listens before it preloads, and imports those modules one
+at a time while no request waits: the first stage of a fresh runner is forked at once and imports
+what it needs itself, instead of waiting ~10 s for libraries it may not use (ingest uses neither
+Great Expectations nor torch); later stages find them imported. Standard library and core.files
+only at import time, so `run` itself starts in ~50 ms.
 A runner with no stage running for CSCNN_STAGE_RUNNER_IDLE_S seconds (default 3600) exits; the
 next `run` starts a new one. The runner forks while only the libraries' own native thread pools exist (OpenBLAS, jemalloc),
 which handle fork; it never runs torch, Spark or GX work itself.
@@ -72,7 +75,7 @@ PRELOAD = ("numpy", "pandas", "pyarrow", "pyarrow.parquet", "PIL.Image", "pyspar
 DEFAULT_STATE_DIR = "~/.cache/cscnn-pipeline/stage-runner"
 MARKER = "core.stage_runner serve"  # in the runner's command line: `python -m core.stage_runner serve`
 SOCKET, RECORD, LOG = "runner.sock", "runner.json", "runner.log"
-START_TIMEOUT_S = 120.0  # the imports take ~10-15 s on two cores, more on a cold page cache
+START_TIMEOUT_S = 120.0  # it answers before it preloads: seconds, more on a cold page cache
 KILL_GRACE_S = 10.0
 DEFAULT_IDLE_S = 3600.0
 MAX_REQUEST = 1 << 20
@@ -236,12 +239,7 @@ def serve(folder: Path) -> None:
     log.propagate = False
     started = time.monotonic()
     modules = preload()
-    for name in modules:
-        try:
-            importlib.import_module(name)
-        except Exception as err:  # a missing optional library: its stages import it themselves
-            log.warning("could not preload %s: %s", name, err)
-    import_s = time.monotonic() - started
+    pending = list(modules)  # imported one at a time while no request waits (see the loop)
     packages = _project_packages()
     own = set(_pythonpath(dict(os.environ)))
     base_path = [p for p in sys.path[1:] if p not in own]  # the interpreter's own entries (stdlib, site)
@@ -258,10 +256,10 @@ def serve(folder: Path) -> None:
     stopping: list[int] = []
     signal.signal(signal.SIGTERM, lambda signum, _frame: stopping.append(signum))
     signal.signal(signal.SIGINT, lambda signum, _frame: stopping.append(signum))
-    _write_record(folder, {"pid": os.getpid(), "socket": str(path), "started_at": time.time(),
-                           "preload_s": round(import_s, 2), "python": sys.executable,
-                           "startup_env": {k: os.environ.get(k) for k in STARTUP_ENV}})
-    log.info("runner %d up: preloaded %s in %.1f s", os.getpid(), ", ".join(modules) or "nothing", import_s)
+    record = {"pid": os.getpid(), "socket": str(path), "started_at": time.time(), "preload_s": None,
+              "python": sys.executable, "startup_env": {k: os.environ.get(k) for k in STARTUP_ENV}}
+    _write_record(folder, record)
+    log.info("runner %d up; preloading %s between requests", os.getpid(), ", ".join(modules) or "nothing")
     sel = selectors.DefaultSelector()
     sel.register(listener, selectors.EVENT_READ, None)
     wake_r, wake_w = socket.socketpair()  # a child's exit (SIGCHLD) wakes the loop at once
@@ -280,7 +278,17 @@ def serve(folder: Path) -> None:
         elif time.monotonic() - last_busy > idle_s:
             log.info("runner %d: no stage for %.0f s; exiting", os.getpid(), idle_s)
             break
-        for key, _ in sel.select(timeout=0.2):
+        events = sel.select(timeout=0 if pending else 0.2)
+        if pending and not events:
+            # Listening comes first: a request that arrives meanwhile is forked at once (its stage
+            # imports what is not preloaded yet itself) instead of waiting for every import.
+            _preload_one(pending.pop(0))
+            if not pending:
+                record["preload_s"] = round(time.monotonic() - started, 2)
+                _write_record(folder, record)
+                log.info("runner %d: preloaded %s in %.1f s", os.getpid(), ", ".join(modules) or "nothing",
+                         record["preload_s"])
+        for key, _ in events:
             if key.data == "wake":
                 with contextlib.suppress(OSError):
                     wake_r.recv(4096)
@@ -317,6 +325,13 @@ def serve(folder: Path) -> None:
     for pid in children:
         _kill_group(pid, signal.SIGKILL)
     path.unlink(missing_ok=True)
+
+
+def _preload_one(name: str) -> None:
+    try:
+        importlib.import_module(name)
+    except Exception as err:  # a missing optional library: its stages import it themselves
+        log.warning("could not preload %s: %s", name, err)
 
 
 def _start_child(conn: socket.socket, listener: socket.socket, children: dict[int, socket.socket],
@@ -567,8 +582,9 @@ def main(argv: list[str] | None = None) -> int:
         print(runner_folder() / SOCKET)
     elif args.action == "status":
         for folder, record, running in runners():
-            print(f"{'running' if running else 'stopped'}  pid {record['pid']}  preloaded in "
-                  f"{record.get('preload_s', '?')} s  {folder / LOG}")
+            preloaded = record.get("preload_s")
+            print(f"{'running' if running else 'stopped'}  pid {record['pid']}  "
+                  f"{'preloading' if preloaded is None else f'preloaded in {preloaded} s'}  {folder / LOG}")
     else:
         print(f"stopped {stop_all()} stage runner(s)")
     return 0
