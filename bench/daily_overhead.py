@@ -39,7 +39,7 @@ import sys
 import tempfile
 import time
 
-from bench.common import RESULTS, machine
+from bench.common import RESULTS, checkout_version, machine
 from core.cli import CliParser, run_cli
 from core.config import load_config
 from core.files import write_json
@@ -166,11 +166,6 @@ def run_dag(world: str, base: str, day: dt.date, label: str, checkout: str, work
     if result["state"] != "success":
         print(out[-3000:], file=sys.stderr)
     return result
-
-
-def checkout_version(checkout: str) -> str:
-    proc = subprocess.run(["git", "-C", checkout, "describe", "--always", "--dirty"], capture_output=True, text=True)
-    return proc.stdout.strip() or "unknown"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,8 +1,8 @@
 """Benchmark of the features stage: full rebuild vs incremental daily run.
 
-    python bench/features.py                          # 10k, 100k and 1M impressions per day
-    python bench/features.py --sizes 10000            # only the small case
-    python bench/features.py --sizes 1000000 --largest-window-days 16 --set spark.driver_memory=8g
+    python -m bench.features                          # 10k, 100k and 1M impressions per day
+    python -m bench.features --sizes 10000            # only the small case
+    python -m bench.features --sizes 1000000 --largest-window-days 16 --set spark.driver_memory=8g
 
 For each size it writes synthetic bronze tables straight into a scratch warehouse (no landing
 files, no ingest: Spark generates contract-shaped rows with long-tailed users and ads, so the
@@ -32,12 +32,12 @@ import logging
 import os
 import platform
 import shutil
-import subprocess
 import sys
 import time
 
 from pyspark.sql import functions as F
 
+from bench.common import checkout_version
 from core.cli import setup_logging
 from core.config import load_config, parse_overrides
 from core.paths import Paths
@@ -114,13 +114,6 @@ def machine() -> str:
     return f"{platform.machine()} {model}, {os.cpu_count()} cores{memory}"
 
 
-def checkout() -> str:
-    """`git describe --always --dirty` of this checkout: which code a case was measured on."""
-    proc = subprocess.run(["git", "-C", os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "describe",
-                           "--always", "--dirty"], capture_output=True, text=True)
-    return proc.stdout.strip() or "unknown"
-
-
 def reset_peak_rss() -> None:
     """Restart this process's peak-RSS counter (Linux: VmHWM); a no-op where unsupported."""
     try:
@@ -168,7 +161,8 @@ def run_case(spark, base_cfg, work: str, impressions_per_day: int, window_days: 
     if differ:
         raise RuntimeError(f"full rebuild and incremental run differ at n={impressions_per_day} in {differ}")
     case = {"impressions_per_day": impressions_per_day, "window_days": window_days,
-            "checkout": checkout(), "measured_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "checkout": checkout_version(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+            "measured_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "full_rebuild_s": round(full_s, 2), "incremental_s": round(incremental_s, 2),
             "incremental_over_full": round(incremental_s / full_s, 3),
             "incremental_counted_days": len(incremental["counted_days"]),

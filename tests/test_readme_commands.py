@@ -52,7 +52,7 @@ EXCLUDED = {
     "./scripts/test.sh": "the whole test suite, which contains this test",
     "python -m bench.simulate_ingest": "a benchmark at 100k and 1M impressions a day (many minutes); "
                                        "it rewrites a committed result file",
-    "python bench/features.py": "a benchmark up to 1M impressions a day (many minutes)",
+    "python -m bench.features": "a benchmark up to 1M impressions a day (many minutes)",
     "python -m models.bench_speed": "a training-speed benchmark (many minutes on 2 cores)",
     "python -m bench.ablation": "five variants x three seeds of training, about 25 minutes",
     "python -m bench.lookup_serving": "a latency benchmark with thousands of timed rounds (minutes on a "
