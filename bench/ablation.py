@@ -40,7 +40,8 @@ from core.cli import setup_logging
 from core.config import PipelineConfig, load_config, parse_overrides
 from core.paths import Paths, local_path
 from core.spark import get_spark
-from models.train import train
+from features.examples import validation_split
+from models.train import score_model, train
 from simworld.generate import generate_day
 from simworld.truth import auc, oracle_auc
 from spark_jobs import build_window, ingest
@@ -127,9 +128,15 @@ def oracle_aucs(cfg: PipelineConfig, run_date: dt.date, holdout: Any) -> tuple[f
 
 
 def train_variants(cfg: PipelineConfig, run_date: dt.date, out_root: str) -> dict[str, dict[str, Any]]:
-    """Train every variant on the same snapshot, seed and batch order; holdout metrics per variant."""
-    spec, train_tbl, holdout_tbl, images, _ = read_snapshot(cfg, run_date)
+    """Train every variant on the same snapshot, seed and batch order; holdout metrics per variant.
+
+    Training picks its weights on the validation split carved from the window (as the train stage
+    does); the holdout day D is scored once per variant, afterwards."""
+    spec, window_tbl, holdout_tbl, images, _ = read_snapshot(cfg, run_date)
+    train_tbl, valid_tbl = validation_split(window_tbl, cfg.train.validation_fraction, cfg.train.seed)
     results: dict[str, dict[str, Any]] = {"_data": {"train_impressions": train_tbl.num_rows,
+                                                    "validation_impressions": 0 if valid_tbl is None
+                                                    else valid_tbl.num_rows,
                                                     "test_impressions": holdout_tbl.num_rows,
                                                     "test_cold_impressions": int(np.asarray(
                                                         holdout_tbl.column("is_cold")).sum()),
@@ -137,12 +144,14 @@ def train_variants(cfg: PipelineConfig, run_date: dt.date, out_root: str) -> dic
     for variant in VARIANTS:
         vcfg = cfg.replace({"model.variant": variant})
         t0 = time.perf_counter()
-        metrics = train(vcfg, spec, train_tbl, holdout_tbl, images, os.path.join(out_root, variant), resume=False)
+        valid = train(vcfg, spec, train_tbl, valid_tbl, images, os.path.join(out_root, variant), resume=False)
         seconds = time.perf_counter() - t0
+        metrics = score_model(valid["model_path"], holdout_tbl, images)
         log.info("%s: auc %.4f auc_cold %.4f logloss %.5f in %.0f s", variant, metrics["auc"],
                  metrics.get("auc_cold", float("nan")), metrics["logloss"], seconds)
         results[variant] = {"auc": metrics["auc"], "auc_cold": metrics.get("auc_cold", float("nan")),
-                            "logloss": metrics["logloss"], "seconds": round(seconds, 1)}
+                            "logloss": metrics["logloss"], "seconds": round(seconds, 1),
+                            "validation_auc": valid.get("auc", float("nan"))}
     return results
 
 
@@ -168,7 +177,8 @@ def summarize(per_seed: list[dict[str, Any]], requested: list[int], settings: di
                        "logloss_by_seed": [_r(s["variants"][v]["logloss"], 6) for s in per_seed],
                        "auc_mean": _r(np.mean(aucs)), "auc_std": _r(_std(aucs)),
                        "auc_cold_mean": _r(np.mean([s["variants"][v]["auc_cold"] for s in per_seed])),
-                       "seconds_by_seed": [s["variants"][v]["seconds"] for s in per_seed]}
+                       "seconds_by_seed": [s["variants"][v]["seconds"] for s in per_seed],
+                       "validation_auc_by_seed": [_r(s["variants"][v].get("validation_auc")) for s in per_seed]}
 
     def gain(better: str, worse: str, key: str = "auc") -> dict[str, Any]:
         diffs = [s["variants"][better][key] - s["variants"][worse][key] for s in per_seed]
@@ -202,6 +212,7 @@ def summarize(per_seed: list[dict[str, Any]], requested: list[int], settings: di
         "oracle_auc_by_seed": [_r(s["oracle_auc"]) for s in per_seed],
         "oracle_auc_cold_by_seed": [_r(s["oracle_auc_cold"]) for s in per_seed],
         "train_impressions": [s["train_impressions"] for s in per_seed],
+        "validation_impressions": [s.get("validation_impressions") for s in per_seed],
         "test_impressions": [s["test_impressions"] for s in per_seed],
         "test_cold_impressions": [s["test_cold_impressions"] for s in per_seed],
         "seeds": seeds,
@@ -220,11 +231,14 @@ def seeds_from_result(result: dict[str, Any]) -> list[dict[str, Any]]:
     per_seed = []
     for i, seed in enumerate(result["seeds"]):
         variants = {v: {"auc": r["auc_by_seed"][i], "auc_cold": r["auc_cold_by_seed"][i],
-                        "logloss": r["logloss_by_seed"][i], "seconds": r["seconds_by_seed"][i]}
+                        "logloss": r["logloss_by_seed"][i], "seconds": r["seconds_by_seed"][i],
+                        "validation_auc": (r.get("validation_auc_by_seed") or [None] * len(result["seeds"]))[i]}
                     for v, r in result["variants"].items()}
         per_seed.append({"seed": seed, "oracle_auc": result["oracle_auc_by_seed"][i],
                          "oracle_auc_cold": result["oracle_auc_cold_by_seed"][i],
                          "train_impressions": result["train_impressions"][i],
+                         "validation_impressions": (result.get("validation_impressions")
+                                                    or [None] * len(result["seeds"]))[i],
                          "test_impressions": result["test_impressions"][i],
                          "test_cold_impressions": result["test_cold_impressions"][i],
                          "data_seconds": result["data_seconds_by_seed"][i], "variants": variants})
@@ -259,7 +273,10 @@ def markdown(result: dict[str, Any]) -> str:
     """The result file as Markdown tables (per-variant AUCs, paired gains, verdict)."""
     lines = [f"Seeds finished: {result['seeds_finished']} of {result['seeds_requested']} "
              f"(complete: {str(result['complete']).lower()}); seeds {result['seeds']}; train impressions per seed "
-             f"{result['train_impressions']}, test {result['test_impressions']} (cold {result['test_cold_impressions']}); "
+             f"{result['train_impressions']}"
+             + (f", validation {result['validation_impressions']}" if any(result.get("validation_impressions") or [])
+                else "")
+             + f", test {result['test_impressions']} (cold {result['test_cold_impressions']}); "
              f"oracle AUC by seed {_fmt(result['oracle_auc_by_seed'])} (cold {_fmt(result['oracle_auc_cold_by_seed'])}).",
              "", "| variant | AUC by seed | mean | cold-ad AUC by seed | cold mean | log loss by seed | train s by seed |",
              "|---|---|---|---|---|---|---|"]

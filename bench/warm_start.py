@@ -36,7 +36,8 @@ from bench.common import machine, write_result
 from core.cli import setup_logging
 from core.config import load_config, parse_overrides
 from core.spark import get_spark
-from models.train import train
+from features.examples import validation_split
+from models.train import score_model, train
 from simworld.generate import generate_day
 from spark_jobs import build_window, ingest
 from spark_jobs.export_snapshot import export_training_snapshot
@@ -126,7 +127,8 @@ def main(argv: list[str] | None = None) -> int:
         ingest.run(cfg, spark, run_date)
         build_window.run(cfg, spark, run_date)
         export_training_snapshot(cfg, spark, run_date)
-        spec, train_tbl, holdout_tbl, images, encoder = read_snapshot(cfg, run_date)
+        spec, window_tbl, holdout_tbl, images, encoder = read_snapshot(cfg, run_date)
+        train_tbl, valid_tbl = validation_split(window_tbl, cfg.train.validation_fraction, cfg.train.seed)
         data_s = time.perf_counter() - t0
         record: dict[str, Any] = {"run_date": run_date.isoformat(), "train_impressions": train_tbl.num_rows,
                                   "holdout_impressions": holdout_tbl.num_rows,
@@ -137,7 +139,8 @@ def main(argv: list[str] | None = None) -> int:
             init = {} if arm == "cold" or previous is None else {
                 "init_from": previous["model"], "init_encoder": previous["encoder"], "encoder": encoder}
             t1 = time.perf_counter()
-            metrics = train(cfg, spec, train_tbl, holdout_tbl, images, out_dir, resume=False, **init)
+            trained = train(cfg, spec, train_tbl, valid_tbl, images, out_dir, resume=False, **init)
+            metrics = {**trained, **score_model(trained["model_path"], holdout_tbl, images)}  # day D, scored once
             record[arm] = {"auc": _r(metrics["auc"]), "auc_cold": _r(metrics.get("auc_cold", float("nan"))),
                            "logloss": _r(metrics["logloss"]), "steps": metrics["steps"],
                            "seconds": round(time.perf_counter() - t1, 1)}

@@ -259,8 +259,12 @@ class TrainConfig:
     epochs: int = 1
     max_steps: int = 0  # 0: no limit
     checkpoint_every: int = 200  # steps
-    early_stopping_patience: int = 2  # evaluations without holdout improvement
-    eval_every: int = 0  # steps between holdout evaluations (0: once per epoch)
+    early_stopping_patience: int = 2  # evaluations without validation improvement
+    eval_every: int = 0  # steps between validation evaluations (0: once per epoch)
+    # Share of the window's training rows held out as the validation split (a hash of impression_id
+    # and train.seed: features.examples.validation_split); it alone picks the best weights and stops
+    # early, so the run date's holdout is scored only by the gates. 0: no split, the last weights.
+    validation_fraction: float = 0.05
     device: str = "auto"  # auto, cpu, cuda
     amp: bool = True  # mixed precision on CUDA
     num_workers: int = 0
@@ -273,6 +277,8 @@ class TrainConfig:
         _check(self.batch_size >= 1, "train.batch_size", self.batch_size, "an integer >= 1")
         _check(self.lr > 0, "train.lr", self.lr, "a number > 0")
         _check(self.epochs >= 1, "train.epochs", self.epochs, "an integer >= 1")
+        _check(0 <= self.validation_fraction < 0.5, "train.validation_fraction", self.validation_fraction,
+               "a number >= 0 and < 0.5 (0: no validation split)")
         _check(self.device in ("auto", "cpu", "cuda"), "train.device", self.device, "auto, cpu, cuda")
 
 

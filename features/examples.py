@@ -9,6 +9,7 @@ trainer and the stages read its parquet files directly with `read_example_files`
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import os
 from concurrent.futures import ThreadPoolExecutor
 
@@ -57,6 +58,26 @@ def in_row_order(table: pa.Table) -> pa.Table:
     if row_idx.size > 1 and not np.all(row_idx[1:] > row_idx[:-1]):
         table = take_rows(table, np.argsort(row_idx, kind="stable"))
     return table
+
+
+def validation_split(table: pa.Table, fraction: float, seed: int) -> tuple[pa.Table, pa.Table | None]:
+    """(rows to fit, validation rows) of a train split: a seeded hash sample of `fraction` of its rows.
+
+    A row is a validation row when the keyed BLAKE2b hash of its impression_id (key: `seed`) falls
+    in the lowest `fraction` of the hash range, so the sample is the same in every process (each
+    DDP rank, a resumed run) and does not depend on the row order. Both parts keep the table's row
+    order, so ad groups stay contiguous. `fraction` 0, or a sample that holds no row: (table, None).
+    """
+    if fraction <= 0 or table.num_rows == 0:
+        return table, None
+    key = int(seed).to_bytes(8, "little", signed=True)
+    ids = table.column("impression_id").to_pylist()
+    hashed = np.fromiter((int.from_bytes(hashlib.blake2b(i.encode(), digest_size=8, key=key).digest(), "little") >> 11
+                          for i in ids), np.uint64, len(ids))
+    valid = hashed < np.uint64(int(fraction * 2 ** 53))
+    if not valid.any():
+        return table, None
+    return table.filter(pa.array(~valid)), table.filter(pa.array(valid))
 
 
 def workers() -> int:

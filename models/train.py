@@ -1,11 +1,13 @@
 """Training loop, prediction, metrics and model files (kept apart from the modules).
 
-    metrics = train(cfg, spec, train_df, holdout_df, images, out_dir)
+    metrics = train(cfg, spec, train_df, valid_df, images, out_dir)
 
 * Batches are consecutive row ranges cut at ad-group boundaries (models.batching), each unique
   ad image embedded once per batch (cfg.train.grouped).
-* Adam; early stopping on holdout AUC (evaluated every train.eval_every steps, or once per
-  epoch); the best weights are kept.
+* Adam; early stopping on the validation split's AUC (evaluated every train.eval_every steps, or
+  once per epoch); the best weights are kept. The validation rows are carved from the window
+  (features.examples.validation_split, train.validation_fraction), never the run date's holdout
+  day: model selection must not see the day the gates and benchmarks score.
 * A checkpoint (model, optimizer, AMP scaler, step, early-stopping state, RNG states) every
   train.checkpoint_every steps to <out_dir>/checkpoint.pt; with resume=True a killed run goes on
   from it and ends with the same weights as an uninterrupted run.
@@ -14,13 +16,12 @@
   same global batch plan and takes a disjoint contiguous share of each global batch's groups;
   the per-rank loss is scaled so that DDP's gradient average equals the single-process gradient
   of the global batch. Global batches with fewer groups than ranks are skipped (logged).
-  BatchNorm statistics stay per rank, as usual with DDP. Rank 0 scores the holdout and
+  BatchNorm statistics stay per rank, as usual with DDP. Rank 0 scores the validation rows and
   broadcasts the metrics; rank 0 writes checkpoints and the model.
 """
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import hashlib
 import json
@@ -278,6 +279,14 @@ def predict(model: nn.Module, data: Any, images: Mapping[int, np.ndarray] | None
     return _predict_prepared(model, prep, batch_size, device)
 
 
+def score_model(model_path: str | os.PathLike, data: Any, images: Mapping[int, np.ndarray] | None,
+                batch_size: int = 1024) -> dict[str, float]:
+    """compute_metrics of the model file at ``model_path`` on encoded examples ``data`` (with label
+    and is_cold): how a benchmark scores a test day, once, after training chose its weights."""
+    preds = predict(load_model(model_path), data, images, batch_size)
+    return compute_metrics(np.asarray(data["label"]), preds, np.asarray(data["is_cold"]).astype(bool))
+
+
 def embed_images(model: nn.Module, images: np.ndarray, categories: np.ndarray, batch_size: int = 512) -> np.ndarray:
     """Visual embeddings x_v (N, visual_dim) of uint8 images (N, H, W, 3) with their category ids."""
     model = _unwrap(model)
@@ -317,7 +326,7 @@ def _fingerprint(cfg: PipelineConfig, n_rows: int, world: int) -> str:
     return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
-def train(cfg: PipelineConfig, spec: FeatureSpec, train_data: Any, holdout_data: Any | None,
+def train(cfg: PipelineConfig, spec: FeatureSpec, train_data: Any, valid_data: Any | None,
           images: Mapping[int, np.ndarray] | None, out_dir: str | os.PathLike, resume: bool = True,
           init_from: str | os.PathLike | Mapping[str, torch.Tensor] | None = None,
           init_sha256: str | None = None, init_encoder: FeatureEncoder | None = None,
@@ -327,28 +336,31 @@ def train(cfg: PipelineConfig, spec: FeatureSpec, train_data: Any, holdout_data:
     ``init_from`` (with ``train.warm_start``, and no checkpoint to resume) is the model to warm-start
     from; ``init_encoder`` and ``encoder`` are the encoders of its run and of this one, through which
     models.warm_start remaps embedding and prior rows by value.
-    Writes <out_dir>/model.pt (best weights, rank 0) and <out_dir>/checkpoint.pt; returns holdout
-    metrics (auc, auc_cold, logloss, mean_pred, observed_ctr, calibration) plus run facts, with
-    ``warm_start`` (models.warm_start.WarmStart.summary) when it warm-started."""
+    ``valid_data`` (rows of the window, never the test day) picks the best weights and stops early;
+    None: the last step's weights are kept.
+    Writes <out_dir>/model.pt (best weights, rank 0) and <out_dir>/checkpoint.pt; returns validation
+    metrics (auc, auc_cold, logloss, mean_pred, observed_ctr, calibration; none without
+    ``valid_data``) plus run facts, with ``warm_start`` (models.warm_start.WarmStart.summary) when it
+    warm-started."""
     tc = cfg.train
     out_dir = Path(out_dir)
     rank, world, device, created_pg = _init_distributed(tc.device)
     try:
-        return _train(cfg, spec, train_data, holdout_data, images, out_dir, resume, init_from,
+        return _train(cfg, spec, train_data, valid_data, images, out_dir, resume, init_from,
                       rank, world, device, init_sha256, init_encoder, encoder)
     finally:
         if created_pg:
             dist.destroy_process_group()
 
 
-def _train(cfg, spec, train_data, holdout_data, images, out_dir, resume, init_from, rank, world, device,
+def _train(cfg, spec, train_data, valid_data, images, out_dir, resume, init_from, rank, world, device,
            init_sha256=None, init_encoder=None, encoder=None):
     tc, mc = cfg.train, cfg.model
     seed_everything(tc.seed)
     model = CTRModel(spec, mc)
     uses_images = model.uses_images
     train_set = _Prepared(train_data, spec, images, uses_images)
-    hold_set = _Prepared(holdout_data, spec, images, uses_images) if holdout_data is not None else None
+    valid_set = _Prepared(valid_data, spec, images, uses_images) if valid_data is not None else None
     if len(train_set.data) == 0:
         raise ValueError("no training examples")
     plan = plan_batches(train_set.data.group_id, tc.batch_size)
@@ -401,12 +413,12 @@ def _train(cfg, spec, train_data, holdout_data, images, out_dir, resume, init_fr
         log.info("resumed from %s at step %d", ckpt_path, step)
 
     def evaluate() -> dict[str, Any]:
-        # Rank 0 scores the holdout and shares the result, so every rank takes the same
+        # Rank 0 scores the validation rows and shares the result, so every rank takes the same
         # early-stopping decision (and snapshots the same, synchronised weights).
         metrics = None
         if rank == 0:
-            preds = _predict_prepared(model, hold_set, tc.batch_size, device, use_amp)
-            metrics = compute_metrics(hold_set.data.label, preds, hold_set.data.is_cold)
+            preds = _predict_prepared(model, valid_set, tc.batch_size, device, use_amp)
+            metrics = compute_metrics(valid_set.data.label, preds, valid_set.data.is_cold)
         if world > 1:
             box = [metrics]
             dist.broadcast_object_list(box, src=0)
@@ -448,7 +460,7 @@ def _train(cfg, spec, train_data, holdout_data, images, out_dir, resume, init_fr
             log.info("step %d/%d loss %.4f impressions/s %.0f (all ranks, estimated from rank 0)", step, total_steps,
                      float(loss_acc) / max(loss_n, 1), seen * world / max(now - t0, 1e-9))
             last_log, loss_acc, loss_n = now, 0.0, 0
-        if hold_set is not None and (step % eval_every == 0 or step == total_steps):
+        if valid_set is not None and (step % eval_every == 0 or step == total_steps):
             auc = evaluate()["auc"]
             if not math.isnan(auc) and auc > early.best_auc:
                 early.best_auc, early.best_step, early.bad_evals = auc, step, 0
@@ -457,7 +469,7 @@ def _train(cfg, spec, train_data, holdout_data, images, out_dir, resume, init_fr
                 early.bad_evals += 1
                 early.stopped = early.bad_evals >= tc.early_stopping_patience
             if rank == 0:
-                log.info("step %d holdout auc %.4f (best %.4f at step %d)", step, auc, early.best_auc, early.best_step)
+                log.info("step %d validation auc %.4f (best %.4f at step %d)", step, auc, early.best_auc, early.best_step)
         if tc.checkpoint_every and step % tc.checkpoint_every == 0:
             save_checkpoint()
     if skipped:
@@ -465,7 +477,7 @@ def _train(cfg, spec, train_data, holdout_data, images, out_dir, resume, init_fr
     elapsed = time.time() - t0
     if best_state:
         model.load_state_dict(best_state)
-    metrics: dict[str, Any] = evaluate() if hold_set is not None else {}
+    metrics: dict[str, Any] = evaluate() if valid_set is not None else {}
     total_seen = seen
     if world > 1:
         count = torch.tensor([seen], dtype=torch.int64, device=device)

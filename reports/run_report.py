@@ -481,7 +481,8 @@ def section_model(inp: RunInputs) -> str:
     rows = [(k, m[k]) for k in keys]
     facts = [("variant", manifest.variant), ("warm start from", manifest.warm_start_from),
              ("training seconds", manifest.seconds), ("config hash", manifest.config_hash)]
-    body = ("<h3>Holdout metrics (train stage)</h3>" + _table(["metric", "value"], rows, numeric=(1,))
+    body = ("<h3>Validation metrics (train stage: a seeded sample of the window, never the run date; "
+            "the run date's holdout is scored under Gate verdicts)</h3>" + _table(["metric", "value"], rows, numeric=(1,))
             + _table(["fact", "value"], facts))
     return _section("Model", "model", body)
 

@@ -10,8 +10,10 @@ lives with the other stage jobs but never imports pyspark.
 Warm-starts from the live published model when `train.warm_start` (models.warm_start: embedding
 and category-prior rows remapped by value through the live version's encoder and this run's, which
 the snapshot carries; the manifest's `warm_start` counts the rows carried over, new and dropped).
-Output: <artifacts>/runs/D/model/{model.pt, checkpoint.pt, manifest.json} (the manifest holds the
-holdout metrics). torch (models.train) is imported in `run`, so that a bad argument is reported
+Output: <artifacts>/runs/D/model/{model.pt, checkpoint.pt, manifest.json}. The manifest holds the
+metrics of the validation split, a seeded sample of the window's training rows that alone picks the
+best weights (features.examples.validation_split, train.validation_fraction); the run date's holdout
+is left to the validate stage, which scores it once. torch (models.train) is imported in `run`, so that a bad argument is reported
 without loading it (tests/test_cli_errors.py).
 """
 
@@ -38,7 +40,7 @@ from core.files import sha256_file, write_json
 from core.paths import Paths, local_path
 from core.timing import phase, stage_timing
 from features.encoder import ENCODER_FILE, FeatureEncoder, load_encoder_file
-from features.examples import read_example_files
+from features.examples import read_example_files, validation_split
 from features.spec import FeatureSpec
 from serving.lookup import IntegrityError
 from serving.registry import live_model
@@ -55,10 +57,11 @@ def decode_images(image_bytes: list[bytes], ad_ids: list[int]) -> dict[int, np.n
     return out
 
 
-def read_snapshot(cfg: PipelineConfig, run_date: dt.date
+def read_snapshot(cfg: PipelineConfig, run_date: dt.date, holdout: bool = True
                   ) -> tuple[FeatureSpec, Any, Any, dict[int, np.ndarray], FeatureEncoder | None]:
     """(feature spec, train examples, holdout examples, images by ad id, the run's encoder) of the run
-    date's snapshot; the encoder is None in a snapshot exported before snapshots carried it."""
+    date's snapshot; the encoder is None in a snapshot exported before snapshots carried it. With
+    holdout=False (the train stage) the holdout split is not read and comes back as None."""
     snap = local_path(Paths.of(cfg).snapshot(run_date))
     if not os.path.exists(os.path.join(snap, "_SUCCESS")):
         raise FileNotFoundError(f"no complete training snapshot for {run_date} at {snap}; "
@@ -73,10 +76,10 @@ def read_snapshot(cfg: PipelineConfig, run_date: dt.date
     encoder_path = os.path.join(snap, ENCODER_FILE)
     encoder = load_encoder_file(encoder_path) if os.path.exists(encoder_path) else None
     train = read_example_files(examples, "train")
-    holdout = read_example_files(examples, "holdout")
+    holdout_tbl = read_example_files(examples, "holdout") if holdout else None
     img = pq.read_table(os.path.join(snap, "images"))
     images = decode_images(img.column("image_bytes").to_pylist(), img.column("ad_id").to_pylist())
-    return spec, train, holdout, images, encoder
+    return spec, train, holdout_tbl, images, encoder
 
 
 def live_model_path(cfg: PipelineConfig) -> tuple[str, str] | None:
@@ -101,16 +104,18 @@ def run(cfg: PipelineConfig, run_date: dt.date) -> dict[str, Any]:
         from models.train import train
 
     t0 = time.time()
-    spec, train_tbl, holdout_tbl, images, encoder = read_snapshot(cfg, run_date)
+    spec, window_tbl, _, images, encoder = read_snapshot(cfg, run_date, holdout=False)
+    train_tbl, valid_tbl = validation_split(window_tbl, cfg.train.validation_fraction, cfg.train.seed)
     out_dir = local_path(Paths.of(cfg).run_model_dir(run_date))
     os.makedirs(out_dir, exist_ok=True)
     live = live_model(cfg) if cfg.train.warm_start else None
     init_from = None if live is None else str(live.model)
     init_encoder = None if live is None or live.encoder is None else load_checked_encoder(live.encoder,
                                                                                            live.encoder_sha256)
-    log.info("training %s on %d examples (%d holdout, %d images), warm start from %s", cfg.model.variant,
-             train_tbl.num_rows, holdout_tbl.num_rows, len(images), init_from or "scratch")
-    metrics = train(cfg, spec, train_tbl, holdout_tbl, images, out_dir, resume=True, init_from=init_from,
+    log.info("training %s on %d examples (%d validation, %d images), warm start from %s", cfg.model.variant,
+             train_tbl.num_rows, 0 if valid_tbl is None else valid_tbl.num_rows, len(images),
+             init_from or "scratch")
+    metrics = train(cfg, spec, train_tbl, valid_tbl, images, out_dir, resume=True, init_from=init_from,
                     init_sha256=None if live is None else live.model_sha256, init_encoder=init_encoder,
                     encoder=encoder)
     warm = metrics.pop("warm_start", None)

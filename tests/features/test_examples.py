@@ -8,7 +8,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from features.examples import take_rows
+from features.examples import take_rows, validation_split
 from spark_jobs.example_assembly import NULL_AD_KEY, ad_group_layout, ad_order
 
 
@@ -49,3 +49,29 @@ def test_take_rows_equals_arrow_take():
     table = pa.table({"a": np.arange(20), "m": [[i] * (i % 4) for i in range(20)], "s": [str(i) for i in range(20)]})
     order = np.random.default_rng(0).permutation(20)
     assert take_rows(table, order).equals(table.take(pa.array(order)))
+
+
+def _ids_table(n: int, prefix: str = "imp") -> pa.Table:
+    return pa.table({"row_idx": np.arange(n, dtype=np.int64), "group_id": np.arange(n, dtype=np.int64) // 7,
+                     "impression_id": [f"{prefix}-{i}" for i in range(n)]})
+
+
+def test_validation_split_is_a_seeded_hash_sample_in_row_order():
+    table = _ids_table(20_000)
+    fit, valid = validation_split(table, 0.05, seed=3)
+    assert fit.num_rows + valid.num_rows == table.num_rows
+    assert 0.04 < valid.num_rows / table.num_rows < 0.06
+    assert not set(fit["impression_id"].to_pylist()) & set(valid["impression_id"].to_pylist())
+    for part in (fit, valid):  # row order kept, so ad groups stay contiguous
+        assert np.all(np.diff(part["row_idx"].to_numpy()) > 0)
+    # The same rows in every process and whatever the row order; another seed, another sample.
+    again = validation_split(table.take(np.random.default_rng(0).permutation(table.num_rows)), 0.05, seed=3)[1]
+    assert set(again["impression_id"].to_pylist()) == set(valid["impression_id"].to_pylist())
+    other = validation_split(table, 0.05, seed=4)[1]
+    assert set(other["impression_id"].to_pylist()) != set(valid["impression_id"].to_pylist())
+
+
+def test_validation_split_off_or_empty_keeps_every_row():
+    table = _ids_table(50)
+    assert validation_split(table, 0.0, seed=1) == (table, None)
+    assert validation_split(table, 1e-9, seed=1) == (table, None)  # no row falls in the sample

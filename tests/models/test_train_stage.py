@@ -1,0 +1,78 @@
+"""The train stage picks its weights on a validation split of the window, never on the run date.
+
+A snapshot is written by hand (the layout spark_jobs/export_snapshot.py writes) with a train split
+and no holdout split at all, so a stage that read day D could not run.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import json
+import os
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from core.config import load_config
+from core.paths import Paths, local_path
+from features.examples import validation_split
+from models.synthetic import make_examples, make_spec
+from models.train import score_model
+from spark_jobs import train_model
+
+from test_train import SMALL
+
+RUN_DATE = dt.date(2026, 1, 5)
+
+
+def _png(pixels: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@pytest.fixture
+def snapshot(tmp_path):
+    """(cfg, the window's examples): a snapshot of RUN_DATE with a train split only."""
+    cfg = load_config(overrides={**SMALL, "storage.root": str(tmp_path / "var"), "model.variant": "cscnn",
+                                 "train.epochs": 3, "train.validation_fraction": 0.2, "train.seed": 5})
+    spec = make_spec(n_categories=4, vocab=13)
+    window, images = make_examples(spec, n_ads=16, impressions_per_ad=(6, 14), image_size=32, seed=1)
+    table = pa.Table.from_pandas(window, preserve_index=False)
+    examples = tmp_path / "examples"
+    (examples / "split=train").mkdir(parents=True)
+    pq.write_table(table, examples / "split=train" / "part-0.parquet")
+    snap = local_path(Paths.of(cfg).snapshot(RUN_DATE))
+    os.makedirs(snap)
+    pq.write_table(pa.table({"ad_id": list(images), "image_bytes": [_png(p) for p in images.values()]}),
+                   os.path.join(snap, "images"))
+    with open(os.path.join(snap, "feature_spec.json"), "w") as f:
+        f.write(spec.to_json())
+    with open(os.path.join(snap, "_SUCCESS"), "w") as f:
+        json.dump({"examples": str(examples)}, f)
+    return cfg, table, images
+
+
+def test_the_stage_trains_without_the_holdout_and_reports_its_validation_rows(snapshot):
+    cfg, window, images = snapshot
+    metrics = train_model.run(cfg, RUN_DATE)
+    fit, valid = validation_split(window, 0.2, seed=5)
+    assert 0 < valid.num_rows < window.num_rows
+    assert metrics["train_impressions"] == 3 * fit.num_rows  # three epochs over the rows left to fit
+    # The metrics the manifest records are those of the validation rows, scored with the kept weights.
+    manifest = json.load(open(local_path(Paths.of(cfg).model_manifest(RUN_DATE))))
+    again = score_model(metrics["model_path"], valid, images)
+    for key in ("auc", "logloss"):
+        assert manifest["metrics"][key] == pytest.approx(again[key], rel=1e-5)
+    assert 1 <= metrics["best_step"] <= metrics["steps"]
+
+
+def test_no_validation_split_keeps_the_last_weights(snapshot):
+    cfg, window, _ = snapshot
+    metrics = train_model.run(cfg.replace({"train.validation_fraction": 0.0}), RUN_DATE)
+    assert metrics["train_impressions"] == 3 * window.num_rows and "auc" not in metrics
+    assert metrics["best_step"] == -1 and not metrics["early_stopped"]
