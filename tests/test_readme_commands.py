@@ -54,7 +54,7 @@ EXCLUDED = {
                                        "it rewrites a committed result file",
     "python -m bench.features": "a benchmark up to 1M impressions a day (many minutes)",
     "python -m models.bench_speed": "a training-speed benchmark (many minutes on 2 cores)",
-    "python -m bench.ablation": "five variants x three seeds of training, about 25 minutes",
+    "python -m bench.ablation": "five variants x three seeds of training, about 32 minutes",
     "python -m bench.lookup_serving": "a latency benchmark with thousands of timed rounds (minutes on a "
                                       "loaded machine); tests/serving covers the table and predictor",
     "python -m bench.daily_overhead --label after": "whole DAG runs of the tiny and the demo world (many "
