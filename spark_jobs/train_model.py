@@ -119,6 +119,7 @@ def run(cfg: PipelineConfig, run_date: dt.date) -> dict[str, Any]:
                     init_sha256=None if live is None else live.model_sha256, init_encoder=init_encoder,
                     encoder=encoder)
     warm = metrics.pop("warm_start", None)
+    metrics["validation_impressions"] = 0 if valid_tbl is None else valid_tbl.num_rows
     if int(os.environ.get("RANK", "0")) == 0:
         model_path = os.path.join(out_dir, "model.pt")
         manifest = {"run_date": run_date.isoformat(), "variant": cfg.model.variant,

@@ -70,6 +70,14 @@ def test_daily_run_publishes_then_a_failed_check_stops_before_publish(spark, tmp
     assert os.path.exists(paths.run_report(DAY))
     with open(paths.validation_record(DAY)) as f:
         assert json.load(f)["passed"] is True
+    # Training chose its weights on a validation split of the window, not on day D: the manifest's
+    # metrics are the split's, and its rows plus the rows trained on (one epoch) are the snapshot's train rows.
+    with open(paths.model_manifest(DAY)) as f:
+        trained = json.load(f)["metrics"]
+    with open(os.path.join(paths.snapshot(DAY), "_SUCCESS")) as f:
+        window_rows = json.load(f)["train"]
+    assert 0 < trained["validation_impressions"] < window_rows and 0.0 <= trained["auc"] <= 1.0
+    assert trained["train_impressions"] + trained["validation_impressions"] == window_rows
     # The report of the real run: calibration chart and attention overlays from what validate wrote.
     report = open(paths.run_report(DAY)).read()
     assert "Could not draw" not in report

@@ -63,6 +63,7 @@ def test_the_stage_trains_without_the_holdout_and_reports_its_validation_rows(sn
     fit, valid = validation_split(window, 0.2, seed=5)
     assert 0 < valid.num_rows < window.num_rows
     assert metrics["train_impressions"] == 3 * fit.num_rows  # three epochs over the rows left to fit
+    assert metrics["validation_impressions"] == valid.num_rows
     # The metrics the manifest records are those of the validation rows, scored with the kept weights.
     manifest = json.load(open(local_path(Paths.of(cfg).model_manifest(RUN_DATE))))
     again = score_model(metrics["model_path"], valid, images)
