@@ -87,6 +87,10 @@ class WorldConfig:
     zipf_users: float = 1.1  # Zipf exponents of popularity
     zipf_ads: float = 1.05
     zipf_queries: float = 1.1
+    zipf_categories: float = 0.6  # Zipf exponent of the leaf categories' shares of the ads (larger: more rare ones)
+    # Probability that a leaf category's attractive colour x quadrant conjunction is its parent's
+    # (shared by every sibling that draws it) rather than its own: 0 siblings share nothing, 1 all do.
+    sibling_share: float = 0.0
     image_size: int = 64  # square RGB images, 32..224
     base_ctr: float = 0.03  # average click-through rate
     w_generic: float = 1.0  # weight of the generic appearance cue (brightness)
@@ -108,7 +112,8 @@ class WorldConfig:
         _check(0.0 < self.base_ctr < 0.5, "world.base_ctr", self.base_ctr, "a rate in (0, 0.5)")
         _check(0.0 <= self.category_specificity <= 1.0, "world.category_specificity",
                self.category_specificity, "a number in [0, 1]")
-        for name in ("zipf_users", "zipf_ads", "zipf_queries"):
+        _check(0.0 <= self.sibling_share <= 1.0, "world.sibling_share", self.sibling_share, "a number in [0, 1]")
+        for name in ("zipf_users", "zipf_ads", "zipf_queries", "zipf_categories"):
             _check(getattr(self, name) > 0, f"world.{name}", getattr(self, name), "a number > 0")
         for name in ("w_generic", "w_position", "w_category"):
             _check(getattr(self, name) >= 0, f"world.{name}", getattr(self, name), "a number >= 0")
@@ -224,6 +229,7 @@ class FeaturesConfig:
 
 VARIANTS = ("dcn", "cnn_fixed", "cnn_finetune", "cbam", "cscnn")
 BACKBONES = ("resnet18", "light")
+PRIOR_HIERARCHIES = ("none", "parent")
 
 
 @dataclass(frozen=True)
@@ -239,9 +245,15 @@ class ModelConfig:
     prior_spatial: int = 7  # H' = W'
     reduction: int = 4  # channel-attention MLP reduction r
     attention_layers: int = 4  # L': attention on the last L' conv layers (never conv1)
+    # CSCNN's category priors: "none", one prior per category (the paper); "parent", each category's
+    # prior is its parent category's prior plus its own offset, so rare and new categories borrow
+    # from their siblings (needs the single field parent_category_id).
+    prior_hierarchy: str = "none"
 
     def __post_init__(self) -> None:
         _check(self.variant in VARIANTS, "model.variant", self.variant, ", ".join(VARIANTS))
+        _check(self.prior_hierarchy in PRIOR_HIERARCHIES, "model.prior_hierarchy", self.prior_hierarchy,
+               ", ".join(PRIOR_HIERARCHIES))
         _check(self.backbone in BACKBONES, "model.backbone", self.backbone, ", ".join(BACKBONES))
         for name in ("embedding_dim", "visual_dim", "prior_channels", "prior_spatial", "reduction"):
             _check(getattr(self, name) >= 1, f"model.{name}", getattr(self, name), "an integer >= 1")

@@ -176,63 +176,87 @@ class CSCNNAttention(nn.Module):
     Priors are gathered per image with an embedding lookup and the spatial ones resized to the
     map's H x W in ONE bilinear call per forward for the whole batch: the cost is that of the
     batch's images (at most the batch's unique ads in grouped mode), never of all K categories.
+
+    With ``n_parents`` > 0 (model.prior_hierarchy "parent") the priors are hierarchical: the
+    module also holds parent priors (P, C') and (P, H'*W'), takes ``category`` as (B, 2) rows of
+    (category id, parent category id), and an image's prior is its parent's prior plus its
+    category's own offset. Both start at zero, so a category no training row reached keeps a zero
+    offset: its prior is its parent's, learned from its siblings.
     """
 
     def __init__(self, channels: int, n_categories: int, prior_channels: int, prior_spatial: int,
-                 reduction: int, kernel_size: int = 7) -> None:
+                 reduction: int, kernel_size: int = 7, n_parents: int = 0) -> None:
         super().__init__()
         if n_categories < 1:
             raise ValueError(f"CSCNN needs n_categories >= 1, got {n_categories}")
+        if n_parents < 0:
+            raise ValueError(f"CSCNN needs n_parents >= 0 (0: flat priors), got {n_parents}")
         self.prior_spatial = prior_spatial
+        self.n_parents = n_parents
         self.channel_prior = nn.Embedding(n_categories, prior_channels)
         self.spatial_prior = nn.Embedding(n_categories, prior_spatial * prior_spatial)
-        nn.init.zeros_(self.channel_prior.weight)
-        nn.init.zeros_(self.spatial_prior.weight)
+        tables = [self.channel_prior, self.spatial_prior]
+        if n_parents:
+            self.parent_channel_prior = nn.Embedding(n_parents, prior_channels)
+            self.parent_spatial_prior = nn.Embedding(n_parents, prior_spatial * prior_spatial)
+            tables += [self.parent_channel_prior, self.parent_spatial_prior]
+        for table in tables:
+            nn.init.zeros_(table.weight)
         self.mlp = _shared_mlp(channels + prior_channels, channels, reduction)
         self.spatial = nn.Conv2d(3, 1, kernel_size, padding=kernel_size // 2, bias=True)
 
-    def _spatial_prior(self, category: torch.Tensor, b: int, h: int, w: int) -> torch.Tensor:
-        """The batch's spatial priors resized to the map: (B, 1, H, W), one bilinear call."""
+    def priors(self, category: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The images' channel priors (B, C') and flat spatial priors (B, H'*W')."""
+        if not self.n_parents:
+            return self.channel_prior(category), self.spatial_prior(category)
+        cat, parent = category[:, 0], category[:, 1]
+        return (self.parent_channel_prior(parent) + self.channel_prior(cat),
+                self.parent_spatial_prior(parent) + self.spatial_prior(cat))
+
+    def _spatial_prior(self, a_s: torch.Tensor, b: int, h: int, w: int) -> torch.Tensor:
+        """The batch's flat spatial priors (B, H'*W') resized to the map: (B, 1, H, W), one bilinear call."""
         p = self.prior_spatial
-        a_s = self.spatial_prior(category).view(b, 1, p, p)  # (B, 1, H', W')
-        return F.interpolate(a_s, size=(h, w), mode="bilinear", align_corners=False)
+        return F.interpolate(a_s.view(b, 1, p, p), size=(h, w), mode="bilinear", align_corners=False)
 
     def _check(self, feat: torch.Tensor, category: torch.Tensor) -> None:
-        if category.shape != (feat.shape[0],):
-            raise ValueError(f"category must have shape ({feat.shape[0]},), got {tuple(category.shape)}")
+        want = (feat.shape[0], 2) if self.n_parents else (feat.shape[0],)
+        if category.shape != want:
+            what = "(category, parent category) id rows" if self.n_parents else "category ids"
+            raise ValueError(f"category must be {what} of shape {want}, got {tuple(category.shape)}")
 
     def forward(self, feat: torch.Tensor, category: torch.Tensor) -> torch.Tensor:
         self._check(feat, category)
         feat = feat.contiguous()
         b, c, h, w = feat.shape
         pooled = _ChannelPool.apply(feat)  # (2, B, C): avg, max
-        a_c = self.channel_prior(category)  # (B, C')
+        a_c, a_s = self.priors(category)  # (B, C'), (B, H'*W')
         mlp_in = torch.cat([pooled, a_c.unsqueeze(0).expand(2, -1, -1)], dim=2)  # (2, B, C + C')
         m_c = torch.sigmoid(self.mlp(mlp_in).sum(dim=0))  # (B, C)
-        a_s = self._spatial_prior(category, b, h, w)
+        a_s = self._spatial_prior(a_s, b, h, w)
         return _GatedMaps.apply(feat, m_c, a_s, self.spatial.weight, self.spatial.bias, self.spatial)
 
     def reference_forward(self, feat: torch.Tensor, category: torch.Tensor) -> torch.Tensor:
         """forward() written with plain autograd ops (the specification of the fused path)."""
         self._check(feat, category)
         b, c, h, w = feat.shape
-        a_c = self.channel_prior(category)  # (B, C')
+        a_c, a_s = self.priors(category)  # (B, C'), (B, H'*W')
         pooled = torch.stack([feat.mean(dim=(2, 3)), feat.flatten(2).max(dim=2).values])  # (2, B, C): avg, max
         mlp_in = torch.cat([pooled, a_c.unsqueeze(0).expand(2, -1, -1)], dim=2)  # (2, B, C + C')
         m_c = torch.sigmoid(self.mlp(mlp_in).sum(dim=0))  # (B, C)
         feat = feat * m_c[:, :, None, None]  # (B, C, H, W)
-        a_s = self._spatial_prior(category, b, h, w)  # (B, 1, H, W)
+        a_s = self._spatial_prior(a_s, b, h, w)  # (B, 1, H, W)
         maps = torch.cat([feat.max(dim=1, keepdim=True).values, feat.mean(dim=1, keepdim=True), a_s], dim=1)  # (B, 3, H, W)
         return feat * _spatial_gate(self.spatial, maps)  # (B, 1, H, W) gate broadcast over C
 
 
 def make_attention(kind: str, channels: int, *, n_categories: int = 0, prior_channels: int = 20,
-                   prior_spatial: int = 7, reduction: int = 4) -> nn.Module:
-    """The attention plug-in ``kind`` (one of ATTENTIONS) for a map with ``channels`` channels."""
+                   prior_spatial: int = 7, reduction: int = 4, n_parents: int = 0) -> nn.Module:
+    """The attention plug-in ``kind`` (one of ATTENTIONS) for a map with ``channels`` channels;
+    ``n_parents`` > 0 gives CSCNN hierarchical (parent + own offset) priors."""
     if kind == "none":
         return NoAttention()
     if kind == "cbam":
         return CBAM(channels, reduction)
     if kind == "cscnn":
-        return CSCNNAttention(channels, n_categories, prior_channels, prior_spatial, reduction)
+        return CSCNNAttention(channels, n_categories, prior_channels, prior_spatial, reduction, n_parents=n_parents)
     raise ValueError(f"unknown attention {kind!r}; allowed: {', '.join(ATTENTIONS)}")

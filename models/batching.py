@@ -52,6 +52,7 @@ class Batch:
     image_category: torch.Tensor | None  # (U,) long
     image_index: torch.Tensor | None  # (B,) long, rows of `images`
     labels: torch.Tensor  # (B,) float
+    image_parent: torch.Tensor | None = None  # (U,) long parent category ids (spec has parent_category_id)
 
     @property
     def size(self) -> int:
@@ -83,6 +84,7 @@ class EncodedData:
     label: np.ndarray  # (n,) float32
     is_cold: np.ndarray  # (n,) bool
     group_id: np.ndarray  # (n,) int64
+    parent: np.ndarray | None = None  # (n,) int64, f_parent_category_id when the spec has that field
 
     def __len__(self) -> int:
         return int(self.ad_id.shape[0])
@@ -167,8 +169,9 @@ def encode_examples(data: Any, spec: FeatureSpec, require_label: bool = True) ->
                if "is_cold" in table.column_names else np.zeros(n, bool))
     ad_id = _int_column(table, "ad_id")
     group_id = _int_column(table, "group_id") if "group_id" in table.column_names else ad_id
+    parent = single[:, single_names.index("parent_category_id")] if "parent_category_id" in single_names else None
     return EncodedData(single_names, multi_names, single, multi, ad_id, category,
-                       label.astype(np.float32), is_cold, group_id)
+                       label.astype(np.float32), is_cold, group_id, parent)
 
 
 class ImageTable:
@@ -248,10 +251,11 @@ def make_batch(data: EncodedData, pixels: np.ndarray | None, row_ad: np.ndarray 
     for name, (vals, offs) in data.multi.items():
         values[name] = torch.from_numpy(vals[offs[start]:offs[end]])  # (N_f,)
         offsets[name] = torch.from_numpy(offs[start:end] - offs[start])  # (B,)
-    images = image_category = image_index = None
+    images = image_category = image_index = image_parent = None
     if pixels is not None:
         ads = row_ad[start:end]  # (B,)
         cats = data.category[start:end]  # (B,)
+        parents = None if data.parent is None else data.parent[start:end]  # (B,)
         if grouped:
             uniq, inverse = np.unique(ads, return_inverse=True)  # (U,), (B,)
             ucat = np.empty(len(uniq), np.int64)
@@ -259,9 +263,14 @@ def make_batch(data: EncodedData, pixels: np.ndarray | None, row_ad: np.ndarray 
             images = torch.from_numpy(pixels[uniq])  # (U, H, W, 3) uint8
             image_category = torch.from_numpy(ucat)
             image_index = torch.from_numpy(inverse.astype(np.int64))
+            if parents is not None:
+                upar = np.empty(len(uniq), np.int64)
+                upar[inverse] = parents
+                image_parent = torch.from_numpy(upar)
         else:
             images = torch.from_numpy(pixels[ads])  # (B, H, W, 3) uint8
             image_category = torch.from_numpy(cats.copy())
             image_index = torch.arange(end - start)
+            image_parent = None if parents is None else torch.from_numpy(parents.copy())
     return Batch(single, values, offsets, images, image_category, image_index,
-                 torch.from_numpy(data.label[start:end]))
+                 torch.from_numpy(data.label[start:end]), image_parent)

@@ -1,4 +1,4 @@
-"""Parameters and FLOPs of ResNet18, +CBAM and +CSCNN at the paper's Table 2 settings.
+"""Parameters and FLOPs of ResNet18, +CBAM, +CSCNN and our CSCNN options at the paper's Table 2 settings.
 
     python -m models.cost [--out bench/results/table2.json]
 
@@ -12,6 +12,12 @@ the paper's 1.8206 "GFLOPs" for ResNet18 is the multiply-accumulate count (torch
 FlopCounterMode counts matrix products and convolutions only, not element-wise products,
 pooling, sigmoids or the bilinear resize: the attention modules' extra cost is mostly such
 element-wise work, so our +CBAM/+CSCNN increments are smaller than the paper's.
+
+``cscnn+parent`` (model.prior_hierarchy "parent") adds, per attentive layer, a parent prior
+table of (C' + H'*W') entries per parent category. The paper does not give its tree's number of
+parents; the row assumes n_parents = 828, a quarter of the 3310 leaves (the simulator's default
+ratio, 6 parents for 24 leaves). Its extra work per image is two embedding lookups and two
+additions per layer, element-wise: FlopCounterMode counts none of it.
 """
 
 from __future__ import annotations
@@ -33,45 +39,50 @@ PAPER_TABLE2 = {
     "cscnn": {"params_m": 21.6791, "gflops": 1.8329},
 }
 TABLE2_SETTINGS = {"image_size": 224, "n_categories": 3310, "prior_channels": 20, "prior_spatial": 6,
-                   "reduction": 4, "attention_layers": RESNET18_ATTENTIVE_CONVS, "num_classes": 1000}
+                   "reduction": 4, "attention_layers": RESNET18_ATTENTIVE_CONVS, "num_classes": 1000,
+                   "n_parents": 828}
 
 
 class _Classifier(nn.Module):
     """ResNet18 backbone (+ attention) with torchvision's pooled 1000-way classifier."""
 
-    def __init__(self, attention: str, s: dict[str, Any]) -> None:
+    def __init__(self, attention: str, s: dict[str, Any], hierarchy: str = "none") -> None:
         super().__init__()
         cfg = ModelConfig(variant="cscnn", backbone="resnet18", prior_channels=s["prior_channels"],
                           prior_spatial=s["prior_spatial"], reduction=s["reduction"],
-                          attention_layers=s["attention_layers"])
-        self.backbone = build_visual_tower(cfg, s["n_categories"], attention=attention).backbone
+                          attention_layers=s["attention_layers"], prior_hierarchy=hierarchy)
+        self.backbone = build_visual_tower(cfg, s["n_categories"], attention=attention,
+                                           n_parents=s["n_parents"]).backbone
         self.fc = nn.Linear(self.backbone.out_channels, s["num_classes"])
 
     def forward(self, x: torch.Tensor, category: torch.Tensor) -> torch.Tensor:
         return self.fc(self.backbone(x, category).mean(dim=(2, 3)))  # (N, num_classes)
 
 
-def measure(attention: str, settings: dict[str, Any] | None = None) -> dict[str, float]:
+def measure(attention: str, settings: dict[str, Any] | None = None, hierarchy: str = "none") -> dict[str, float]:
     """Parameters (millions) and forward GFLOPs (multiply-accumulates) of one image."""
     s = {**TABLE2_SETTINGS, **(settings or {})}
-    model = _Classifier(attention, s).eval()
+    model = _Classifier(attention, s, hierarchy).eval()
     x = torch.zeros(1, 3, s["image_size"], s["image_size"])
+    keys = torch.zeros((1, 2) if attention == "cscnn" and hierarchy == "parent" else 1, dtype=torch.long)
     counter = FlopCounterMode(display=False)
     with torch.no_grad(), counter:
-        model(x, torch.zeros(1, dtype=torch.long))
+        model(x, keys)
     flops = counter.get_total_flops()
     return {"params_m": sum(p.numel() for p in model.parameters()) / 1e6,
             "gflops": flops / 2 / 1e9, "flop_counter_gflops": flops / 1e9}
 
 
 def table2(settings: dict[str, Any] | None = None) -> dict[str, dict[str, float]]:
-    """Ours next to the paper's figures for resnet18, cbam and cscnn."""
+    """Ours next to the paper's figures for resnet18, cbam and cscnn; our options without a paper figure."""
     names = {"resnet18": "none", "cbam": "cbam", "cscnn": "cscnn"}
     out = {}
     for name, attention in names.items():
         ours = measure(attention, settings)
         out[name] = {**ours, "paper_params_m": PAPER_TABLE2[name]["params_m"],
                      "paper_gflops": PAPER_TABLE2[name]["gflops"]}
+    out["cscnn+parent"] = {**measure("cscnn", settings, hierarchy="parent"), "paper_params_m": None,
+                           "paper_gflops": None}
     return out
 
 
@@ -81,6 +92,9 @@ NOTES = [
     "bilinear resize are not counted, so the +CBAM/+CSCNN FLOP increments are below the paper's (+0.0116, +0.0123).",
     "Parameter increments match the paper: +CBAM = 16 bias-free shared MLPs (2*C*C/4) + 7x7 spatial convs; "
     "+CSCNN adds per layer C'*|K| + H'*W'*|K| prior entries, C'*C/4 MLP inputs and a third spatial input map.",
+    "cscnn+parent (model.prior_hierarchy 'parent') adds 16 layers x (C' + H'*W') x n_parents parent-prior entries; "
+    "n_parents = 828 is an assumption (a quarter of the leaves; the paper gives no parent count). Its extra work is "
+    "embedding lookups and additions, which FlopCounterMode does not count.",
     "Our ResNet18 base is torchvision's (11.69M with the 1000-way classifier); the paper's base of 17.9961M is "
     "not explained in the paper, so absolute parameter counts differ by that constant offset.",
 ]
@@ -92,13 +106,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
     result = {"settings": TABLE2_SETTINGS, "table2": table2(), "notes": NOTES}
     t = result["table2"]
-    print(f"{'model':<10} {'params/M':>9} {'paper':>9} {'d vs base':>10} {'paper d':>9} "
+    print(f"{'model':<13} {'params/M':>9} {'paper':>9} {'d vs base':>10} {'paper d':>9} "
           f"{'GFLOPs':>8} {'paper':>8}")
+    def cell(x: float | None, width: int) -> str:
+        return f"{x:>{width}.4f}" if x is not None else f"{'-':>{width}}"
+
     for name, row in t.items():
-        print(f"{name:<10} {row['params_m']:>9.4f} {row['paper_params_m']:>9.4f} "
-              f"{row['params_m'] - t['resnet18']['params_m']:>10.4f} "
-              f"{row['paper_params_m'] - PAPER_TABLE2['resnet18']['params_m']:>9.4f} "
-              f"{row['gflops']:>8.4f} {row['paper_gflops']:>8.4f}")
+        paper_delta = None if row["paper_params_m"] is None else \
+            row["paper_params_m"] - PAPER_TABLE2["resnet18"]["params_m"]
+        print(f"{name:<13} {row['params_m']:>9.4f} {cell(row['paper_params_m'], 9)} "
+              f"{row['params_m'] - t['resnet18']['params_m']:>10.4f} {cell(paper_delta, 9)} "
+              f"{row['gflops']:>8.4f} {cell(row['paper_gflops'], 8)}")
     for note in NOTES:
         print("-", note)
     if args.out:

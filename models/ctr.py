@@ -28,18 +28,35 @@ class CTRModel(nn.Module):
         if "category_id" not in spec.single and cfg.variant == "cscnn":
             raise ValueError("variant 'cscnn' needs the single field 'category_id' in the feature spec "
                              "(its vocab size is the number of category priors)")
+        if cfg.variant == "cscnn" and cfg.prior_hierarchy == "parent" and "parent_category_id" not in spec.single:
+            raise ValueError("model.prior_hierarchy 'parent' needs the single field 'parent_category_id' in the "
+                             "feature spec (its vocab size is the number of parent priors)")
         self.spec = spec
         self.cfg = cfg
         self.embedding = FieldEmbedding(spec, cfg.embedding_dim)
         self.tower: VisualTower | None = None
         if cfg.variant != "dcn":
             n_categories = spec.single.get("category_id", 1)
-            self.tower = build_visual_tower(cfg, n_categories)
+            self.tower = build_visual_tower(cfg, n_categories, n_parents=spec.single.get("parent_category_id", 0))
         self.dcn = DCN(self.embedding.out_dim, cfg.visual_dim if self.tower is not None else 0, cfg)
 
     @property
     def uses_images(self) -> bool:
         return self.tower is not None
+
+    @property
+    def uses_parents(self) -> bool:
+        """Whether the tower's priors are hierarchical: it takes (N, 2) category/parent id rows."""
+        return self.tower is not None and self.cfg.variant == "cscnn" and self.cfg.prior_hierarchy == "parent"
+
+    def prior_keys(self, category: torch.Tensor, parent: torch.Tensor | None) -> torch.Tensor:
+        """What the tower indexes its priors with: category ids (N,), or (N, 2) category/parent rows."""
+        if not self.uses_parents:
+            return category
+        if parent is None:
+            raise ValueError("this model has hierarchical category priors (model.prior_hierarchy 'parent') and "
+                             "needs each image's parent category id (the f_parent_category_id column)")
+        return torch.stack([category, parent], dim=1)
 
     def forward(self, batch: Batch) -> torch.Tensor:
         """Logits (B,)."""
@@ -49,6 +66,6 @@ class CTRModel(nn.Module):
             if batch.images is None:
                 raise ValueError(f"variant {self.cfg.variant!r} needs images in the batch")
             images = preprocess_images(batch.images, self.dcn.out.weight.dtype)  # (U, 3, H, W)
-            emb = self.tower(images, batch.image_category)  # (U, visual_dim)
+            emb = self.tower(images, self.prior_keys(batch.image_category, batch.image_parent))  # (U, visual_dim)
             x_v = emb[batch.image_index]  # (B, visual_dim)
         return self.dcn(x_nv, x_v)

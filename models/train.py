@@ -287,8 +287,10 @@ def score_model(model_path: str | os.PathLike, data: Any, images: Mapping[int, n
     return compute_metrics(np.asarray(data["label"]), preds, np.asarray(data["is_cold"]).astype(bool))
 
 
-def embed_images(model: nn.Module, images: np.ndarray, categories: np.ndarray, batch_size: int = 512) -> np.ndarray:
-    """Visual embeddings x_v (N, visual_dim) of uint8 images (N, H, W, 3) with their category ids."""
+def embed_images(model: nn.Module, images: np.ndarray, categories: np.ndarray, batch_size: int = 512,
+                 parents: np.ndarray | None = None) -> np.ndarray:
+    """Visual embeddings x_v (N, visual_dim) of uint8 images (N, H, W, 3) with their category ids
+    (N,) and, for hierarchical priors (model.prior_hierarchy "parent"), their parent category ids (N,)."""
     model = _unwrap(model)
     if model.tower is None:
         raise ValueError(f"variant {model.cfg.variant!r} has no visual tower to embed images with")
@@ -302,7 +304,9 @@ def embed_images(model: nn.Module, images: np.ndarray, categories: np.ndarray, b
             x = preprocess_images(torch.from_numpy(np.ascontiguousarray(images[s:s + batch_size])).to(device),
                                   dtype)  # (b, 3, H, W)
             c = torch.as_tensor(np.asarray(categories[s:s + batch_size], dtype=np.int64), device=device)
-            out.append(model.tower(x, c).float().cpu().numpy())
+            p = None if parents is None else torch.as_tensor(np.asarray(parents[s:s + batch_size], dtype=np.int64),
+                                                             device=device)
+            out.append(model.tower(x, model.prior_keys(c, p)).float().cpu().numpy())
     model.train(was_training)
     return np.concatenate(out) if out else np.zeros((0, model.cfg.visual_dim), np.float32)
 

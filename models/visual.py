@@ -178,13 +178,20 @@ def attention_kind(variant: str) -> str:
     return {"cbam": "cbam", "cscnn": "cscnn"}.get(variant, "none")
 
 
-def build_visual_tower(cfg: ModelConfig, n_categories: int, attention: str | None = None) -> VisualTower:
-    """The tower for ``cfg`` (backbone, attention of cfg.variant unless ``attention`` is given)."""
+def build_visual_tower(cfg: ModelConfig, n_categories: int, attention: str | None = None,
+                       n_parents: int = 0) -> VisualTower:
+    """The tower for ``cfg`` (backbone, attention of cfg.variant unless ``attention`` is given).
+
+    ``n_parents``: the parent-category vocabulary of hierarchical CSCNN priors (used when
+    cfg.prior_hierarchy is "parent"; the tower then takes (N, 2) category/parent id rows)."""
     kind = attention_kind(cfg.variant) if attention is None else attention
+    parents = n_parents if cfg.prior_hierarchy == "parent" else 0
+    if kind == "cscnn" and cfg.prior_hierarchy == "parent" and n_parents < 1:
+        raise ValueError("model.prior_hierarchy 'parent' needs the parent-category vocabulary size (n_parents >= 1)")
 
     def factory(channels: int) -> nn.Module:
         return make_attention(kind, channels, n_categories=n_categories, prior_channels=cfg.prior_channels,
-                              prior_spatial=cfg.prior_spatial, reduction=cfg.reduction)
+                              prior_spatial=cfg.prior_spatial, reduction=cfg.reduction, n_parents=parents)
 
     layers = cfg.attention_layers if kind != "none" else 0
     backbone_cls = {"resnet18": ResNet18Backbone, "light": LightBackbone}[cfg.backbone]

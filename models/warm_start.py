@@ -39,6 +39,7 @@ from models.ctr import CTRModel
 log = logging.getLogger(__name__)
 
 CATEGORY_FIELD = "category_id"  # the CSCNN priors are indexed by this field's ids (category_idx)
+PARENT_FIELD = "parent_category_id"  # hierarchical CSCNN priors: the parent tables' ids
 
 
 class WarmStartError(RuntimeError):
@@ -66,6 +67,9 @@ def id_keyed_tensors(model: CTRModel) -> dict[str, str]:
         if isinstance(module, CSCNNAttention):
             out[f"{name}.channel_prior.weight"] = CATEGORY_FIELD
             out[f"{name}.spatial_prior.weight"] = CATEGORY_FIELD
+            if module.n_parents:
+                out[f"{name}.parent_channel_prior.weight"] = PARENT_FIELD
+                out[f"{name}.parent_spatial_prior.weight"] = PARENT_FIELD
     return out
 
 
@@ -163,9 +167,10 @@ def warm_start(model: CTRModel, source: str | os.PathLike | Mapping[str, torch.T
     log.info("warm start: %d tensors copied (%d id-keyed, remapped by value), %d kept fresh%s", len(result.copied),
              len(result.tables), len(result.fresh), f" (e.g. {result.fresh[:3]})" if result.fresh else "")
     if result.tables:
-        parts = {}  # every prior table of the tower has the category map: named once
+        parts = {}  # every prior table of the tower has the category (or parent) map: named once
         for name, c in result.tables.items():
-            label = keyed[name] if name.startswith("embedding.") else "category priors"
+            label = keyed[name] if name.startswith("embedding.") else \
+                "category priors" if keyed[name] == CATEGORY_FIELD else "parent category priors"
             parts.setdefault(label, f"{label} {c['carried']}/{c['new']}/{c['dropped']}")
         log.info("warm start rows carried/new/dropped: %s", ", ".join(parts.values()))
     return result

@@ -1,8 +1,10 @@
 """The static parts of the simulated world: category tree, users and the ad population.
 
 Everything here is a deterministic function of the WorldConfig:
-- the category tree, per-category look (palette, texture) and taste (the one colour x quadrant
-  conjunction that makes an image attractive in that category), title-word topics, price levels;
+- the category tree (leaf shares of the ads Zipf with exponent `zipf_categories`), per-category
+  look (palette, texture) and taste (the one colour x quadrant conjunction that makes an image
+  attractive in that category; with probability `sibling_share` a leaf takes its parent's, which
+  its sharing siblings have too), title-word topics, price levels;
 - users (profile, interests) keyed by user id;
 - ads keyed by ad id. Ad ids increase with birth day: ids 1..initial_ads form the initial catalog
   (born before day 0, all alive on day 0), then `new_ads_per_day` ids are born every day. An ad's
@@ -166,7 +168,7 @@ def categories(cfg: WorldConfig) -> Categories:
     rng = stream(cfg.seed, "categories")
     k, top = cfg.n_categories, cfg.n_top_categories
     parent = np.concatenate([np.arange(top), rng.integers(0, top, size=k - top)]).astype(np.int32)
-    weight = rng.permutation(zipf_probs(k, 0.6))
+    weight = rng.permutation(zipf_probs(k, cfg.zipf_categories))
     log_price_mu = rng.normal(3.5, 0.9, size=k)
     # Siblings share a hue family; leaves differ in hue offset, saturation and value.
     hue = (parent / top + rng.uniform(-0.08, 0.08, size=k)) % 1.0
@@ -174,6 +176,11 @@ def categories(cfg: WorldConfig) -> Categories:
     texture_angle = (parent * np.pi / top + rng.uniform(-0.3, 0.3, size=k)).astype(np.float32)
     texture_freq = rng.uniform(1.5, 6.0, size=k).astype(np.float32)
     target = rng.integers(0, len(BLOB_COLOURS) * N_QUADRANTS, size=k)
+    # Siblings that share take their parent's conjunction (a stream of its own, so that worlds
+    # with sibling_share 0 are the worlds of before the knob).
+    tree = stream(cfg.seed, "category-tree")
+    parent_target = tree.integers(0, len(BLOB_COLOURS) * N_QUADRANTS, size=top)
+    target = np.where(tree.random(k) < cfg.sibling_share, parent_target[parent], target)
     # Topic words favour low (frequent) ids so that many of them are also query words.
     topics = np.floor(cfg.title_vocab * rng.random((k, TOPIC_WORDS)) ** 2).astype(np.int32)
     return Categories(parent=parent, weight=weight, log_price_mu=log_price_mu, palette=palette,

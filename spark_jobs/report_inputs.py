@@ -110,9 +110,11 @@ def last_spatial_attention(model: Any) -> Any:
     return found[-1]  # modules() walks in registration order: the last is the deepest conv
 
 
-def spatial_attention_maps(model: Any, images: np.ndarray, categories: Sequence[int]) -> np.ndarray:
-    """M_s of the last attentive conv for uint8 images (N, H, W, 3) with their category ids (N,),
-    upsampled to (N, H, W), float32 in (0, 1). The model is run in eval mode without gradients."""
+def spatial_attention_maps(model: Any, images: np.ndarray, categories: Sequence[int],
+                           parents: Sequence[int] | None = None) -> np.ndarray:
+    """M_s of the last attentive conv for uint8 images (N, H, W, 3) with their category ids (N,)
+    (and parent category ids (N,) for hierarchical priors), upsampled to (N, H, W), float32 in
+    (0, 1). The model is run in eval mode without gradients."""
     import torch
     import torch.nn.functional as F
 
@@ -134,7 +136,11 @@ def spatial_attention_maps(model: Any, images: np.ndarray, categories: Sequence[
     try:
         with torch.no_grad():
             x = preprocess_images(torch.from_numpy(images).to(device), dtype)  # (N, 3, H, W)
-            model.tower(x, torch.from_numpy(cats).to(device))
+            keys = torch.from_numpy(cats).to(device)
+            if getattr(model, "uses_parents", False):
+                keys = model.prior_keys(keys, None if parents is None else
+                                        torch.as_tensor(np.asarray(parents, dtype=np.int64), device=device))
+            model.tower(x, keys)
     finally:
         handle.remove()
         model.train(was_training)
@@ -183,17 +189,20 @@ def panel_png(originals: Sequence[np.ndarray], overlays: Sequence[np.ndarray], c
     return buf.getvalue()
 
 
-def category_panels(model: Any, ads_by_category: dict[int, list[tuple[int, np.ndarray]]]) -> list[CategoryPanel]:
+def category_panels(model: Any, ads_by_category: dict[int, list[tuple[int, np.ndarray]]],
+                    parent_of: Mapping[int, int] | None = None) -> list[CategoryPanel]:
     """One panel per category from {category_idx: [(ad_id, uint8 image (H, W, 3)), ...]}.
 
-    All images go through the tower in one forward pass, each with its own category (their
-    sizes must match, as in training).
+    All images go through the tower in one forward pass, each with its own category (and its
+    category's parent from ``parent_of``, for hierarchical priors; their sizes must match, as in
+    training).
     """
     cats = [c for c in sorted(ads_by_category) if ads_by_category[c]]
     if not cats:
         return []
     images = np.stack([img for c in cats for _, img in ads_by_category[c]])  # (N, H, W, 3)
-    maps = spatial_attention_maps(model, images, [c for c in cats for _ in ads_by_category[c]])  # (N, H, W)
+    parents = None if parent_of is None else [parent_of[c] for c in cats for _ in ads_by_category[c]]
+    maps = spatial_attention_maps(model, images, [c for c in cats for _ in ads_by_category[c]], parents)  # (N, H, W)
     panels, start = [], 0
     for c in cats:
         ads = ads_by_category[c]
@@ -242,8 +251,9 @@ def choose_attention_ads(ad_ids: np.ndarray, category_idx: np.ndarray, with_imag
 
 def attention_record(cfg: PipelineConfig, run_date: dt.date, model: Any, ad_ids: np.ndarray,
                      category_idx: np.ndarray, images: Mapping[int, np.ndarray],
-                     category_ids: Mapping[int, int]) -> AttentionRecord:
-    """Draw the attention panels of the holdout's most frequent categories and write their PNGs."""
+                     category_ids: Mapping[int, int], parent_idx: np.ndarray | None = None) -> AttentionRecord:
+    """Draw the attention panels of the holdout's most frequent categories and write their PNGs
+    (``parent_idx``: each row's parent category id, which hierarchical priors need)."""
     paths = Paths.of(cfg)
     try:
         layer = type(last_spatial_attention(model)).__name__
@@ -252,7 +262,10 @@ def attention_record(cfg: PipelineConfig, run_date: dt.date, model: Any, ad_ids:
     chosen = choose_attention_ads(ad_ids, category_idx, set(int(a) for a in images))
     if not chosen:
         return AttentionRecord(run_date.isoformat(), layer, [], "no holdout ad has an image")
-    drawn = category_panels(model, {c: [(a, images[a]) for a in ads] for c, (ads, _) in chosen.items()})
+    parent_of = None
+    if parent_idx is not None:
+        parent_of = {int(c): int(p) for c, p in zip(np.asarray(category_idx), np.asarray(parent_idx))}
+    drawn = category_panels(model, {c: [(a, images[a]) for a in ads] for c, (ads, _) in chosen.items()}, parent_of)
     panels = []
     for p in drawn:
         path = local_path(paths.attention_panel(run_date, p.category_idx))
@@ -279,8 +292,9 @@ def write_report_data(cfg: PipelineConfig, run_date: dt.date, model: Any, holdou
     labels = np.asarray(holdout["label"].to_numpy(), dtype=np.float64)
     calibration = CalibrationRecord(run_date.isoformat(), int(len(labels)), calibration_bins(labels, preds))
     write_json(local_path(paths.calibration_record(run_date)), asdict(calibration), default=float)
+    parents = holdout["f_parent_category_id"].to_numpy() if "f_parent_category_id" in holdout else None
     attention = attention_record(cfg, run_date, model, holdout["ad_id"].to_numpy(),
-                                 holdout["category_idx"].to_numpy(), images, category_ids)
+                                 holdout["category_idx"].to_numpy(), images, category_ids, parents)
     write_json(local_path(paths.attention_record(run_date)), asdict(attention), default=float)
     log.info("report data: %d calibration bins over %d holdout rows, %d attention panel(s)%s",
              len(calibration.bins), calibration.rows, len(attention.panels),

@@ -1,0 +1,161 @@
+"""Hierarchical CSCNN priors (model.prior_hierarchy "parent"): a category's prior is its parent's
+prior plus its own offset, trained end to end, embedded with parent ids, warm-started by value."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from core.config import ConfigError, load_config
+from features.encoder import MULTI_FIELDS, SINGLE_FIELDS, VOCAB_FIELDS, FeatureEncoder
+from features.spec import FeatureSpec
+from models.attention import CSCNNAttention
+from models.ctr import CTRModel
+from models.synthetic import make_examples, make_spec
+from models.train import embed_images, load_model, predict, save_model, train
+from models.warm_start import id_keyed_tensors, warm_start
+
+SMALL = {"model.variant": "cscnn", "model.prior_hierarchy": "parent", "model.deep_dims": [16, 8],
+         "model.head_dims": [8], "model.visual_dim": 6, "model.prior_channels": 3, "model.prior_spatial": 3,
+         "model.attention_layers": 2, "train.batch_size": 48, "train.lr": 0.01, "train.device": "cpu",
+         "train.checkpoint_every": 0, "train.warm_start": False}
+N_CATEGORIES, N_PARENTS = 7, 4
+PARENT_OF = np.array([0, 1, 1, 2, 2, 3, 3])  # category id -> parent id; category 6 gets no training row
+UNSEEN = 6
+
+
+def _layers(model: CTRModel) -> list[CSCNNAttention]:
+    return [m for m in model.modules() if isinstance(m, CSCNNAttention)]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    spec = make_spec(n_categories=N_CATEGORIES, vocab=11)
+    spec = FeatureSpec(single={**spec.single, "parent_category_id": N_PARENTS}, multi=spec.multi)
+    df, images = make_examples(spec, n_ads=30, impressions_per_ad=(6, 12), seed=3)
+    df = df[df["category_idx"] != UNSEEN].reset_index(drop=True)
+    df["f_parent_category_id"] = PARENT_OF[df["category_idx"].to_numpy()].astype(np.int32)
+    assert set(df["category_idx"]) == set(range(UNSEEN)) and df["row_idx"].is_monotonic_increasing
+    out = train(load_config(overrides=SMALL), spec, df, None, images, tmp_path_factory.mktemp("hier"), resume=False)
+    return spec, df, images, load_model(out["model_path"])
+
+
+def test_a_category_without_training_rows_has_exactly_its_parents_prior(trained):
+    _, _, _, model = trained
+    assert model.uses_parents
+    keys = torch.tensor([[UNSEEN, PARENT_OF[UNSEEN]]])
+    for layer in _layers(model):
+        a_c, a_s = layer.priors(keys)
+        assert torch.equal(a_c[0], layer.parent_channel_prior.weight[PARENT_OF[UNSEEN]])
+        assert torch.equal(a_s[0], layer.parent_spatial_prior.weight[PARENT_OF[UNSEEN]])
+        assert a_c.abs().sum() > 0  # the parent learned from the unseen category's trained sibling (5)
+        assert layer.channel_prior.weight[UNSEEN].abs().sum() == 0  # no row, no offset
+
+
+def test_training_moves_both_the_parent_and_the_child_tables(trained):
+    _, _, _, model = trained
+    for layer in _layers(model):
+        for c in range(UNSEEN):  # every category with rows has its own offset, every parent moved
+            assert layer.channel_prior.weight[c].abs().sum() > 0 and layer.spatial_prior.weight[c].abs().sum() > 0
+        for p in range(N_PARENTS):
+            assert layer.parent_channel_prior.weight[p].abs().sum() > 0
+
+
+def test_one_backward_pass_reaches_the_parent_and_the_child_rows():
+    layer = CSCNNAttention(8, N_CATEGORIES, 3, 3, 4, n_parents=N_PARENTS)
+    feat = torch.randn(2, 8, 6, 6)
+    layer(feat, torch.tensor([[4, 2], [1, 1]])).square().sum().backward()
+    for table, hit in ((layer.channel_prior, [4, 1]), (layer.spatial_prior, [4, 1]),
+                       (layer.parent_channel_prior, [2, 1]), (layer.parent_spatial_prior, [2, 1])):
+        grad = table.weight.grad.abs().sum(dim=1)
+        assert (grad[hit] > 0).all()
+        assert (grad[[i for i in range(len(grad)) if i not in hit]] == 0).all()
+
+
+def test_the_fused_forward_equals_the_reference_with_parents():
+    torch.manual_seed(0)
+    layer = CSCNNAttention(8, N_CATEGORIES, 3, 3, 4, n_parents=N_PARENTS)
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.normal_()
+    feat, keys = torch.randn(5, 8, 6, 6), torch.tensor([[0, 0], [2, 1], [4, 2], [6, 3], [6, 0]])
+    torch.testing.assert_close(layer(feat, keys), layer.reference_forward(feat, keys))
+    with pytest.raises(ValueError, match=r"\(category, parent category\) id rows of shape \(5, 2\)"):
+        layer(feat, keys[:, 0])
+
+
+def test_embedding_and_prediction_use_each_images_parent(trained):
+    spec, df, images, model = trained
+    ads = np.array(sorted(images))[:8]
+    pixels = np.stack([images[int(a)] for a in ads])
+    cats = np.full(len(ads), UNSEEN)
+    with pytest.raises(ValueError, match="parent category id"):
+        embed_images(model, pixels, cats)
+    x_a = embed_images(model, pixels, cats, parents=np.full(len(ads), 3))
+    x_b = embed_images(model, pixels, cats, parents=np.full(len(ads), 0))
+    assert x_a.shape == (len(ads), 6) and not np.allclose(x_a, x_b)  # the parent's prior shapes x_v
+    preds = predict(model, df, images)
+    assert preds.shape == (len(df),) and np.isfinite(preds).all()
+
+
+def test_config_and_spec_errors_name_what_is_wrong():
+    with pytest.raises(ConfigError, match="model.prior_hierarchy.*'tree'"):
+        load_config(overrides={"model.prior_hierarchy": "tree"})
+    spec = make_spec(n_categories=4, vocab=5)
+    flat = FeatureSpec(single={k: v for k, v in spec.single.items() if k != "parent_category_id"}, multi=spec.multi)
+    with pytest.raises(ValueError, match="parent_category_id"):
+        CTRModel(flat, load_config(overrides=SMALL).model)
+    for variant in ("cbam", "dcn"):  # only CSCNN has priors: the option does not change the others
+        model = CTRModel(flat, load_config(overrides={**SMALL, "model.variant": variant}).model)
+        assert not model.uses_parents
+
+
+def _encoders() -> tuple[FeatureEncoder, FeatureEncoder]:
+    """Day 1 and day 2 encoders whose ids of every field are the same values in reversed order."""
+    day1, day2 = {}, {}
+    for i, name in enumerate(VOCAB_FIELDS):
+        values = [1000 * (i + 1) + j for j in range(6)]
+        day1[name] = {v: k + 1 for k, v in enumerate(values)}
+        day2[name] = {v: k + 1 for k, v in enumerate(reversed(values))}
+    edges = {"price": [10.0, 20.0], "review_count": [5.0]}
+    return FeatureEncoder.from_entries(day1, edges), FeatureEncoder.from_entries(day2, edges)
+
+
+def test_warm_start_remaps_the_parent_tables_by_value(tmp_path):
+    e1, e2 = _encoders()
+    cfg = load_config(overrides=SMALL).model
+
+    def spec(e: FeatureEncoder) -> FeatureSpec:
+        return FeatureSpec(single={n: e.vocab_size(n) for n in SINGLE_FIELDS},
+                           multi={n: e.vocab_size(n) for n in MULTI_FIELDS})
+
+    day1 = CTRModel(spec(e1), cfg)
+    with torch.no_grad():
+        for p in day1.parameters():
+            p.normal_()
+    save_model(day1, tmp_path / "day1.pt")
+    day2 = CTRModel(spec(e2), cfg)
+    keyed = id_keyed_tensors(day2)
+    parent_tables = [n for n, f in keyed.items() if f == "parent_category_id" and "_prior." in n]
+    assert len(parent_tables) == 2 * SMALL["model.attention_layers"]
+    result = warm_start(day2, tmp_path / "day1.pt", old_encoder=e1, new_encoder=e2)
+    old, new = day1.state_dict(), day2.state_dict()
+    values = e1.vocab["parent_category_id"][0]
+    for name in parent_tables:
+        assert result.tables[name] == {"carried": e2.vocab_size("parent_category_id"), "new": 0, "dropped": 0}
+        for v in values:
+            i1 = int(e1.encode_single("parent_category_id", v))
+            i2 = int(e2.encode_single("parent_category_id", v))
+            assert i1 != i2  # the ids really moved
+            torch.testing.assert_close(new[name][i2], old[name][i1])
+
+
+def test_the_parent_option_costs_one_prior_table_per_layer_and_no_counted_flops():
+    from models.cost import measure
+
+    small = {"image_size": 32, "n_categories": 40, "n_parents": 9, "num_classes": 10}
+    flat, parent = measure("cscnn", small), measure("cscnn", small, hierarchy="parent")
+    per_layer = (20 + 6 * 6) * 9  # (C' + H'*W') entries per parent, Table 2's C' = 20, H' = W' = 6
+    assert round((parent["params_m"] - flat["params_m"]) * 1e6) == 16 * per_layer
+    assert parent["gflops"] == flat["gflops"]
