@@ -32,6 +32,7 @@ import time
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
@@ -41,9 +42,12 @@ from core.config import PipelineConfig, load_config, parse_overrides
 from core.paths import Paths, local_path
 from core.spark import get_spark
 from features.examples import validation_split
-from models.train import score_model, train
+from features.spec import FeatureSpec
+from models.train import auc_score, compute_metrics, load_model, predict, train
+from simworld.clickmodel import visual_logit
 from simworld.generate import generate_day
 from simworld.truth import auc, oracle_auc
+from simworld.world import ads_by_id
 from spark_jobs import build_window, ingest
 from spark_jobs.export_snapshot import export_training_snapshot
 from spark_jobs.train_model import read_snapshot
@@ -51,9 +55,27 @@ from spark_jobs.train_model import read_snapshot
 log = logging.getLogger("bench.ablation")
 
 VARIANTS = ("dcn", "cnn_fixed", "cnn_finetune", "cbam", "cscnn")
-# (better, worse) pairs whose paired AUC gain is reported.
+# Benchmark-only controls, never production variants: CSCNN whose priors are looked up with a
+# shuffled category (each ad gets the category of another ad, one draw per ad and seed); the
+# DCN's own category feature is untouched. What it keeps of CSCNN's gain over CBAM is not
+# category-specific: capacity, or conditioning on any fixed grouping of the ads.
+# oracle_visual is the visual-headroom ceiling: the DCN given each ad's true visual logit from the
+# simulator (binned into ORACLE_BINS quantile bins of the training ads, an extra single field),
+# for evaluation only.
+CONTROL_VARIANTS = ("cscnn_shuffled", "oracle_visual")
+# Options of the production model beyond the paper, trained like the variants: cscnn_parent is
+# cscnn with model.prior_hierarchy "parent".
+OPTION_VARIANTS = ("cscnn_parent",)
+MODEL_SETTINGS = {"cscnn_shuffled": {"model.variant": "cscnn"}, "oracle_visual": {"model.variant": "dcn"},
+                  "cscnn_parent": {"model.variant": "cscnn", "model.prior_hierarchy": "parent"}}
+ORACLE_BINS = 64
+# Variants whose gain over dcn is compared with oracle_visual's (visual_headroom_closed).
+HEADROOM_VARIANTS = ("cnn_finetune", "cbam", "cscnn")
+# (better, worse) pairs whose paired AUC gain is reported (those whose two variants both ran).
 PAIRS = (("cnn_fixed", "dcn"), ("cnn_finetune", "cnn_fixed"), ("cbam", "cnn_finetune"),
-         ("cscnn", "cnn_finetune"), ("cscnn", "cbam"))
+         ("cscnn", "cnn_finetune"), ("cscnn", "cbam"), ("cscnn", "cscnn_shuffled"), ("cscnn_shuffled", "cbam"),
+         ("cscnn_parent", "cscnn"))
+ALL_VARIANTS = VARIANTS + CONTROL_VARIANTS + OPTION_VARIANTS
 # The claims of Table 8 the simulated world must reproduce, as pairs of PAIRS.
 REQUIRED_CLAIMS = {"dcn<cnn_fixed": ("cnn_fixed", "dcn"), "cnn_fixed<cnn_finetune": ("cnn_finetune", "cnn_fixed"),
                    "cscnn>cnn_finetune": ("cscnn", "cnn_finetune"), "cscnn>cbam": ("cscnn", "cbam")}
@@ -127,7 +149,49 @@ def oracle_aucs(cfg: PipelineConfig, run_date: dt.date, holdout: Any) -> tuple[f
     return overall, auc(labels, p_click)
 
 
-def train_variants(cfg: PipelineConfig, run_date: dt.date, out_root: str) -> dict[str, dict[str, Any]]:
+def shuffle_categories(tables: list[Any], seed: int) -> list[Any]:
+    """The tables with ``category_idx`` (the column that picks CSCNN's priors) replaced by a
+    shuffled category per ad: the ads' categories permuted across ads, one permutation for all
+    tables, so an ad keeps one (wrong) category everywhere and every category keeps its ad count.
+    ``f_category_id``, the DCN's category feature, is left as it is."""
+    ads = np.concatenate([np.asarray(t.column("ad_id")) for t in tables])
+    cats = np.concatenate([np.asarray(t.column("category_idx")) for t in tables])
+    uniq, first = np.unique(ads, return_index=True)
+    shuffled = cats[first][np.random.default_rng([seed, 0x5F]).permutation(len(uniq))]
+    out = []
+    for t in tables:
+        pos = np.searchsorted(uniq, np.asarray(t.column("ad_id")))
+        col = pa.array(shuffled[pos], type=t.schema.field("category_idx").type)
+        out.append(t.set_column(t.schema.get_field_index("category_idx"), "category_idx", col))
+    return out
+
+
+def add_oracle_visual(cfg: PipelineConfig, spec: FeatureSpec, tables: list[Any]) -> tuple[FeatureSpec, list[Any]]:
+    """The spec and tables with one more single field, ``oracle_visual``: each ad's true visual
+    logit (simworld.clickmodel.visual_logit) as a bin id 1..ORACLE_BINS, the bins being quantiles
+    of the logit over the ads of the first table (the training rows)."""
+    ads = np.unique(np.concatenate([np.asarray(t.column("ad_id")) for t in tables]))
+    logit = visual_logit(cfg.world, ads_by_id(cfg.world, ads))
+    train_logit = logit[np.searchsorted(ads, np.unique(np.asarray(tables[0].column("ad_id"))))]
+    edges = np.quantile(train_logit, np.arange(1, ORACLE_BINS) / ORACLE_BINS)
+    bins = np.searchsorted(edges, logit, side="right") + 1  # (A,) in 1..ORACLE_BINS
+    out = [t.append_column("f_oracle_visual", pa.array(bins[np.searchsorted(ads, np.asarray(t.column("ad_id")))],
+                                                         type=pa.int32())) for t in tables]
+    return FeatureSpec(single={**spec.single, "oracle_visual": ORACLE_BINS + 1}, multi=dict(spec.multi)), out
+
+
+def rare_rows(train_tbl: Any, holdout_tbl: Any, min_impressions: int) -> tuple[np.ndarray, int]:
+    """(mask of the holdout rows whose category has fewer than ``min_impressions`` training rows,
+    how many of the holdout's categories are such rare ones)."""
+    cats, counts = np.unique(np.asarray(train_tbl.column("category_idx")), return_counts=True)
+    common = cats[counts >= min_impressions]
+    hold = np.asarray(holdout_tbl.column("category_idx"))
+    rare = ~np.isin(hold, common)
+    return rare, int(len(np.unique(hold[rare])))
+
+
+def train_variants(cfg: PipelineConfig, run_date: dt.date, out_root: str,
+                   variants: tuple[str, ...] = VARIANTS, rare_impressions: int = 0) -> dict[str, dict[str, Any]]:
     """Train every variant on the same snapshot, seed and batch order; holdout metrics per variant.
 
     Training picks its weights on the validation split carved from the window (as the train stage
@@ -141,17 +205,35 @@ def train_variants(cfg: PipelineConfig, run_date: dt.date, out_root: str) -> dic
                                                     "test_cold_impressions": int(np.asarray(
                                                         holdout_tbl.column("is_cold")).sum()),
                                                     "images": len(images), "holdout": holdout_tbl}}
-    for variant in VARIANTS:
-        vcfg = cfg.replace({"model.variant": variant})
+    labels = np.asarray(holdout_tbl.column("label"), dtype=np.float64)
+    is_cold = np.asarray(holdout_tbl.column("is_cold")).astype(bool)
+    rare = None
+    if rare_impressions:
+        rare, n_rare = rare_rows(train_tbl, holdout_tbl, rare_impressions)
+        results["_data"].update({"test_rare_impressions": int(rare.sum()), "test_rare_categories": n_rare})
+    for variant in variants:
+        tables, vspec = [train_tbl, valid_tbl, holdout_tbl], spec
+        present = [t for t in tables if t is not None]
+        if variant == "cscnn_shuffled":
+            changed = iter(shuffle_categories(present, cfg.train.seed))
+            tables = [None if t is None else next(changed) for t in tables]
+        elif variant == "oracle_visual":
+            vspec, changed_list = add_oracle_visual(cfg, spec, present)
+            changed = iter(changed_list)
+            tables = [None if t is None else next(changed) for t in tables]
+        vcfg = cfg.replace(MODEL_SETTINGS.get(variant, {"model.variant": variant}))
         t0 = time.perf_counter()
-        valid = train(vcfg, spec, train_tbl, valid_tbl, images, os.path.join(out_root, variant), resume=False)
+        valid = train(vcfg, vspec, tables[0], tables[1], images, os.path.join(out_root, variant), resume=False)
         seconds = time.perf_counter() - t0
-        metrics = score_model(valid["model_path"], holdout_tbl, images)
+        preds = predict(load_model(valid["model_path"]), tables[2], images)  # day D, scored once
+        metrics = compute_metrics(labels, preds, is_cold)
         log.info("%s: auc %.4f auc_cold %.4f logloss %.5f in %.0f s", variant, metrics["auc"],
                  metrics.get("auc_cold", float("nan")), metrics["logloss"], seconds)
         results[variant] = {"auc": metrics["auc"], "auc_cold": metrics.get("auc_cold", float("nan")),
                             "logloss": metrics["logloss"], "seconds": round(seconds, 1),
                             "validation_auc": valid.get("auc", float("nan"))}
+        if rare is not None:
+            results[variant]["auc_rare"] = auc_score(labels[rare], preds[rare])
     return results
 
 
@@ -169,8 +251,10 @@ def summarize(per_seed: list[dict[str, Any]], requested: list[int], settings: di
     per_seed = sorted(per_seed, key=lambda s: s["seed"])
     requested = sorted(requested)
     seeds = [s["seed"] for s in per_seed]
+    ran = [v for v in ALL_VARIANTS if all(v in s["variants"] for s in per_seed)]
+    with_rare = all("auc_rare" in s["variants"][v] for s in per_seed for v in ran)
     variants = {}
-    for v in VARIANTS:
+    for v in ran:
         aucs = [s["variants"][v]["auc"] for s in per_seed]
         variants[v] = {"auc_by_seed": [_r(a) for a in aucs],
                        "auc_cold_by_seed": [_r(s["variants"][v]["auc_cold"]) for s in per_seed],
@@ -179,6 +263,8 @@ def summarize(per_seed: list[dict[str, Any]], requested: list[int], settings: di
                        "auc_cold_mean": _r(np.mean([s["variants"][v]["auc_cold"] for s in per_seed])),
                        "seconds_by_seed": [s["variants"][v]["seconds"] for s in per_seed],
                        "validation_auc_by_seed": [_r(s["variants"][v].get("validation_auc")) for s in per_seed]}
+        if with_rare:
+            variants[v]["auc_rare_by_seed"] = [_r(s["variants"][v]["auc_rare"]) for s in per_seed]
 
     def gain(better: str, worse: str, key: str = "auc") -> dict[str, Any]:
         diffs = [s["variants"][better][key] - s["variants"][worse][key] for s in per_seed]
@@ -187,21 +273,30 @@ def summarize(per_seed: list[dict[str, Any]], requested: list[int], settings: di
                 "all_positive": all(d > 0 for d in diffs),
                 "mean_gt_std": std is not None and mean > std}
 
-    paired = {f"{b}-{w}": gain(b, w) for b, w in PAIRS}
-    paired_cold = {f"{b}-{w}": gain(b, w, "auc_cold") for b, w in PAIRS}
+    pairs = [(b, w) for b, w in PAIRS if b in ran and w in ran]
+    paired = {f"{b}-{w}": gain(b, w) for b, w in pairs}
+    paired_cold = {f"{b}-{w}": gain(b, w, "auc_cold") for b, w in pairs}
+    paired_rare = {f"{b}-{w}": gain(b, w, "auc_rare") for b, w in pairs} if with_rare else None
 
     def holds(pair: tuple[str, str]) -> bool:
         g = paired[f"{pair[0]}-{pair[1]}"]
         return bool(g["all_positive"] and g["mean_gt_std"])
 
     def gap(key: str, oracle_key: str) -> float | None:
+        if "cscnn" not in ran or "dcn" not in ran:
+            return None
         per = [(s["variants"]["cscnn"][key] - s["variants"]["dcn"][key]) / (s[oracle_key] - s["variants"]["dcn"][key])
                for s in per_seed if s[oracle_key] - s["variants"]["dcn"][key] > 0]
         return _r(np.mean(per)) if per else None
 
-    verdict = {name: holds(pair) for name, pair in REQUIRED_CLAIMS.items()}
-    verdict["all_required"] = all(verdict.values())
-    verdict.update({f"{name} (reported, not required)": holds(pair) for name, pair in REPORTED_CLAIMS.items()})
+    headroom = None
+    if "dcn" in ran and "oracle_visual" in ran:
+        headroom = visual_headroom({v: [s["variants"][v] for s in per_seed] for v in ran})
+    verdict: dict[str, bool | None] = {name: holds(pair) for name, pair in REQUIRED_CLAIMS.items()
+                                       if set(pair) <= set(ran)}
+    verdict["all_required"] = all(verdict.values()) if len(verdict) == len(REQUIRED_CLAIMS) else None
+    verdict.update({f"{name} (reported, not required)": holds(pair) for name, pair in REPORTED_CLAIMS.items()
+                    if set(pair) <= set(ran)})
     return {
         "machine": machine(),
         "complete": seeds == requested,
@@ -220,10 +315,33 @@ def summarize(per_seed: list[dict[str, Any]], requested: list[int], settings: di
         "variants": variants,
         "paired_gains": paired,
         "paired_gains_cold": paired_cold,
+        **({"paired_gains_rare": paired_rare, "rare_impressions": settings["run"].get("rare_impressions"),
+            "test_rare_impressions": [s.get("test_rare_impressions") for s in per_seed],
+            "test_rare_categories": [s.get("test_rare_categories") for s in per_seed]} if with_rare else {}),
         "gap_closed_by_cscnn": {"overall": gap("auc", "oracle_auc"), "cold": gap("auc_cold", "oracle_auc_cold")},
+        **({"visual_headroom_closed": headroom} if headroom else {}),
         "verdict": verdict,
         "claim_rule": "gain positive in every seed and mean gain > sample std of the per-seed gains (needs >= 2 seeds)",
     }
+
+
+def visual_headroom(by_variant: dict[str, list[dict[str, float]]]) -> dict[str, Any]:
+    """(v - dcn) / (oracle_visual - dcn) of each HEADROOM_VARIANTS v present, overall and on cold
+    ads: mean and per seed. ``by_variant`` maps a variant to its per-seed metric dicts (auc,
+    auc_cold), the same seeds in the same order for every variant."""
+    out: dict[str, Any] = {}
+    for v in HEADROOM_VARIANTS:
+        if v not in by_variant:
+            continue
+        row: dict[str, Any] = {}
+        for key, name in (("auc", "overall"), ("auc_cold", "cold")):
+            per = [(m[key] - d[key]) / (o[key] - d[key]) if o[key] - d[key] > 0 else None
+                   for m, d, o in zip(by_variant[v], by_variant["dcn"], by_variant["oracle_visual"])]
+            valid = [x for x in per if x is not None]
+            row[name] = _r(np.mean(valid), 4) if valid else None
+            row[f"{name}_by_seed"] = [_r(x, 4) for x in per]
+        out[v] = row
+    return out
 
 
 def seeds_from_result(result: dict[str, Any]) -> list[dict[str, Any]]:
@@ -232,7 +350,8 @@ def seeds_from_result(result: dict[str, Any]) -> list[dict[str, Any]]:
     for i, seed in enumerate(result["seeds"]):
         variants = {v: {"auc": r["auc_by_seed"][i], "auc_cold": r["auc_cold_by_seed"][i],
                         "logloss": r["logloss_by_seed"][i], "seconds": r["seconds_by_seed"][i],
-                        "validation_auc": (r.get("validation_auc_by_seed") or [None] * len(result["seeds"]))[i]}
+                        "validation_auc": (r.get("validation_auc_by_seed") or [None] * len(result["seeds"]))[i],
+                        **({"auc_rare": r["auc_rare_by_seed"][i]} if "auc_rare_by_seed" in r else {})}
                     for v, r in result["variants"].items()}
         per_seed.append({"seed": seed, "oracle_auc": result["oracle_auc_by_seed"][i],
                          "oracle_auc_cold": result["oracle_auc_cold_by_seed"][i],
@@ -241,7 +360,10 @@ def seeds_from_result(result: dict[str, Any]) -> list[dict[str, Any]]:
                                                     or [None] * len(result["seeds"]))[i],
                          "test_impressions": result["test_impressions"][i],
                          "test_cold_impressions": result["test_cold_impressions"][i],
-                         "data_seconds": result["data_seconds_by_seed"][i], "variants": variants})
+                         "data_seconds": result["data_seconds_by_seed"][i], "variants": variants,
+                         **({"test_rare_impressions": result["test_rare_impressions"][i],
+                             "test_rare_categories": result["test_rare_categories"][i]}
+                            if "test_rare_impressions" in result else {})})
     return per_seed
 
 
@@ -292,12 +414,90 @@ def markdown(result: dict[str, Any]) -> str:
         lines.append(f"| {name} | {_fmt(g['by_seed'], signed=True)} | {g['mean']:+.4f} | {std} | "
                      f"{'yes' if g['all_positive'] else 'no'} | {'yes' if g['mean_gt_std'] else 'no'} | "
                      f"{_fmt(cold['by_seed'], signed=True)} | {cold['mean']:+.4f} |")
+    if result.get("paired_gains_rare"):
+        lines += ["", f"Rare categories (fewer than {result['rare_impressions']} training impressions; test rows "
+                      f"{result['test_rare_impressions']}, categories {result['test_rare_categories']}):", "",
+                  "| paired AUC gain on rare categories | by seed | mean | std | positive in every seed | mean > std |",
+                  "|---|---|---|---|---|---|"]
+        for name, g in result["paired_gains_rare"].items():
+            std = "-" if g["std"] is None else f"{g['std']:.4f}"
+            lines.append(f"| {name} | {_fmt(g['by_seed'], signed=True)} | {g['mean']:+.4f} | {std} | "
+                         f"{'yes' if g['all_positive'] else 'no'} | {'yes' if g['mean_gt_std'] else 'no'} |")
     gap = result["gap_closed_by_cscnn"]
-    lines += ["", f"Share of the dcn-to-oracle AUC gap closed by cscnn (mean over seeds): overall {gap['overall']}, "
-                  f"cold ads {gap['cold']}.", "",
-              "Verdict: " + "; ".join(f"{k}: {'holds' if v else 'does not hold'}" for k, v in result["verdict"].items())
-              + "."]
+    if gap["overall"] is not None:
+        lines += ["", f"Share of the dcn-to-oracle AUC gap closed by cscnn (mean over seeds): overall {gap['overall']}, "
+                      f"cold ads {gap['cold']}."]
+    headroom = result.get("visual_headroom_closed")
+    if headroom:
+        rows = {v: r for v, r in headroom.items() if isinstance(r, dict)}
+        lines += ["", "Share of the dcn-to-oracle_visual AUC gap closed (visual_headroom_closed"
+                  + (f", oracle_visual from control `{headroom['control']}`, whose dcn rerun differs from this "
+                     f"run's by at most {headroom['dcn_rerun_max_abs_auc_diff']} AUC" if "control" in headroom else "")
+                  + "):", "", "| variant | overall by seed | overall mean | cold by seed | cold mean |",
+                  "|---|---|---|---|---|"]
+        for v, r in rows.items():
+            lines.append(f"| {v} | {_fmt(r['overall_by_seed'], 3)} | {r['overall']} | {_fmt(r['cold_by_seed'], 3)} | "
+                         f"{r['cold']} |")
+    judged = {k: v for k, v in result["verdict"].items() if v is not None}
+    if judged:
+        lines += ["", "Verdict: " + "; ".join(f"{k}: {'holds' if v else 'does not hold'}" for k, v in judged.items())
+                  + "."]
+    for name, control in (result.get("controls") or {}).items():
+        knobs = ", ".join(f"{k} {v}" for k, v in control["world_differs"].items()) or "the same world"
+        lines += ["", f"### Control `{name}` ({control['file']}): {knobs}; variants {', '.join(control['variants'])}",
+                  "", markdown(control["result"])]
+    derived = result.get("category_specific_gain")
+    if derived:
+        lines += ["", f"Category-specific gain of cscnn over cbam (headline gain minus the gain in control "
+                      f"`{derived['control']}`, paired by seed): by seed {_fmt(derived['by_seed'], signed=True)}, "
+                      f"mean {derived['mean']:+.4f}, std {derived['std']:.4f}; cold ads by seed "
+                      f"{_fmt(derived['cold_by_seed'], signed=True)}, mean {derived['cold_mean']:+.4f}."]
     return "\n".join(lines)
+
+
+def attach_controls(headline: dict[str, Any], controls: dict[str, tuple[str, dict[str, Any]]]) -> dict[str, Any]:
+    """The headline result with control runs beside it (``controls``: name -> (file, result)).
+
+    Each control must have run the headline's seeds; its world knobs that differ from the
+    headline's are listed. For a control with category_specificity 0 that ran cbam and cscnn,
+    ``category_specific_gain`` is the headline's cscnn - cbam minus the control's, per seed: the
+    part of the gain that needs a category-specific visual term in the click model."""
+    out = {k: v for k, v in headline.items()
+           if k not in ("controls", "category_specific_gain", "visual_headroom_closed")}
+    out["controls"] = {}
+    for name, (path, control) in controls.items():
+        if control["seeds"] != headline["seeds"]:
+            raise SystemExit(f"control {name!r} ({path}) ran seeds {control['seeds']}, the headline "
+                             f"{headline['seeds']}; controls are paired by seed and need the same seeds")
+        differs = {k: v for k, v in control["world"].items() if headline["world"].get(k) != v}
+        out["controls"][name] = {"file": os.path.basename(path), "world_differs": differs,
+                                 "variants": list(control["variants"]),
+                                 "result": {k: v for k, v in control.items() if k != "machine"}}
+        if "oracle_visual" in control["variants"] and "dcn" in control["variants"]:
+            n = len(headline["seeds"])
+            metrics = {v: [{"auc": r["auc_by_seed"][i], "auc_cold": r["auc_cold_by_seed"][i]} for i in range(n)]
+                       for v, r in headline["variants"].items()}
+            control_dcn = control["variants"]["dcn"]
+            # dcn of the control run against the headline's dcn: the same world, seed and batch
+            # order must give the same model, or the cross-run pairing below is not valid.
+            repro = [abs(a - b) for a, b in zip(control_dcn["auc_by_seed"], headline["variants"]["dcn"]["auc_by_seed"])]
+            metrics["oracle_visual"] = [{"auc": control["variants"]["oracle_visual"]["auc_by_seed"][i],
+                                         "auc_cold": control["variants"]["oracle_visual"]["auc_cold_by_seed"][i]}
+                                        for i in range(n)]
+            out["visual_headroom_closed"] = {"control": name, "dcn_rerun_max_abs_auc_diff": _r(max(repro), 6),
+                                             **visual_headroom(metrics)}
+        base_gain = headline["paired_gains"].get("cscnn-cbam")
+        ctrl_gain = control["paired_gains"].get("cscnn-cbam")
+        if differs.get("category_specificity") == 0 and base_gain and ctrl_gain:
+            diffs = [a - b for a, b in zip(base_gain["by_seed"], ctrl_gain["by_seed"])]
+            cold = [a - b for a, b in zip(headline["paired_gains_cold"]["cscnn-cbam"]["by_seed"],
+                                          control["paired_gains_cold"]["cscnn-cbam"]["by_seed"])]
+            std = _std(diffs)
+            out["category_specific_gain"] = {
+                "control": name, "by_seed": [_r(d) for d in diffs], "mean": _r(np.mean(diffs)), "std": _r(std),
+                "all_positive": all(d > 0 for d in diffs), "mean_gt_std": std is not None and np.mean(diffs) > std,
+                "cold_by_seed": [_r(d) for d in cold], "cold_mean": _r(np.mean(cold))}
+    return out
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -318,6 +518,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                          "processes) into --out; --seeds names the seeds that were requested")
     ap.add_argument("--markdown", default="", metavar="RESULT_JSON",
                     help="only print a result file as Markdown tables (as in docs/ABLATION.md)")
+    ap.add_argument("--variants", default=",".join(VARIANTS),
+                    help=f"variants to train, comma separated, from {', '.join(ALL_VARIANTS)} "
+                         "(default: the five of Table 8)")
+    ap.add_argument("--rare-impressions", type=int, default=0, metavar="N",
+                    help="also score the test rows of rare categories, those with fewer than N training "
+                         "impressions (auc_rare; default 0: not scored)")
+    ap.add_argument("--attach", default="", metavar="RESULT_JSON",
+                    help="only attach the --controls result files to this headline result file (rewritten)")
+    ap.add_argument("--controls", nargs="+", default=[], metavar="NAME=RESULT_JSON",
+                    help="with --attach: control runs on the headline's seeds, e.g. spec0=bench/results/x.json")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
     return ap.parse_args(argv)
 
@@ -335,14 +545,32 @@ def main(argv: list[str] | None = None) -> int:
         with open(args.markdown) as f:
             print(markdown(json.load(f)))
         return 0
+    if args.attach:
+        controls = {}
+        for item in args.controls:
+            name, sep, path = item.partition("=")
+            if not sep or not name or not path:
+                raise SystemExit(f"bad --controls item {item!r}; expected NAME=RESULT_JSON")
+            with open(path) as f:
+                controls[name] = (path, json.load(f))
+        with open(args.attach) as f:
+            headline = json.load(f)
+        write_result(os.path.basename(args.attach), attach_controls(headline, controls))
+        return 0
+    variants = tuple(v.strip() for v in args.variants.split(",") if v.strip())
+    unknown = [v for v in variants if v not in ALL_VARIANTS]
+    if not variants or unknown or len(set(variants)) != len(variants):
+        raise SystemExit(f"bad --variants {args.variants!r}; expected distinct names from "
+                         f"{', '.join(ALL_VARIANTS)}")
     if args.merge:
         write_result(args.out or "ablation.json", merge_results(args.merge, seeds))
         return 0
     per_day = args.impressions_per_day or (4_000 if args.quick else 100_000)
     window = args.window_days or (2 if args.quick else 4)
-    if per_day < 1 or window < 1 or args.test_impressions < 0:
+    if per_day < 1 or window < 1 or args.test_impressions < 0 or args.rare_impressions < 0:
         raise SystemExit(f"bad sizes: --impressions-per-day {per_day}, --window-days {window}, "
-                         f"--test-impressions {args.test_impressions}; expected positive integers")
+                         f"--test-impressions {args.test_impressions}, --rare-impressions {args.rare_impressions}; "
+                         "expected positive integers (0 allowed for the last two)")
     out = args.out or ("ablation_quick.json" if args.quick else "ablation.json")
     work = os.path.abspath(args.work or os.path.join("var", "ablation" + ("-quick" if args.quick else "")))
     torch.set_num_threads(2)
@@ -354,7 +582,8 @@ def main(argv: list[str] | None = None) -> int:
     settings = {"world": {k.split(".", 1)[1]: v for k, v in overrides.items() if k.startswith("world.")},
                 "run": {"run_date": run_date.isoformat(), "window_days": window, "impressions_per_day": per_day,
                         "test_impressions_per_day": args.test_impressions or per_day, "quick": args.quick,
-                        "variants": list(VARIANTS), "model": base.to_dict()["model"] | {"variant": "(each)"},
+                        **({"rare_impressions": args.rare_impressions} if args.rare_impressions else {}),
+                        "variants": list(variants), "model": base.to_dict()["model"] | {"variant": "(each)"},
                         "train": base.to_dict()["train"], "group_size": base.features.group_size,
                         "torch_threads": torch.get_num_threads(), "spark_master": base.spark.master}}
     spark = get_spark(base.spark)
@@ -365,7 +594,8 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(cfg.storage.root, ignore_errors=True)
         log.info("seed %d: world under %s, run date %s", seed, cfg.storage.root, run_date)
         data_seconds = build_snapshot(cfg, spark, run_date, args.test_impressions)
-        results = train_variants(cfg, run_date, os.path.join(cfg.storage.root, "ablation_models"))
+        results = train_variants(cfg, run_date, os.path.join(cfg.storage.root, "ablation_models"), variants,
+                                 args.rare_impressions)
         data = results.pop("_data")
         oracle, oracle_cold = oracle_aucs(cfg, run_date, data.pop("holdout"))
         per_seed.append({"seed": seed, "oracle_auc": oracle, "oracle_auc_cold": oracle_cold, **data,
