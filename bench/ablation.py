@@ -444,8 +444,12 @@ def markdown(result: dict[str, Any]) -> str:
                   + "."]
     for name, control in (result.get("controls") or {}).items():
         knobs = ", ".join(f"{k} {v}" for k, v in control["world_differs"].items()) or "the same world"
+        rerun = control.get("rerun_max_abs_auc_diff")
         lines += ["", f"### Control `{name}` ({control['file']}): {knobs}; variants {', '.join(control['variants'])}",
                   "", markdown(control["result"])]
+        if rerun:
+            lines += ["", "Largest AUC difference of a variant retrained here from the headline's: "
+                      + ", ".join(f"{v} {d}" for v, d in rerun.items()) + "."]
     derived = result.get("category_specific_gain")
     if derived:
         lines += ["", f"Category-specific gain of cscnn over cbam (headline gain minus the gain in control "
@@ -473,6 +477,10 @@ def attach_controls(headline: dict[str, Any], controls: dict[str, tuple[str, dic
         out["controls"][name] = {"file": os.path.basename(path), "world_differs": differs,
                                  "variants": list(control["variants"]),
                                  "result": {k: v for k, v in control.items() if k != "machine"}}
+        if not differs:  # the same worlds and seeds: a variant both ran must give the same model
+            rerun = {v: _r(max(abs(a - b) for a, b in zip(r["auc_by_seed"], headline["variants"][v]["auc_by_seed"])), 6)
+                     for v, r in control["variants"].items() if v in headline["variants"]}
+            out["controls"][name]["rerun_max_abs_auc_diff"] = rerun
         if "oracle_visual" in control["variants"] and "dcn" in control["variants"]:
             n = len(headline["seeds"])
             metrics = {v: [{"auc": r["auc_by_seed"][i], "auc_cold": r["auc_cold_by_seed"][i]} for i in range(n)]

@@ -108,6 +108,8 @@ def test_controls_attach_beside_the_headline_and_give_the_category_specific_gain
                                      "headroom": ("bench/results/h.json", ceiling)})
     assert out["controls"]["spec0"]["world_differs"] == {"category_specificity": 0}
     assert out["controls"]["headroom"]["world_differs"] == {}
+    assert out["controls"]["headroom"]["rerun_max_abs_auc_diff"] == {"dcn": pytest.approx(0.0001)}
+    assert "rerun_max_abs_auc_diff" not in out["controls"]["spec0"]  # another world: nothing to compare
     gain = out["category_specific_gain"]
     assert gain["control"] == "spec0"
     assert gain["by_seed"] == [pytest.approx(0.007 - 0.002), pytest.approx(0.003 - 0.0)]
