@@ -1,7 +1,9 @@
 """The whole daily DAG on tiny simulated days, through real Airflow (`airflow dags test`).
 
 Run 1 (day D): every stage runs (spark-submit, torchrun, GX) and the model and lookup table are
-published. Run 2 (day D+1, an empty landing day): the bronze quality check fails, the run fails
+published. The run uses hierarchical CSCNN priors (model.prior_hierarchy "parent"), so every stage
+that runs the tower (train, lookup build, validation, the report's attention maps) passes parent
+ids; the other whole-DAG tests run the default flat priors. Run 2 (day D+1, an empty landing day): the bronze quality check fails, the run fails
 before `publish`, what is live stays live, and the run report and Data Docs page it links exist.
 """
 
@@ -21,6 +23,8 @@ from pyspark.sql import functions as F
 
 from core.config import load_config
 from core.paths import Paths
+from models.attention import CSCNNAttention
+from models.train import load_model
 from serving.registry import read_current
 from simworld.generate import generate_day
 from spark_jobs import ingest
@@ -46,7 +50,7 @@ def _dags_test(env: dict[str, str], day: dt.date) -> tuple[str, str]:
 def test_daily_run_publishes_then_a_failed_check_stops_before_publish(spark, tmp_path):
     root = tmp_path / "var"
     config_file = tmp_path / "run.toml"
-    config_file.write_text(CONFIG.format(root=root))
+    config_file.write_text(CONFIG.format(root=root) + '\n[model]\nprior_hierarchy = "parent"\n')
     cfg = load_config(config_file)
     paths = Paths.of(cfg)
     for i in range(3):
@@ -87,6 +91,11 @@ def test_daily_run_publishes_then_a_failed_check_stops_before_publish(spark, tmp
     attention = report[report.index('id="attention"'):report.index('id="config"')]
     overlays = re.findall(r'<img class="attn" data-category="\d+"[^>]*src="data:image/png;base64,', attention)
     assert overlays and "CSCNNAttention" in attention
+    # The published model has parent priors, and training moved them.
+    model = load_model(os.path.join(paths.run_model_dir(DAY), "model.pt"))
+    layers = [m for m in model.modules() if isinstance(m, CSCNNAttention)]
+    assert model.uses_parents and layers
+    assert all(m.parent_channel_prior.weight.abs().sum() > 0 for m in layers)
     # Every process-running task left its timing record (core.timing), and the report shows them all.
     tasks = {"ingest_day", "check_bronze_quality", "build_window", "check_examples_quality",
              "export_training_snapshot", "train_model", "build_lookup_table", "validate_gates", "publish"}
