@@ -283,6 +283,11 @@ class TrainConfig:
     grouped: bool = True  # embed each ad image once per batch
     pretrain_steps: int = 300  # pretraining steps of the cnn_fixed backbone (categories + colour statistics)
     warm_start: bool = True  # start from the last published model when shapes match
+    # On CPU, deterministic kernels (torch.use_deterministic_algorithms) so that the same data, seed
+    # and config train the same weights bit for bit: without them the backward of the visual
+    # tower's per-impression gather sums in a varying order, and two runs of one setting differed
+    # by about 0.001 AUC. CUDA runs are not bitwise repeatable either way.
+    deterministic: bool = True
     seed: int = 1
 
     def __post_init__(self) -> None:

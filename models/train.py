@@ -349,10 +349,16 @@ def train(cfg: PipelineConfig, spec: FeatureSpec, train_data: Any, valid_data: A
     tc = cfg.train
     out_dir = Path(out_dir)
     rank, world, device, created_pg = _init_distributed(tc.device)
+    deterministic = tc.deterministic and device.type == "cpu"
+    before = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
+    if deterministic:
+        torch.use_deterministic_algorithms(True)
     try:
         return _train(cfg, spec, train_data, valid_data, images, out_dir, resume, init_from,
                       rank, world, device, init_sha256, init_encoder, encoder)
     finally:
+        if deterministic:
+            torch.use_deterministic_algorithms(before[0], warn_only=before[1])
         if created_pg:
             dist.destroy_process_group()
 

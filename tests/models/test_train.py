@@ -255,3 +255,18 @@ def test_pretraining_learns_the_colour_statistics_it_keeps_for_cnn_fixed():
     baseline = float(targets.var(dim=0, unbiased=False).mean())  # MSE of always predicting the mean
     assert set(stats) == {"loss", "accuracy", "stats_loss"}
     assert stats["stats_loss"] < 0.25 * baseline, (stats, baseline)
+
+
+def test_cpu_training_repeats_bit_for_bit(tmp_path):
+    """train.deterministic (default): the same data, seed and config give the same weights. At this
+    size the grouped gather's backward summed in a varying order without it (a different loss
+    after one epoch of the light tower)."""
+    cfg = load_config(overrides={"model.variant": "cnn_finetune", "train.device": "cpu", "train.warm_start": False,
+                                 "train.checkpoint_every": 0})
+    spec = make_spec(n_categories=8, vocab=20)
+    df, images = make_examples(spec, n_ads=300, impressions_per_ad=(20, 60), seed=4)
+    runs = [weights(train(cfg, spec, df, None, images, tmp_path / f"run{i}", resume=False)["model_path"])
+            for i in range(2)]
+    for name, tensor in runs[0].items():
+        assert torch.equal(tensor, runs[1][name]), name
+    assert not torch.are_deterministic_algorithms_enabled()  # the process-wide switch is restored
