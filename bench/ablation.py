@@ -503,7 +503,8 @@ def attach_controls(headline: dict[str, Any], controls: dict[str, tuple[str, dic
             std = _std(diffs)
             out["category_specific_gain"] = {
                 "control": name, "by_seed": [_r(d) for d in diffs], "mean": _r(np.mean(diffs)), "std": _r(std),
-                "all_positive": all(d > 0 for d in diffs), "mean_gt_std": std is not None and np.mean(diffs) > std,
+                "all_positive": all(d > 0 for d in diffs),
+                "mean_gt_std": bool(std is not None and np.mean(diffs) > std),
                 "cold_by_seed": [_r(d) for d in cold], "cold_mean": _r(np.mean(cold))}
     return out
 

@@ -117,6 +117,7 @@ def test_controls_attach_beside_the_headline_and_give_the_category_specific_gain
     assert head["control"] == "headroom" and head["dcn_rerun_max_abs_auc_diff"] == pytest.approx(0.0001)
     assert head["cscnn"]["overall_by_seed"] == [pytest.approx(0.5), pytest.approx(0.8)]  # 0.02/0.04, 0.016/0.02
     assert out["paired_gains"] == headline["paired_gains"]  # the headline itself is unchanged
+    json.dumps(out)  # what --attach writes
     assert attach_controls(out, {})["controls"] == {} and "category_specific_gain" not in attach_controls(out, {})
     text = markdown(out)
     assert "Control `spec0`" in text and "Category-specific gain" in text
