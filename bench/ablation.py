@@ -64,17 +64,20 @@ VARIANTS = ("dcn", "cnn_fixed", "cnn_finetune", "cbam", "cscnn")
 # for evaluation only.
 CONTROL_VARIANTS = ("cscnn_shuffled", "oracle_visual")
 # Options of the production model beyond the paper, trained like the variants: cscnn_parent is
-# cscnn with model.prior_hierarchy "parent".
-OPTION_VARIANTS = ("cscnn_parent",)
+# cscnn with model.prior_hierarchy "parent", cscnn_brand cscnn with brand priors beside the
+# category's (model.prior_fields ["category", "brand"]).
+OPTION_VARIANTS = ("cscnn_parent", "cscnn_brand")
 MODEL_SETTINGS = {"cscnn_shuffled": {"model.variant": "cscnn"}, "oracle_visual": {"model.variant": "dcn"},
-                  "cscnn_parent": {"model.variant": "cscnn", "model.prior_hierarchy": "parent"}}
+                  "cscnn_parent": {"model.variant": "cscnn", "model.prior_hierarchy": "parent"},
+                  "cscnn_brand": {"model.variant": "cscnn", "model.prior_fields": ["category", "brand"]}}
 ORACLE_BINS = 64
+SNAPSHOT_MARKER = "ablation_snapshot.json"  # written under a seed's world once its snapshot is built
 # Variants whose gain over dcn is compared with oracle_visual's (visual_headroom_closed).
 HEADROOM_VARIANTS = ("cnn_finetune", "cbam", "cscnn")
 # (better, worse) pairs whose paired AUC gain is reported (those whose two variants both ran).
 PAIRS = (("cnn_fixed", "dcn"), ("cnn_finetune", "cnn_fixed"), ("cbam", "cnn_finetune"),
          ("cscnn", "cnn_finetune"), ("cscnn", "cbam"), ("cscnn", "cscnn_shuffled"), ("cscnn_shuffled", "cbam"),
-         ("cscnn_parent", "cscnn"))
+         ("cscnn_parent", "cscnn"), ("cscnn_brand", "cscnn"))
 ALL_VARIANTS = VARIANTS + CONTROL_VARIANTS + OPTION_VARIANTS
 # The claims of Table 8 the simulated world must reproduce, as pairs of PAIRS.
 REQUIRED_CLAIMS = {"dcn<cnn_fixed": ("cnn_fixed", "dcn"), "cnn_fixed<cnn_finetune": ("cnn_finetune", "cnn_fixed"),
@@ -520,6 +523,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--quick", action="store_true", help="a tiny world to check the plumbing end to end")
     ap.add_argument("--work", default="", help="scratch folder of the worlds (default var/ablation)")
     ap.add_argument("--keep", action="store_true", help="keep each seed's world after its run")
+    ap.add_argument("--reuse-data", action="store_true",
+                    help="train on a seed's kept world and snapshot when one of the same world knobs, sizes and "
+                         "seed is there (built otherwise); implies --keep. For runs that vary training settings only")
     ap.add_argument("--out", default="",
                     help="file name under bench/results/ (default ablation.json; ablation_quick.json with --quick)")
     ap.add_argument("--merge", nargs="+", default=[], metavar="RESULT_JSON",
@@ -600,9 +606,27 @@ def main(argv: list[str] | None = None) -> int:
     per_seed: list[dict[str, Any]] = []
     for seed in seeds:
         cfg = seed_config(base, work, seed)
-        shutil.rmtree(cfg.storage.root, ignore_errors=True)
-        log.info("seed %d: world under %s, run date %s", seed, cfg.storage.root, run_date)
-        data_seconds = build_snapshot(cfg, spark, run_date, args.test_impressions)
+        marker = os.path.join(cfg.storage.root, SNAPSHOT_MARKER)
+        data_key = {"world": settings["world"], "run_date": run_date.isoformat(), "window_days": window,
+                    "impressions_per_day": per_day,
+                    "test_impressions": args.test_impressions, "seed": seed}
+        reused = None
+        if args.reuse_data and os.path.isfile(marker):
+            with open(marker) as f:
+                saved = json.load(f)
+            reused = saved["data_seconds"] if saved.get("key") == data_key else None
+            if reused is None:
+                log.info("seed %d: the kept world under %s was built with other knobs; rebuilding it", seed,
+                         cfg.storage.root)
+        if reused is not None:
+            log.info("seed %d: reusing the kept world and snapshot under %s (--reuse-data)", seed, cfg.storage.root)
+            data_seconds = reused
+        else:
+            shutil.rmtree(cfg.storage.root, ignore_errors=True)
+            log.info("seed %d: world under %s, run date %s", seed, cfg.storage.root, run_date)
+            data_seconds = build_snapshot(cfg, spark, run_date, args.test_impressions)
+            with open(marker, "w") as f:
+                json.dump({"key": data_key, "data_seconds": data_seconds}, f)
         results = train_variants(cfg, run_date, os.path.join(cfg.storage.root, "ablation_models"), variants,
                                  args.rare_impressions)
         data = results.pop("_data")
@@ -611,7 +635,7 @@ def main(argv: list[str] | None = None) -> int:
                          "data_seconds": data_seconds, "variants": results})
         log.info("seed %d done: oracle %.4f (cold %.4f)", seed, oracle, oracle_cold)
         write_result(out, summarize(per_seed, seeds, settings))
-        if not args.keep:
+        if not args.keep and not args.reuse_data:
             shutil.rmtree(cfg.storage.root, ignore_errors=True)
     return 0
 

@@ -97,6 +97,12 @@ class WorldConfig:
     w_position: float = 1.5  # weight of the category-independent positional pattern
     w_category: float = 2.0  # weight of the category-specific colour x region conjunction
     category_specificity: float = 0.5  # 0: all pattern weight category-independent, 1: all category-specific
+    # Brand logos: a small square in one image corner whose colour x corner conjunction is
+    # attractive for the ad's brand only (each brand has its own target), worth w_brand in the
+    # click model. brand_logos false draws none (the worlds of before the knob); w_brand 0 with
+    # logos drawn is the control world whose logos carry no click signal.
+    brand_logos: bool = False
+    w_brand: float = 0.0
     bad_data: BadDataConfig = field(default_factory=BadDataConfig)
 
     def __post_init__(self) -> None:
@@ -115,8 +121,10 @@ class WorldConfig:
         _check(0.0 <= self.sibling_share <= 1.0, "world.sibling_share", self.sibling_share, "a number in [0, 1]")
         for name in ("zipf_users", "zipf_ads", "zipf_queries", "zipf_categories"):
             _check(getattr(self, name) > 0, f"world.{name}", getattr(self, name), "a number > 0")
-        for name in ("w_generic", "w_position", "w_category"):
+        for name in ("w_generic", "w_position", "w_category", "w_brand"):
             _check(getattr(self, name) >= 0, f"world.{name}", getattr(self, name), "a number >= 0")
+        _check(self.w_brand == 0 or self.brand_logos, "world.w_brand", self.w_brand,
+               "0 unless world.brand_logos is true (a brand cue needs logos to be drawn)")
         _parse_date(self.epoch, "world.epoch")
 
 
@@ -230,6 +238,8 @@ class FeaturesConfig:
 VARIANTS = ("dcn", "cnn_fixed", "cnn_finetune", "cbam", "cscnn")
 BACKBONES = ("resnet18", "light")
 PRIOR_HIERARCHIES = ("none", "parent")
+# Item fields that may key CSCNN priors (model.prior_fields), and the feature-spec field of each.
+PRIOR_FIELDS = {"category": "category_id", "brand": "brand_id", "shop": "shop_id"}
 
 
 @dataclass(frozen=True)
@@ -249,9 +259,19 @@ class ModelConfig:
     # prior is its parent category's prior plus its own offset, so rare and new categories borrow
     # from their siblings (needs the single field parent_category_id).
     prior_hierarchy: str = "none"
+    # Item fields whose ids key CSCNN priors: "category" (the paper), plus "brand" and/or "shop".
+    # Each field has its own channel prior (concatenated into the channel MLP's input, C' each)
+    # and spatial prior (one more input map of the spatial conv).
+    prior_fields: tuple[str, ...] = ("category",)
 
     def __post_init__(self) -> None:
         _check(self.variant in VARIANTS, "model.variant", self.variant, ", ".join(VARIANTS))
+        allowed = ", ".join(PRIOR_FIELDS)
+        for name in self.prior_fields:
+            _check(name in PRIOR_FIELDS, "model.prior_fields", list(self.prior_fields),
+                   f"a list of distinct names from {allowed}, with category")
+        _check("category" in self.prior_fields and len(set(self.prior_fields)) == len(self.prior_fields),
+               "model.prior_fields", list(self.prior_fields), f"a list of distinct names from {allowed}, with category")
         _check(self.prior_hierarchy in PRIOR_HIERARCHIES, "model.prior_hierarchy", self.prior_hierarchy,
                ", ".join(PRIOR_HIERARCHIES))
         _check(self.backbone in BACKBONES, "model.backbone", self.backbone, ", ".join(BACKBONES))
@@ -267,6 +287,9 @@ class ModelConfig:
 class TrainConfig:
     batch_size: int = 1024  # impressions per batch
     lr: float = 1e-3
+    # Learning-rate multiplier of CSCNN's prior tables (category, parent, brand, shop priors): they
+    # start at zero and Adam moves a row by about lr per update, so one epoch at lr leaves them small.
+    prior_lr_scale: float = 1.0
     weight_decay: float = 0.0
     epochs: int = 1
     max_steps: int = 0  # 0: no limit
@@ -293,6 +316,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         _check(self.batch_size >= 1, "train.batch_size", self.batch_size, "an integer >= 1")
         _check(self.lr > 0, "train.lr", self.lr, "a number > 0")
+        _check(self.prior_lr_scale > 0, "train.prior_lr_scale", self.prior_lr_scale, "a number > 0")
         _check(self.epochs >= 1, "train.epochs", self.epochs, "an integer >= 1")
         _check(0 <= self.validation_fraction < 0.5, "train.validation_fraction", self.validation_fraction,
                "a number >= 0 and < 0.5 (0: no validation split)")

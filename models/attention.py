@@ -3,6 +3,8 @@
 
     forward(feat: (B, C, H, W), category: (B,) long) -> (B, C, H, W)
 
+(CSCNN with hierarchical or further-field priors takes (B, K) id rows instead; see CSCNNAttention.)
+
 Choices pinned here (public CBAM references disagree on them):
   * channel branch: avg- and max-pooled vectors go through ONE shared 2-layer MLP
     C(+C') -> C/r -> C with ReLU and NO biases (the paper's parameter count 2*C*C/r per layer
@@ -168,6 +170,39 @@ class CBAM(nn.Module):
         return feat * _spatial_gate(self.spatial, maps)  # (B, 1, H, W) gate broadcast over C
 
 
+def _zero_embedding(n: int, dim: int) -> nn.Embedding:
+    """An (n, dim) embedding table of zeros, made without drawing from the global RNG."""
+    return nn.Embedding(n, dim, _weight=torch.zeros(n, dim))
+
+
+def _side_generator() -> torch.Generator:
+    """A CPU generator seeded from the global RNG's state without advancing it."""
+    with torch.random.fork_rng(devices=[]):
+        seed = int(torch.randint(0, 2 ** 62, (1,)))
+    return torch.Generator().manual_seed(seed ^ 0x5EED_F1E1D)
+
+
+def _widened(layer: nn.Linear | nn.Conv2d, extra: int) -> nn.Linear | nn.Conv2d:
+    """``layer`` with ``extra`` more inputs (Linear features, Conv2d channels) appended: its own
+    weights (and bias) kept, the new input weights drawn like PyTorch's default init for the
+    wider layer (uniform +-1/sqrt(fan_in)) from _side_generator."""
+    if isinstance(layer, nn.Linear):
+        wide = nn.utils.skip_init(nn.Linear, layer.in_features + extra, layer.out_features, bias=layer.bias is not None)
+    else:
+        wide = nn.utils.skip_init(nn.Conv2d, layer.in_channels + extra, layer.out_channels, layer.kernel_size,
+                                  stride=layer.stride, padding=layer.padding, bias=layer.bias is not None)
+    fan_in = wide.weight[0].numel()
+    n_old = layer.weight.shape[1]
+    with torch.no_grad():
+        wide.weight[:, :n_old] = layer.weight
+        new = torch.empty_like(wide.weight[:, n_old:]).uniform_(-fan_in ** -0.5, fan_in ** -0.5,
+                                                                 generator=_side_generator())
+        wide.weight[:, n_old:] = new
+        if layer.bias is not None:
+            wide.bias.copy_(layer.bias)
+    return wide
+
+
 class CSCNNAttention(nn.Module):
     """Category-Specific CNN attention (paper eq. 8-11) for one conv layer.
 
@@ -178,59 +213,98 @@ class CSCNNAttention(nn.Module):
     batch's images (at most the batch's unique ads in grouped mode), never of all K categories.
 
     With ``n_parents`` > 0 (model.prior_hierarchy "parent") the priors are hierarchical: the
-    module also holds parent priors (P, C') and (P, H'*W'), takes ``category`` as (B, 2) rows of
-    (category id, parent category id), and an image's prior is its parent's prior plus its
-    category's own offset. Both start at zero, so a category no training row reached keeps a zero
-    offset: its prior is its parent's, learned from its siblings.
+    module also holds parent priors (P, C') and (P, H'*W'), and an image's category prior is its
+    parent's prior plus its category's own offset. Both start at zero, so a category no training
+    row reached keeps a zero offset: its prior is its parent's, learned from its siblings.
+
+    ``fields`` (model.prior_fields beyond the category: name -> vocabulary size, e.g. {"brand":
+    500}) gives each such item field its own priors (N_f, C') and (N_f, H'*W'). They are
+    concatenated with the category's, not added: the channel MLP reads C + C' * (1 + F) inputs and
+    the spatial conv 2 + 1 + F maps, so a brand's cue (a logo somewhere) and its category's (a
+    product look elsewhere) keep separate maps and weights instead of blurring into one.
+
+    ``keys`` is (B,) category ids for plain CSCNN, else (B, K) rows: the category id, then the
+    parent category id (hierarchical), then one id per extra field in ``fields`` order.
     """
 
     def __init__(self, channels: int, n_categories: int, prior_channels: int, prior_spatial: int,
-                 reduction: int, kernel_size: int = 7, n_parents: int = 0) -> None:
+                 reduction: int, kernel_size: int = 7, n_parents: int = 0,
+                 fields: dict[str, int] | None = None) -> None:
         super().__init__()
         if n_categories < 1:
             raise ValueError(f"CSCNN needs n_categories >= 1, got {n_categories}")
         if n_parents < 0:
             raise ValueError(f"CSCNN needs n_parents >= 0 (0: flat priors), got {n_parents}")
+        fields = dict(fields or {})
+        bad = {k: v for k, v in fields.items() if v < 1}
+        if bad:
+            raise ValueError(f"CSCNN prior fields need vocabulary sizes >= 1, got {bad}")
         self.prior_spatial = prior_spatial
         self.n_parents = n_parents
+        self.fields = tuple(fields)
         self.channel_prior = nn.Embedding(n_categories, prior_channels)
         self.spatial_prior = nn.Embedding(n_categories, prior_spatial * prior_spatial)
-        tables = [self.channel_prior, self.spatial_prior]
-        if n_parents:
-            self.parent_channel_prior = nn.Embedding(n_parents, prior_channels)
-            self.parent_spatial_prior = nn.Embedding(n_parents, prior_spatial * prior_spatial)
-            tables += [self.parent_channel_prior, self.parent_spatial_prior]
-        for table in tables:
+        for table in (self.channel_prior, self.spatial_prior):
             nn.init.zeros_(table.weight)
+        # The options' tables and weights never draw from the global RNG (zeros, or the side
+        # generator below): a model with an option starts with every other weight exactly as
+        # the model without it, so a paired comparison measures the option, not another init.
+        p2 = prior_spatial * prior_spatial
+        if n_parents:
+            self.parent_channel_prior = _zero_embedding(n_parents, prior_channels)
+            self.parent_spatial_prior = _zero_embedding(n_parents, p2)
+        self.field_channel_prior = nn.ModuleDict({k: _zero_embedding(n, prior_channels) for k, n in fields.items()})
+        self.field_spatial_prior = nn.ModuleDict({k: _zero_embedding(n, p2) for k, n in fields.items()})
         self.mlp = _shared_mlp(channels + prior_channels, channels, reduction)
         self.spatial = nn.Conv2d(3, 1, kernel_size, padding=kernel_size // 2, bias=True)
+        if fields:
+            self.mlp[0] = _widened(self.mlp[0], prior_channels * len(fields))
+            self.spatial = _widened(self.spatial, len(fields))
 
-    def priors(self, category: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The images' channel priors (B, C') and flat spatial priors (B, H'*W')."""
-        if not self.n_parents:
-            return self.channel_prior(category), self.spatial_prior(category)
-        cat, parent = category[:, 0], category[:, 1]
-        return (self.parent_channel_prior(parent) + self.channel_prior(cat),
-                self.parent_spatial_prior(parent) + self.spatial_prior(cat))
+    @property
+    def key_width(self) -> int:
+        """Columns of ``keys``: 0 for (B,) category ids, else category + parent + one per field."""
+        width = 1 + (1 if self.n_parents else 0) + len(self.fields)
+        return 0 if width == 1 else width
+
+    def priors(self, keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The images' channel priors (B, C' * (1 + F)) and flat spatial priors (B, 1 + F, H'*W')."""
+        if not self.key_width:
+            return self.channel_prior(keys), self.spatial_prior(keys).unsqueeze(1)
+        cat = keys[:, 0]
+        a_c, a_s = self.channel_prior(cat), self.spatial_prior(cat)
+        col = 1
+        if self.n_parents:
+            parent = keys[:, 1]
+            a_c, a_s = a_c + self.parent_channel_prior(parent), a_s + self.parent_spatial_prior(parent)
+            col = 2
+        channel, spatial = [a_c], [a_s]
+        for i, name in enumerate(self.fields):
+            ids = keys[:, col + i]
+            channel.append(self.field_channel_prior[name](ids))
+            spatial.append(self.field_spatial_prior[name](ids))
+        return torch.cat(channel, dim=1), torch.stack(spatial, dim=1)
 
     def _spatial_prior(self, a_s: torch.Tensor, b: int, h: int, w: int) -> torch.Tensor:
-        """The batch's flat spatial priors (B, H'*W') resized to the map: (B, 1, H, W), one bilinear call."""
+        """The batch's flat spatial priors (B, M, H'*W') resized to the map: (B, M, H, W), one bilinear call."""
         p = self.prior_spatial
-        return F.interpolate(a_s.view(b, 1, p, p), size=(h, w), mode="bilinear", align_corners=False)
+        return F.interpolate(a_s.view(b, a_s.shape[1], p, p), size=(h, w), mode="bilinear", align_corners=False)
 
-    def _check(self, feat: torch.Tensor, category: torch.Tensor) -> None:
-        want = (feat.shape[0], 2) if self.n_parents else (feat.shape[0],)
-        if category.shape != want:
-            what = "(category, parent category) id rows" if self.n_parents else "category ids"
-            raise ValueError(f"category must be {what} of shape {want}, got {tuple(category.shape)}")
+    def _check(self, feat: torch.Tensor, keys: torch.Tensor) -> None:
+        want = (feat.shape[0], self.key_width) if self.key_width else (feat.shape[0],)
+        if keys.shape != want:
+            what = ", ".join(["category"] + (["parent category"] if self.n_parents else []) + list(self.fields))
+            raise ValueError(f"category must be ({what}) id rows of shape {want}, got {tuple(keys.shape)}"
+                             if self.key_width else f"category must be category ids of shape {want}, "
+                             f"got {tuple(keys.shape)}")
 
     def forward(self, feat: torch.Tensor, category: torch.Tensor) -> torch.Tensor:
         self._check(feat, category)
         feat = feat.contiguous()
         b, c, h, w = feat.shape
         pooled = _ChannelPool.apply(feat)  # (2, B, C): avg, max
-        a_c, a_s = self.priors(category)  # (B, C'), (B, H'*W')
-        mlp_in = torch.cat([pooled, a_c.unsqueeze(0).expand(2, -1, -1)], dim=2)  # (2, B, C + C')
+        a_c, a_s = self.priors(category)  # (B, C' * M), (B, M, H'*W')
+        mlp_in = torch.cat([pooled, a_c.unsqueeze(0).expand(2, -1, -1)], dim=2)  # (2, B, C + C' * M)
         m_c = torch.sigmoid(self.mlp(mlp_in).sum(dim=0))  # (B, C)
         a_s = self._spatial_prior(a_s, b, h, w)
         return _GatedMaps.apply(feat, m_c, a_s, self.spatial.weight, self.spatial.bias, self.spatial)
@@ -239,24 +313,27 @@ class CSCNNAttention(nn.Module):
         """forward() written with plain autograd ops (the specification of the fused path)."""
         self._check(feat, category)
         b, c, h, w = feat.shape
-        a_c, a_s = self.priors(category)  # (B, C'), (B, H'*W')
+        a_c, a_s = self.priors(category)  # (B, C' * M), (B, M, H'*W')
         pooled = torch.stack([feat.mean(dim=(2, 3)), feat.flatten(2).max(dim=2).values])  # (2, B, C): avg, max
-        mlp_in = torch.cat([pooled, a_c.unsqueeze(0).expand(2, -1, -1)], dim=2)  # (2, B, C + C')
+        mlp_in = torch.cat([pooled, a_c.unsqueeze(0).expand(2, -1, -1)], dim=2)  # (2, B, C + C' * M)
         m_c = torch.sigmoid(self.mlp(mlp_in).sum(dim=0))  # (B, C)
         feat = feat * m_c[:, :, None, None]  # (B, C, H, W)
-        a_s = self._spatial_prior(a_s, b, h, w)  # (B, 1, H, W)
-        maps = torch.cat([feat.max(dim=1, keepdim=True).values, feat.mean(dim=1, keepdim=True), a_s], dim=1)  # (B, 3, H, W)
+        a_s = self._spatial_prior(a_s, b, h, w)  # (B, M, H, W)
+        maps = torch.cat([feat.max(dim=1, keepdim=True).values, feat.mean(dim=1, keepdim=True), a_s], dim=1)  # (B, 2 + M, H, W)
         return feat * _spatial_gate(self.spatial, maps)  # (B, 1, H, W) gate broadcast over C
 
 
 def make_attention(kind: str, channels: int, *, n_categories: int = 0, prior_channels: int = 20,
-                   prior_spatial: int = 7, reduction: int = 4, n_parents: int = 0) -> nn.Module:
+                   prior_spatial: int = 7, reduction: int = 4, n_parents: int = 0,
+                   fields: dict[str, int] | None = None) -> nn.Module:
     """The attention plug-in ``kind`` (one of ATTENTIONS) for a map with ``channels`` channels;
-    ``n_parents`` > 0 gives CSCNN hierarchical (parent + own offset) priors."""
+    ``n_parents`` > 0 gives CSCNN hierarchical (parent + own offset) priors, ``fields`` CSCNN
+    priors of further item fields (name -> vocabulary size)."""
     if kind == "none":
         return NoAttention()
     if kind == "cbam":
         return CBAM(channels, reduction)
     if kind == "cscnn":
-        return CSCNNAttention(channels, n_categories, prior_channels, prior_spatial, reduction, n_parents=n_parents)
+        return CSCNNAttention(channels, n_categories, prior_channels, prior_spatial, reduction, n_parents=n_parents,
+                              fields=fields)
     raise ValueError(f"unknown attention {kind!r}; allowed: {', '.join(ATTENTIONS)}")

@@ -15,7 +15,7 @@ model normalises them on its device with ``preprocess_images``.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any, Mapping
 
 import numpy as np
@@ -26,6 +26,10 @@ import torch
 from features.spec import FeatureSpec
 
 log = logging.getLogger(__name__)
+
+# Single fields whose ids CSCNN priors may need per image beyond the category (models.ctr.CTRModel.key_fields):
+# encoded data and batches carry those the spec has.
+PRIOR_KEY_FIELDS = ("parent_category_id", "brand_id", "shop_id")
 
 # Fixed pixel normalisation: uint8 [0, 255] -> roughly [-2, 2].
 PIXEL_MEAN = 0.5
@@ -52,7 +56,9 @@ class Batch:
     image_category: torch.Tensor | None  # (U,) long
     image_index: torch.Tensor | None  # (B,) long, rows of `images`
     labels: torch.Tensor  # (B,) float
-    image_parent: torch.Tensor | None = None  # (U,) long parent category ids (spec has parent_category_id)
+    # Each image's ids of the PRIOR_KEY_FIELDS the spec has (CSCNN priors beyond the category):
+    # name -> (U,) long
+    image_keys: dict[str, torch.Tensor] | None = None
 
     @property
     def size(self) -> int:
@@ -84,7 +90,7 @@ class EncodedData:
     label: np.ndarray  # (n,) float32
     is_cold: np.ndarray  # (n,) bool
     group_id: np.ndarray  # (n,) int64
-    parent: np.ndarray | None = None  # (n,) int64, f_parent_category_id when the spec has that field
+    keys: dict[str, np.ndarray] = field(default_factory=dict)  # PRIOR_KEY_FIELDS of the spec: name -> (n,) int64
 
     def __len__(self) -> int:
         return int(self.ad_id.shape[0])
@@ -169,9 +175,9 @@ def encode_examples(data: Any, spec: FeatureSpec, require_label: bool = True) ->
                if "is_cold" in table.column_names else np.zeros(n, bool))
     ad_id = _int_column(table, "ad_id")
     group_id = _int_column(table, "group_id") if "group_id" in table.column_names else ad_id
-    parent = single[:, single_names.index("parent_category_id")] if "parent_category_id" in single_names else None
+    keys = {f: single[:, single_names.index(f)] for f in PRIOR_KEY_FIELDS if f in single_names}
     return EncodedData(single_names, multi_names, single, multi, ad_id, category,
-                       label.astype(np.float32), is_cold, group_id, parent)
+                       label.astype(np.float32), is_cold, group_id, keys)
 
 
 class ImageTable:
@@ -251,26 +257,25 @@ def make_batch(data: EncodedData, pixels: np.ndarray | None, row_ad: np.ndarray 
     for name, (vals, offs) in data.multi.items():
         values[name] = torch.from_numpy(vals[offs[start]:offs[end]])  # (N_f,)
         offsets[name] = torch.from_numpy(offs[start:end] - offs[start])  # (B,)
-    images = image_category = image_index = image_parent = None
+    images = image_category = image_index = image_keys = None
     if pixels is not None:
         ads = row_ad[start:end]  # (B,)
         cats = data.category[start:end]  # (B,)
-        parents = None if data.parent is None else data.parent[start:end]  # (B,)
         if grouped:
             uniq, inverse = np.unique(ads, return_inverse=True)  # (U,), (B,)
-            ucat = np.empty(len(uniq), np.int64)
-            ucat[inverse] = cats  # each ad's category (one category per ad)
+
+            def per_image(rows: np.ndarray) -> torch.Tensor:  # (B,) -> each ad's value (one per ad), (U,)
+                out = np.empty(len(uniq), np.int64)
+                out[inverse] = rows
+                return torch.from_numpy(out)
             images = torch.from_numpy(pixels[uniq])  # (U, H, W, 3) uint8
-            image_category = torch.from_numpy(ucat)
+            image_category = per_image(cats)
             image_index = torch.from_numpy(inverse.astype(np.int64))
-            if parents is not None:
-                upar = np.empty(len(uniq), np.int64)
-                upar[inverse] = parents
-                image_parent = torch.from_numpy(upar)
+            image_keys = {f: per_image(v[start:end]) for f, v in data.keys.items()}
         else:
             images = torch.from_numpy(pixels[ads])  # (B, H, W, 3) uint8
             image_category = torch.from_numpy(cats.copy())
             image_index = torch.arange(end - start)
-            image_parent = None if parents is None else torch.from_numpy(parents.copy())
+            image_keys = {f: torch.from_numpy(v[start:end].copy()) for f, v in data.keys.items()}
     return Batch(single, values, offsets, images, image_category, image_index,
-                 torch.from_numpy(data.label[start:end]), image_parent)
+                 torch.from_numpy(data.label[start:end]), image_keys)

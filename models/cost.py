@@ -18,6 +18,13 @@ table of (C' + H'*W') entries per parent category. The paper does not give its t
 parents; the row assumes n_parents = 828, a quarter of the 3310 leaves (the simulator's default
 ratio, 6 parents for 24 leaves). Its extra work per image is two embedding lookups and two
 additions per layer, element-wise: FlopCounterMode counts none of it.
+
+``cscnn+brand`` and ``cscnn+shop`` (model.prior_fields ["category", "brand"] / ["category",
+"shop"]) add, per attentive layer, a prior table of (C' + H'*W') entries per brand (shop), C' * C/r
+inputs of the channel MLP's first layer and one more input map of the 7x7 spatial conv: the MLP
+and conv widening is counted work (a few MFLOPs). The paper gives no brand or shop count; the rows
+assume 10,000 of each (n_brands, n_shops), so read their parameter deltas per entity too: 16 x
+(C' + H'*W') = 896 parameters per brand or shop.
 """
 
 from __future__ import annotations
@@ -40,31 +47,37 @@ PAPER_TABLE2 = {
 }
 TABLE2_SETTINGS = {"image_size": 224, "n_categories": 3310, "prior_channels": 20, "prior_spatial": 6,
                    "reduction": 4, "attention_layers": RESNET18_ATTENTIVE_CONVS, "num_classes": 1000,
-                   "n_parents": 828}
+                   "n_parents": 828, "n_brands": 10_000, "n_shops": 10_000}
 
 
 class _Classifier(nn.Module):
     """ResNet18 backbone (+ attention) with torchvision's pooled 1000-way classifier."""
 
-    def __init__(self, attention: str, s: dict[str, Any], hierarchy: str = "none") -> None:
+    def __init__(self, attention: str, s: dict[str, Any], hierarchy: str = "none",
+                 fields: tuple[str, ...] = ()) -> None:
         super().__init__()
         cfg = ModelConfig(variant="cscnn", backbone="resnet18", prior_channels=s["prior_channels"],
                           prior_spatial=s["prior_spatial"], reduction=s["reduction"],
-                          attention_layers=s["attention_layers"], prior_hierarchy=hierarchy)
+                          attention_layers=s["attention_layers"], prior_hierarchy=hierarchy,
+                          prior_fields=("category",) + fields)
+        sizes = {f: s[f"n_{f}s"] for f in fields}
         self.backbone = build_visual_tower(cfg, s["n_categories"], attention=attention,
-                                           n_parents=s["n_parents"]).backbone
+                                           n_parents=s["n_parents"], field_sizes=sizes).backbone
         self.fc = nn.Linear(self.backbone.out_channels, s["num_classes"])
 
     def forward(self, x: torch.Tensor, category: torch.Tensor) -> torch.Tensor:
         return self.fc(self.backbone(x, category).mean(dim=(2, 3)))  # (N, num_classes)
 
 
-def measure(attention: str, settings: dict[str, Any] | None = None, hierarchy: str = "none") -> dict[str, float]:
-    """Parameters (millions) and forward GFLOPs (multiply-accumulates) of one image."""
+def measure(attention: str, settings: dict[str, Any] | None = None, hierarchy: str = "none",
+            fields: tuple[str, ...] = ()) -> dict[str, float]:
+    """Parameters (millions) and forward GFLOPs (multiply-accumulates) of one image; ``fields``:
+    CSCNN prior fields beyond the category ("brand", "shop")."""
     s = {**TABLE2_SETTINGS, **(settings or {})}
-    model = _Classifier(attention, s, hierarchy).eval()
+    model = _Classifier(attention, s, hierarchy, fields).eval()
     x = torch.zeros(1, 3, s["image_size"], s["image_size"])
-    keys = torch.zeros((1, 2) if attention == "cscnn" and hierarchy == "parent" else 1, dtype=torch.long)
+    width = 1 + (hierarchy == "parent") + len(fields) if attention == "cscnn" else 1
+    keys = torch.zeros((1, width) if width > 1 else 1, dtype=torch.long)
     counter = FlopCounterMode(display=False)
     with torch.no_grad(), counter:
         model(x, keys)
@@ -83,6 +96,9 @@ def table2(settings: dict[str, Any] | None = None) -> dict[str, dict[str, float]
                      "paper_gflops": PAPER_TABLE2[name]["gflops"]}
     out["cscnn+parent"] = {**measure("cscnn", settings, hierarchy="parent"), "paper_params_m": None,
                            "paper_gflops": None}
+    for field in ("brand", "shop"):
+        out[f"cscnn+{field}"] = {**measure("cscnn", settings, fields=(field,)), "paper_params_m": None,
+                                 "paper_gflops": None}
     return out
 
 
@@ -95,6 +111,9 @@ NOTES = [
     "cscnn+parent (model.prior_hierarchy 'parent') adds 16 layers x (C' + H'*W') x n_parents parent-prior entries; "
     "n_parents = 828 is an assumption (a quarter of the leaves; the paper gives no parent count). Its extra work is "
     "embedding lookups and additions, which FlopCounterMode does not count.",
+    "cscnn+brand / cscnn+shop (model.prior_fields) add 16 layers x (C' + H'*W') x n_brands (n_shops) prior "
+    "entries, plus C'*C/4 channel-MLP inputs and one more 7x7 spatial-conv input map per layer (counted FLOPs); "
+    "n_brands = n_shops = 10,000 is an assumption (the paper gives neither): 896 parameters per brand or shop.",
     "Our ResNet18 base is torchvision's (11.69M with the 1000-way classifier); the paper's base of 17.9961M is "
     "not explained in the paper, so absolute parameter counts differ by that constant offset.",
 ]

@@ -288,9 +288,10 @@ def score_model(model_path: str | os.PathLike, data: Any, images: Mapping[int, n
 
 
 def embed_images(model: nn.Module, images: np.ndarray, categories: np.ndarray, batch_size: int = 512,
-                 parents: np.ndarray | None = None) -> np.ndarray:
+                 keys: Mapping[str, np.ndarray] | None = None) -> np.ndarray:
     """Visual embeddings x_v (N, visual_dim) of uint8 images (N, H, W, 3) with their category ids
-    (N,) and, for hierarchical priors (model.prior_hierarchy "parent"), their parent category ids (N,)."""
+    (N,) and, for CSCNN priors beyond the category (hierarchical, or model.prior_fields), ``keys``:
+    the images' encoded ids of the model's ``key_fields`` (e.g. {"parent_category_id": (N,)})."""
     model = _unwrap(model)
     if model.tower is None:
         raise ValueError(f"variant {model.cfg.variant!r} has no visual tower to embed images with")
@@ -304,9 +305,9 @@ def embed_images(model: nn.Module, images: np.ndarray, categories: np.ndarray, b
             x = preprocess_images(torch.from_numpy(np.ascontiguousarray(images[s:s + batch_size])).to(device),
                                   dtype)  # (b, 3, H, W)
             c = torch.as_tensor(np.asarray(categories[s:s + batch_size], dtype=np.int64), device=device)
-            p = None if parents is None else torch.as_tensor(np.asarray(parents[s:s + batch_size], dtype=np.int64),
-                                                             device=device)
-            out.append(model.tower(x, model.prior_keys(c, p)).float().cpu().numpy())
+            ids = {f: torch.as_tensor(np.asarray(v[s:s + batch_size], dtype=np.int64), device=device)
+                   for f, v in (keys or {}).items()}
+            out.append(model.tower(x, model.prior_keys(c, ids)).float().cpu().numpy())
     model.train(was_training)
     return np.concatenate(out) if out else np.zeros((0, model.cfg.visual_dim), np.float32)
 
@@ -404,8 +405,12 @@ def _train(cfg, spec, train_data, valid_data, images, out_dir, resume, init_from
     net: nn.Module = model
     if world > 1:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.Adam(params, lr=tc.lr, weight_decay=tc.weight_decay)
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    priors = [p for n, p in named if "_prior." in n]  # CSCNN prior tables (models.attention)
+    groups = [{"params": [p for n, p in named if "_prior." not in n]}]
+    if priors:
+        groups.append({"params": priors, "lr": tc.lr * tc.prior_lr_scale})
+    opt = torch.optim.Adam(groups, lr=tc.lr, weight_decay=tc.weight_decay)
     use_amp = tc.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     early = _EarlyStop()

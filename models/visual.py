@@ -179,19 +179,28 @@ def attention_kind(variant: str) -> str:
 
 
 def build_visual_tower(cfg: ModelConfig, n_categories: int, attention: str | None = None,
-                       n_parents: int = 0) -> VisualTower:
+                       n_parents: int = 0, field_sizes: dict[str, int] | None = None) -> VisualTower:
     """The tower for ``cfg`` (backbone, attention of cfg.variant unless ``attention`` is given).
 
     ``n_parents``: the parent-category vocabulary of hierarchical CSCNN priors (used when
-    cfg.prior_hierarchy is "parent"; the tower then takes (N, 2) category/parent id rows)."""
+    cfg.prior_hierarchy is "parent"); ``field_sizes``: the vocabulary of each item field of
+    cfg.prior_fields beyond the category (e.g. {"brand": 500}). With either, the tower takes (N, K)
+    id rows (see models.attention.CSCNNAttention) instead of (N,) category ids."""
     kind = attention_kind(cfg.variant) if attention is None else attention
     parents = n_parents if cfg.prior_hierarchy == "parent" else 0
     if kind == "cscnn" and cfg.prior_hierarchy == "parent" and n_parents < 1:
         raise ValueError("model.prior_hierarchy 'parent' needs the parent-category vocabulary size (n_parents >= 1)")
+    extra = [f for f in cfg.prior_fields if f != "category"]
+    sizes = dict(field_sizes or {})
+    if kind == "cscnn" and any(sizes.get(f, 0) < 1 for f in extra):
+        raise ValueError(f"model.prior_fields {list(cfg.prior_fields)} needs the vocabulary size of "
+                         f"{', '.join(extra)}; got {sizes}")
+    fields = {f: sizes[f] for f in extra} if kind == "cscnn" else {}
 
     def factory(channels: int) -> nn.Module:
         return make_attention(kind, channels, n_categories=n_categories, prior_channels=cfg.prior_channels,
-                              prior_spatial=cfg.prior_spatial, reduction=cfg.reduction, n_parents=parents)
+                              prior_spatial=cfg.prior_spatial, reduction=cfg.reduction, n_parents=parents,
+                              fields=fields)
 
     layers = cfg.attention_layers if kind != "none" else 0
     backbone_cls = {"resnet18": ResNet18Backbone, "light": LightBackbone}[cfg.backbone]

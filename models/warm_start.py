@@ -4,7 +4,7 @@
                         old_encoder=live_encoder, new_encoder=todays_encoder)
     result.tables["embedding.single.brand_id.weight"]   # {'carried': 412, 'new': 61, 'dropped': 27}
 
-A row of an embedding table, or of the CSCNN category priors, belongs to a vocabulary id, and a
+A row of an embedding table, or of the CSCNN priors (category, parent category, brand, shop), belongs to a vocabulary id, and a
 run date's ids are that run's own (features/encoder.py: ranks by window frequency), so the same
 id means different values on different days. Those tensors are therefore never copied by
 position: each row of today's table whose value the live model knew starts from the live
@@ -32,6 +32,7 @@ from typing import Mapping
 import numpy as np
 import torch
 
+from core.config import PRIOR_FIELDS
 from features.encoder import NUMERIC_FIELDS, FeatureEncoder, apply_bin_edges, lookup_ids
 from models.attention import CSCNNAttention
 from models.ctr import CTRModel
@@ -70,6 +71,9 @@ def id_keyed_tensors(model: CTRModel) -> dict[str, str]:
             if module.n_parents:
                 out[f"{name}.parent_channel_prior.weight"] = PARENT_FIELD
                 out[f"{name}.parent_spatial_prior.weight"] = PARENT_FIELD
+            for fld in module.fields:  # model.prior_fields beyond the category: brand -> brand_id, ...
+                out[f"{name}.field_channel_prior.{fld}.weight"] = PRIOR_FIELDS[fld]
+                out[f"{name}.field_spatial_prior.{fld}.weight"] = PRIOR_FIELDS[fld]
     return out
 
 
@@ -167,10 +171,9 @@ def warm_start(model: CTRModel, source: str | os.PathLike | Mapping[str, torch.T
     log.info("warm start: %d tensors copied (%d id-keyed, remapped by value), %d kept fresh%s", len(result.copied),
              len(result.tables), len(result.fresh), f" (e.g. {result.fresh[:3]})" if result.fresh else "")
     if result.tables:
-        parts = {}  # every prior table of the tower has the category (or parent) map: named once
+        parts = {}  # every prior table of the tower has its field's map: named once per field
         for name, c in result.tables.items():
-            label = keyed[name] if name.startswith("embedding.") else \
-                "category priors" if keyed[name] == CATEGORY_FIELD else "parent category priors"
+            label = keyed[name] if name.startswith("embedding.") else f"{keyed[name]} priors"
             parts.setdefault(label, f"{label} {c['carried']}/{c['new']}/{c['dropped']}")
         log.info("warm start rows carried/new/dropped: %s", ", ".join(parts.values()))
     return result

@@ -5,6 +5,7 @@
     visual part = w_generic * brightness cue                              (in [-1, 1])
                 + 2 * w_position * (1 - category_specificity) * mark cue  (+1 top, -1 bottom, 0)
                 + 2 * w_category * category_specificity * (conjunction - P(conjunction))
+                + 2 * w_brand * (brand logo conjunction - P(conjunction))   (with world.brand_logos)
 
 The factor 2 makes the default category_specificity = 0.5 give the nominal weights (1.5 for the
 positional pattern, 2 for the category conjunction), the mixture meant to separate every rung
@@ -34,9 +35,12 @@ def visual_logit(cfg: WorldConfig, ads: AdTable) -> np.ndarray:
     """The visual part of each ad's logit, shape (n,)."""
     spec = cfg.category_specificity
     p_target = float(BLOB_KIND_P[BLOB_TARGET])
-    return (cfg.w_generic * ads.visual_generic
-            + 2.0 * cfg.w_position * (1.0 - spec) * ads.visual_position
-            + 2.0 * cfg.w_category * spec * (ads.visual_category - p_target)).astype(np.float64)
+    logit = (cfg.w_generic * ads.visual_generic
+             + 2.0 * cfg.w_position * (1.0 - spec) * ads.visual_position
+             + 2.0 * cfg.w_category * spec * (ads.visual_category - p_target)).astype(np.float64)
+    if cfg.brand_logos and cfg.w_brand:
+        logit += 2.0 * cfg.w_brand * (ads.visual_brand - p_target)
+    return logit
 
 
 def sigmoid(z: np.ndarray) -> np.ndarray:

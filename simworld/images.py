@@ -2,8 +2,10 @@
 
 An image is the ad's category palette with a category texture (stripes whose angle follows the
 parent category), scaled by the ad's brightness (the generic cue), plus a saturated colour blob
-in one quadrant (the category-specific conjunction or a decoy) and, for some ads, a white badge
-with a dark centre whose vertical position matters (the category-independent positional cue).
+in one quadrant (the category-specific conjunction or a decoy), with world.brand_logos a small
+saturated square in one corner (the brand-specific conjunction or a decoy) and, for some ads, a
+white badge with a dark centre whose vertical position matters (the category-independent
+positional cue).
 Bytes are a deterministic function of (seed, ad_id): same pixels, same PNG encoder options.
 """
 
@@ -20,6 +22,8 @@ from core.files import write_bytes
 from simworld.world import BLOB_COLOURS, NOISE_RES, AdTable, categories
 
 BLOB_RADIUS = 0.13  # blob radius, share of the image side
+LOGO_HALF = 0.07  # half side of a brand logo (world.brand_logos)
+LOGO_CENTRE = 0.12  # a logo's centre, from the two image edges of its corner
 MARK_HALF = 0.065  # half side of the positional badge
 MARK_CORE_HALF = 0.028  # half side of its dark centre
 PNG_OPTIONS = {"format": "PNG", "compress_level": 1, "optimize": False}
@@ -53,6 +57,13 @@ def render(cfg: WorldConfig, ads: AdTable) -> np.ndarray:
     cy = (0.25 + 0.5 * (quadrant // 2) + ads.blob_jitter[:, 1])[:, None, None]
     blob = (x - cx) ** 2 + (y - cy) ** 2 <= BLOB_RADIUS ** 2  # (n, S, S)
     img = np.where(blob[..., None], BLOB_COLOURS[ads.blob_colour][:, None, None, :], img)
+
+    if cfg.brand_logos:
+        corner = ads.logo_corner.astype(np.int64)
+        lx = np.where(corner % 2 == 0, LOGO_CENTRE, 1 - LOGO_CENTRE)[:, None, None]  # (n, 1, 1)
+        ly = np.where(corner // 2 == 0, LOGO_CENTRE, 1 - LOGO_CENTRE)[:, None, None]
+        logo = np.maximum(np.abs(x - lx), np.abs(y - ly)) <= LOGO_HALF  # (n, S, S)
+        img = np.where(logo[..., None], BLOB_COLOURS[ads.logo_colour][:, None, None, :], img)
 
     mx = ads.mark_xy[:, 0][:, None, None]
     my = ads.mark_xy[:, 1][:, None, None]

@@ -5,6 +5,7 @@ Everything here is a deterministic function of the WorldConfig:
   look (palette, texture) and taste (the one colour x quadrant conjunction that makes an image
   attractive in that category; with probability `sibling_share` a leaf takes its parent's, which
   its sharing siblings have too), title-word topics, price levels;
+- each brand's attractive logo (colour x corner), drawn and clicked only with world.brand_logos;
 - users (profile, interests) keyed by user id;
 - ads keyed by ad id. Ad ids increase with birth day: ids 1..initial_ads form the initial catalog
   (born before day 0, all alive on day 0), then `new_ads_per_day` ids are born every day. An ad's
@@ -45,6 +46,7 @@ N_QUADRANTS = 4  # 0 top-left, 1 top-right, 2 bottom-left, 3 bottom-right
 BLOB_TARGET, BLOB_DECOY_COLOUR, BLOB_DECOY_REGION, BLOB_OTHER = 0, 1, 2, 3
 BLOB_KIND_P = np.array([0.30, 0.25, 0.25, 0.20])
 MARK_P = 0.5  # share of ads with the category-independent positional mark
+N_CORNERS = 4  # brand logos: 0 top-left, 1 top-right, 2 bottom-left, 3 bottom-right
 
 
 def zipf_probs(n: int, exponent: float) -> np.ndarray:
@@ -115,6 +117,9 @@ class AdTable:
     mark_xy: np.ndarray  # (n, 2) float32 mark centre (x, y) in [0, 1]
     texture_phase: np.ndarray  # (n,) float32
     noise: np.ndarray  # (n, NOISE_RES, NOISE_RES, 3) float32 per-ad texture noise
+    logo_kind: np.ndarray  # (n,) int8 BLOB_* relation to the brand's target logo (drawn with world.brand_logos)
+    logo_colour: np.ndarray  # (n,) int8 index into BLOB_COLOURS
+    logo_corner: np.ndarray  # (n,) int8
 
     def __len__(self) -> int:
         return len(self.ad_id)
@@ -145,6 +150,12 @@ class AdTable:
     def visual_category(self) -> np.ndarray:
         """1 where the ad shows its category's target colour x quadrant conjunction; (n,)."""
         return (self.blob_kind == BLOB_TARGET).astype(np.float32)
+
+    @property
+    def visual_brand(self) -> np.ndarray:
+        """1 where the ad's logo is its brand's target colour x corner conjunction; (n,). Only
+        meaningful in worlds that draw logos (world.brand_logos)."""
+        return (self.logo_kind == BLOB_TARGET).astype(np.float32)
 
 
 def ad_id_range(cfg: WorldConfig, day_index: int) -> int:
@@ -187,6 +198,14 @@ def categories(cfg: WorldConfig) -> Categories:
                       texture_angle=texture_angle, texture_freq=texture_freq,
                       target_colour=(target // N_QUADRANTS).astype(np.int8),
                       target_quadrant=(target % N_QUADRANTS).astype(np.int8), topics=topics)
+
+
+@functools.lru_cache(maxsize=8)
+def brand_targets(cfg: WorldConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Each brand's attractive logo: (colour index into BLOB_COLOURS, corner), each (n_brands,) int8."""
+    rng = stream(cfg.seed, "brand-logos")
+    target = rng.integers(0, len(BLOB_COLOURS) * N_CORNERS, size=cfg.n_brands)
+    return (target // N_CORNERS).astype(np.int8), (target % N_CORNERS).astype(np.int8)
 
 
 @functools.lru_cache(maxsize=8)
@@ -254,6 +273,15 @@ def ad_block(cfg: WorldConfig, block: int) -> AdTable:
     keeps_quadrant = np.isin(blob_kind, (BLOB_TARGET, BLOB_DECOY_REGION))
     blob_colour = np.where(keeps_colour, cats.target_colour[category], other_colour).astype(np.int8)
     blob_quadrant = np.where(keeps_quadrant, cats.target_quadrant[category], other_quadrant).astype(np.int8)
+    # Brand logos relate to the brand's target as blobs to the category's (a stream of their own,
+    # so that worlds without logos are the worlds of before the knob).
+    logos = stream(cfg.seed, "logos", block)
+    brand_colour, brand_corner = brand_targets(cfg)
+    logo_kind = logos.choice(4, size=n, p=BLOB_KIND_P).astype(np.int8)
+    other_logo_colour = (brand_colour[brand] + logos.integers(1, n_col, size=n)) % n_col
+    other_corner = (brand_corner[brand] + logos.integers(1, N_CORNERS, size=n)) % N_CORNERS
+    logo_colour = np.where(np.isin(logo_kind, (BLOB_TARGET, BLOB_DECOY_COLOUR)), brand_colour[brand], other_logo_colour)
+    logo_corner = np.where(np.isin(logo_kind, (BLOB_TARGET, BLOB_DECOY_REGION)), brand_corner[brand], other_corner)
 
     return AdTable(
         ad_id=ad_id, birth_day=birth, death_day=death.astype(np.int32), category=category,
@@ -268,6 +296,7 @@ def ad_block(cfg: WorldConfig, block: int) -> AdTable:
         mark_xy=rng.uniform(0.1, 0.9, size=(n, 2)).astype(np.float32),
         texture_phase=rng.uniform(0, 2 * np.pi, size=n).astype(np.float32),
         noise=rng.normal(0.0, 1.0, size=(n, NOISE_RES, NOISE_RES, 3)).astype(np.float32),
+        logo_kind=logo_kind, logo_colour=logo_colour.astype(np.int8), logo_corner=logo_corner.astype(np.int8),
     )
 
 

@@ -69,12 +69,13 @@ class BuildLookupError(RuntimeError):
 
 
 def with_latest_catalog(ads_df: "DataFrame", run_date: dt.date) -> Callable[["DataFrame"], "DataFrame"]:
-    """Add category_id and parent_category_id from each ad's latest catalog row on a day <= run_date
-    (inner join)."""
+    """Add category_id, parent_category_id, brand_id and shop_id (the fields CSCNN priors may be
+    keyed by) from each ad's latest catalog row on a day <= run_date (inner join)."""
     def inner(df: "DataFrame") -> "DataFrame":
         latest_df = (ads_df.where(F.col("dt") <= F.lit(run_date)).where(F.col("ad_id").isNotNull())
                      .withColumn("_rank", F.row_number().over(Window.partitionBy("ad_id").orderBy(F.col("dt").desc())))
-                     .where(F.col("_rank") == 1).select("ad_id", "category_id", "parent_category_id"))
+                     .where(F.col("_rank") == 1)
+                     .select("ad_id", "category_id", "parent_category_id", "brand_id", "shop_id"))
         return df.join(latest_df, on="ad_id", how="inner")
     return inner
 
@@ -158,12 +159,12 @@ def stack_images(images: dict[int, np.ndarray], ad_ids: np.ndarray, blank_missin
 
 
 def embed_ads(model: Any, images: np.ndarray, categories: np.ndarray, batch_size: int,
-              parents: np.ndarray | None = None) -> np.ndarray:
-    """x_v (n, visual_dim) of uint8 images (n, H, W, 3) with encoded categories (n,) and, for
-    hierarchical priors, encoded parent categories (n,)."""
+              keys: dict[str, np.ndarray] | None = None) -> np.ndarray:
+    """x_v (n, visual_dim) of uint8 images (n, H, W, 3) with encoded categories (n,) and, for CSCNN
+    priors beyond the category, the encoded ids of the model's key_fields (name -> (n,))."""
     from models.train import embed_images
 
-    return embed_images(model, images, categories, batch_size=batch_size, parents=parents)
+    return embed_images(model, images, categories, batch_size=batch_size, keys=keys)
 
 
 # --------------------------------------------------------------------------- the job
@@ -206,18 +207,18 @@ def run(cfg: PipelineConfig, spark: "SparkSession", run_date: dt.date) -> dict[s
     cat_valid = ~np.asarray(cand_cat.is_null().to_numpy(zero_copy_only=False), dtype=bool)[keep]
     raw_cat = np.asarray(cand_cat.fill_null(0).to_numpy(zero_copy_only=False), dtype=np.int64)[keep]
     category_idx = np.asarray(encoder.encode_single("category_id", raw_cat, cat_valid), dtype=np.int64)
-    parent_idx = None
-    if model.uses_parents:
-        cand_parent = cand.column("parent_category_id")
-        parent_valid = ~np.asarray(cand_parent.is_null().to_numpy(zero_copy_only=False), dtype=bool)[keep]
-        raw_parent = np.asarray(cand_parent.fill_null(0).to_numpy(zero_copy_only=False), dtype=np.int64)[keep]
-        parent_idx = np.asarray(encoder.encode_single("parent_category_id", raw_parent, parent_valid), dtype=np.int64)
+    key_idx = {}
+    for name in model.key_fields:  # parent_category_id, brand_id, shop_id: what the priors need
+        col = cand.column(name)
+        valid = ~np.asarray(col.is_null().to_numpy(zero_copy_only=False), dtype=bool)[keep]
+        raw = np.asarray(col.fill_null(0).to_numpy(zero_copy_only=False), dtype=np.int64)[keep]
+        key_idx[name] = np.asarray(encoder.encode_single(name, raw, valid), dtype=np.int64)
     log.info("build_lookup %s: %d candidate ads, keeping %d (budget_ads=%d, budget_bytes=%d, %d bytes/ad)",
              run_date, len(cand_ads), len(ad_ids), ic.budget_ads, ic.budget_bytes, row_bytes)
 
     images = stack_images(read_images(spark, paths, ad_ids), ad_ids)  # (n, H, W, 3)
     t0 = time.monotonic()
-    x_v = embed_ads(model, images, category_idx, ic.batch_size, parent_idx)  # (n, visual_dim)
+    x_v = embed_ads(model, images, category_idx, ic.batch_size, key_idx)  # (n, visual_dim)
     embed_s = time.monotonic() - t0
     if not np.isfinite(x_v).all():
         raise BuildLookupError(f"the tower of {run_date} produced NaN/Inf embeddings for "

@@ -111,10 +111,11 @@ def last_spatial_attention(model: Any) -> Any:
 
 
 def spatial_attention_maps(model: Any, images: np.ndarray, categories: Sequence[int],
-                           parents: Sequence[int] | None = None) -> np.ndarray:
+                           keys: Mapping[str, Sequence[int]] | None = None) -> np.ndarray:
     """M_s of the last attentive conv for uint8 images (N, H, W, 3) with their category ids (N,)
-    (and parent category ids (N,) for hierarchical priors), upsampled to (N, H, W), float32 in
-    (0, 1). The model is run in eval mode without gradients."""
+    (and, for CSCNN priors beyond the category, ``keys``: the ids (N,) of the model's key_fields,
+    e.g. parent_category_id, brand_id), upsampled to (N, H, W), float32 in (0, 1). The model is
+    run in eval mode without gradients."""
     import torch
     import torch.nn.functional as F
 
@@ -136,11 +137,12 @@ def spatial_attention_maps(model: Any, images: np.ndarray, categories: Sequence[
     try:
         with torch.no_grad():
             x = preprocess_images(torch.from_numpy(images).to(device), dtype)  # (N, 3, H, W)
-            keys = torch.from_numpy(cats).to(device)
-            if getattr(model, "uses_parents", False):
-                keys = model.prior_keys(keys, None if parents is None else
-                                        torch.as_tensor(np.asarray(parents, dtype=np.int64), device=device))
-            model.tower(x, keys)
+            prior_keys = torch.from_numpy(cats).to(device)
+            if getattr(model, "key_fields", ()):
+                prior_keys = model.prior_keys(prior_keys, {f: torch.as_tensor(np.asarray(v, dtype=np.int64),
+                                                                              device=device)
+                                                           for f, v in (keys or {}).items()})
+            model.tower(x, prior_keys)
     finally:
         handle.remove()
         model.train(was_training)
@@ -190,19 +192,22 @@ def panel_png(originals: Sequence[np.ndarray], overlays: Sequence[np.ndarray], c
 
 
 def category_panels(model: Any, ads_by_category: dict[int, list[tuple[int, np.ndarray]]],
-                    parent_of: Mapping[int, int] | None = None) -> list[CategoryPanel]:
+                    keys_of: Mapping[int, Mapping[str, int]] | None = None) -> list[CategoryPanel]:
     """One panel per category from {category_idx: [(ad_id, uint8 image (H, W, 3)), ...]}.
 
-    All images go through the tower in one forward pass, each with its own category (and its
-    category's parent from ``parent_of``, for hierarchical priors; their sizes must match, as in
-    training).
+    All images go through the tower in one forward pass, each with its own category (and, for
+    CSCNN priors beyond the category, its ad's ids of the model's key_fields from ``keys_of``:
+    {ad_id: {field: id}}; the images' sizes must match, as in training).
     """
     cats = [c for c in sorted(ads_by_category) if ads_by_category[c]]
     if not cats:
         return []
     images = np.stack([img for c in cats for _, img in ads_by_category[c]])  # (N, H, W, 3)
-    parents = None if parent_of is None else [parent_of[c] for c in cats for _ in ads_by_category[c]]
-    maps = spatial_attention_maps(model, images, [c for c in cats for _ in ads_by_category[c]], parents)  # (N, H, W)
+    keys = None
+    if keys_of is not None:
+        ads = [a for c in cats for a, _ in ads_by_category[c]]
+        keys = {f: [keys_of[a][f] for a in ads] for f in (keys_of[ads[0]] if ads else {})}
+    maps = spatial_attention_maps(model, images, [c for c in cats for _ in ads_by_category[c]], keys)  # (N, H, W)
     panels, start = [], 0
     for c in cats:
         ads = ads_by_category[c]
@@ -251,9 +256,11 @@ def choose_attention_ads(ad_ids: np.ndarray, category_idx: np.ndarray, with_imag
 
 def attention_record(cfg: PipelineConfig, run_date: dt.date, model: Any, ad_ids: np.ndarray,
                      category_idx: np.ndarray, images: Mapping[int, np.ndarray],
-                     category_ids: Mapping[int, int], parent_idx: np.ndarray | None = None) -> AttentionRecord:
+                     category_ids: Mapping[int, int],
+                     key_idx: Mapping[str, np.ndarray] | None = None) -> AttentionRecord:
     """Draw the attention panels of the holdout's most frequent categories and write their PNGs
-    (``parent_idx``: each row's parent category id, which hierarchical priors need)."""
+    (``key_idx``: each row's ids of the fields CSCNN priors beyond the category need, e.g.
+    {"parent_category_id": (n,)})."""
     paths = Paths.of(cfg)
     try:
         layer = type(last_spatial_attention(model)).__name__
@@ -262,10 +269,12 @@ def attention_record(cfg: PipelineConfig, run_date: dt.date, model: Any, ad_ids:
     chosen = choose_attention_ads(ad_ids, category_idx, set(int(a) for a in images))
     if not chosen:
         return AttentionRecord(run_date.isoformat(), layer, [], "no holdout ad has an image")
-    parent_of = None
-    if parent_idx is not None:
-        parent_of = {int(c): int(p) for c, p in zip(np.asarray(category_idx), np.asarray(parent_idx))}
-    drawn = category_panels(model, {c: [(a, images[a]) for a in ads] for c, (ads, _) in chosen.items()}, parent_of)
+    keys_of = None
+    if key_idx:
+        rows = {int(a): i for i, a in enumerate(np.asarray(ad_ids))}  # an ad's ids are the same on all its rows
+        keys_of = {a: {f: int(np.asarray(v)[rows[a]]) for f, v in key_idx.items()}
+                   for ads, _ in chosen.values() for a in ads}
+    drawn = category_panels(model, {c: [(a, images[a]) for a in ads] for c, (ads, _) in chosen.items()}, keys_of)
     panels = []
     for p in drawn:
         path = local_path(paths.attention_panel(run_date, p.category_idx))
@@ -292,9 +301,9 @@ def write_report_data(cfg: PipelineConfig, run_date: dt.date, model: Any, holdou
     labels = np.asarray(holdout["label"].to_numpy(), dtype=np.float64)
     calibration = CalibrationRecord(run_date.isoformat(), int(len(labels)), calibration_bins(labels, preds))
     write_json(local_path(paths.calibration_record(run_date)), asdict(calibration), default=float)
-    parents = holdout["f_parent_category_id"].to_numpy() if "f_parent_category_id" in holdout else None
+    key_idx = {f: holdout[f"f_{f}"].to_numpy() for f in getattr(model, "key_fields", ())}
     attention = attention_record(cfg, run_date, model, holdout["ad_id"].to_numpy(),
-                                 holdout["category_idx"].to_numpy(), images, category_ids, parents)
+                                 holdout["category_idx"].to_numpy(), images, category_ids, key_idx)
     write_json(local_path(paths.attention_record(run_date)), asdict(attention), default=float)
     log.info("report data: %d calibration bins over %d holdout rows, %d attention panel(s)%s",
              len(calibration.bins), calibration.rows, len(attention.panels),

@@ -148,7 +148,7 @@ def reference_scores(model: Any, holdout: "pd.DataFrame", images: dict[int, np.n
     ads, first = np.unique(data.ad_id, return_index=True)  # (A,), (A,)
     pixels = stack_images(images, ads, blank_missing=True)  # (A, H, W, 3), grey for ads without an image
     x_v = embed_images(model, pixels, data.category[first], batch_size,
-                       parents=None if data.parent is None else data.parent[first])  # (A, visual_dim)
+                       keys={f: v[first] for f, v in data.keys.items()})  # (A, visual_dim)
     x_q = reduction.roundtrip(x_v)[np.searchsorted(ads, data.ad_id)]  # (n, visual_dim)
     out = np.empty(len(data), np.float64)
     with torch.inference_mode():

@@ -1,9 +1,10 @@
 """The whole daily DAG on tiny simulated days, through real Airflow (`airflow dags test`).
 
 Run 1 (day D): every stage runs (spark-submit, torchrun, GX) and the model and lookup table are
-published. The run uses hierarchical CSCNN priors (model.prior_hierarchy "parent"), so every stage
-that runs the tower (train, lookup build, validation, the report's attention maps) passes parent
-ids; the other whole-DAG tests run the default flat priors. Run 2 (day D+1, an empty landing day): the bronze quality check fails, the run fails
+published. The run uses hierarchical CSCNN priors (model.prior_hierarchy "parent") and brand
+priors (model.prior_fields ["category", "brand"]), so every stage that runs the tower (train,
+lookup build, validation, the report's attention maps) passes parent and brand ids; the other
+whole-DAG tests run the default flat category priors. Run 2 (day D+1, an empty landing day): the bronze quality check fails, the run fails
 before `publish`, what is live stays live, and the run report and Data Docs page it links exist.
 """
 
@@ -50,7 +51,8 @@ def _dags_test(env: dict[str, str], day: dt.date) -> tuple[str, str]:
 def test_daily_run_publishes_then_a_failed_check_stops_before_publish(spark, tmp_path):
     root = tmp_path / "var"
     config_file = tmp_path / "run.toml"
-    config_file.write_text(CONFIG.format(root=root) + '\n[model]\nprior_hierarchy = "parent"\n')
+    config_file.write_text(CONFIG.format(root=root)
+                           + '\n[model]\nprior_hierarchy = "parent"\nprior_fields = ["category", "brand"]\n')
     cfg = load_config(config_file)
     paths = Paths.of(cfg)
     for i in range(3):
@@ -91,11 +93,12 @@ def test_daily_run_publishes_then_a_failed_check_stops_before_publish(spark, tmp
     attention = report[report.index('id="attention"'):report.index('id="config"')]
     overlays = re.findall(r'<img class="attn" data-category="\d+"[^>]*src="data:image/png;base64,', attention)
     assert overlays and "CSCNNAttention" in attention
-    # The published model has parent priors, and training moved them.
+    # The published model has parent and brand priors, and training moved them.
     model = load_model(os.path.join(paths.run_model_dir(DAY), "model.pt"))
     layers = [m for m in model.modules() if isinstance(m, CSCNNAttention)]
-    assert model.uses_parents and layers
+    assert model.key_fields == ("parent_category_id", "brand_id") and layers
     assert all(m.parent_channel_prior.weight.abs().sum() > 0 for m in layers)
+    assert all(m.field_spatial_prior["brand"].weight.abs().sum() > 0 for m in layers)
     # Every process-running task left its timing record (core.timing), and the report shows them all.
     tasks = {"ingest_day", "check_bronze_quality", "build_window", "check_examples_quality",
              "export_training_snapshot", "train_model", "build_lookup_table", "validate_gates", "publish"}

@@ -8,13 +8,12 @@ import pytest
 import torch
 
 from core.config import ConfigError, load_config
-from features.encoder import MULTI_FIELDS, SINGLE_FIELDS, VOCAB_FIELDS, FeatureEncoder
 from features.spec import FeatureSpec
 from models.attention import CSCNNAttention
 from models.ctr import CTRModel
 from models.synthetic import make_examples, make_spec
-from models.train import embed_images, load_model, predict, save_model, train
-from models.warm_start import id_keyed_tensors, warm_start
+from models.train import load_model, train
+from prior_tables import check_embedding_uses_each_images, warm_start_across_reversed_ids
 
 SMALL = {"model.variant": "cscnn", "model.prior_hierarchy": "parent", "model.deep_dims": [16, 8],
          "model.head_dims": [8], "model.visual_dim": 6, "model.prior_channels": 3, "model.prior_spatial": 3,
@@ -48,7 +47,7 @@ def test_a_category_without_training_rows_has_exactly_its_parents_prior(trained)
     for layer in _layers(model):
         a_c, a_s = layer.priors(keys)
         assert torch.equal(a_c[0], layer.parent_channel_prior.weight[PARENT_OF[UNSEEN]])
-        assert torch.equal(a_s[0], layer.parent_spatial_prior.weight[PARENT_OF[UNSEEN]])
+        assert torch.equal(a_s[0, 0], layer.parent_spatial_prior.weight[PARENT_OF[UNSEEN]])
         assert a_c.abs().sum() > 0  # the parent learned from the unseen category's trained sibling (5)
         assert layer.channel_prior.weight[UNSEEN].abs().sum() == 0  # no row, no offset
 
@@ -86,17 +85,8 @@ def test_the_fused_forward_equals_the_reference_with_parents():
 
 
 def test_embedding_and_prediction_use_each_images_parent(trained):
-    spec, df, images, model = trained
-    ads = np.array(sorted(images))[:8]
-    pixels = np.stack([images[int(a)] for a in ads])
-    cats = np.full(len(ads), UNSEEN)
-    with pytest.raises(ValueError, match="parent category id"):
-        embed_images(model, pixels, cats)
-    x_a = embed_images(model, pixels, cats, parents=np.full(len(ads), 3))
-    x_b = embed_images(model, pixels, cats, parents=np.full(len(ads), 0))
-    assert x_a.shape == (len(ads), 6) and not np.allclose(x_a, x_b)  # the parent's prior shapes x_v
-    preds = predict(model, df, images)
-    assert preds.shape == (len(df),) and np.isfinite(preds).all()
+    _, df, images, model = trained
+    check_embedding_uses_each_images(model, df, images, UNSEEN, "parent_category_id", (3, 0))
 
 
 def test_config_and_spec_errors_name_what_is_wrong():
@@ -111,44 +101,8 @@ def test_config_and_spec_errors_name_what_is_wrong():
         assert not model.uses_parents
 
 
-def _encoders() -> tuple[FeatureEncoder, FeatureEncoder]:
-    """Day 1 and day 2 encoders whose ids of every field are the same values in reversed order."""
-    day1, day2 = {}, {}
-    for i, name in enumerate(VOCAB_FIELDS):
-        values = [1000 * (i + 1) + j for j in range(6)]
-        day1[name] = {v: k + 1 for k, v in enumerate(values)}
-        day2[name] = {v: k + 1 for k, v in enumerate(reversed(values))}
-    edges = {"price": [10.0, 20.0], "review_count": [5.0]}
-    return FeatureEncoder.from_entries(day1, edges), FeatureEncoder.from_entries(day2, edges)
-
-
 def test_warm_start_remaps_the_parent_tables_by_value(tmp_path):
-    e1, e2 = _encoders()
-    cfg = load_config(overrides=SMALL).model
-
-    def spec(e: FeatureEncoder) -> FeatureSpec:
-        return FeatureSpec(single={n: e.vocab_size(n) for n in SINGLE_FIELDS},
-                           multi={n: e.vocab_size(n) for n in MULTI_FIELDS})
-
-    day1 = CTRModel(spec(e1), cfg)
-    with torch.no_grad():
-        for p in day1.parameters():
-            p.normal_()
-    save_model(day1, tmp_path / "day1.pt")
-    day2 = CTRModel(spec(e2), cfg)
-    keyed = id_keyed_tensors(day2)
-    parent_tables = [n for n, f in keyed.items() if f == "parent_category_id" and "_prior." in n]
-    assert len(parent_tables) == 2 * SMALL["model.attention_layers"]
-    result = warm_start(day2, tmp_path / "day1.pt", old_encoder=e1, new_encoder=e2)
-    old, new = day1.state_dict(), day2.state_dict()
-    values = e1.vocab["parent_category_id"][0]
-    for name in parent_tables:
-        assert result.tables[name] == {"carried": e2.vocab_size("parent_category_id"), "new": 0, "dropped": 0}
-        for v in values:
-            i1 = int(e1.encode_single("parent_category_id", v))
-            i2 = int(e2.encode_single("parent_category_id", v))
-            assert i1 != i2  # the ids really moved
-            torch.testing.assert_close(new[name][i2], old[name][i1])
+    warm_start_across_reversed_ids(SMALL, "parent_category_id", tmp_path)
 
 
 def test_the_parent_option_costs_one_prior_table_per_layer_and_no_counted_flops():
