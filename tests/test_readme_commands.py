@@ -61,6 +61,10 @@ EXCLUDED = {
                                                     "minutes); it rewrites a committed result file",
     "python -m bench.warm_start": "eight daily runs with two trainings each (about 10 minutes); it rewrites a "
                                   "committed result file; tests/bench covers its summary",
+    "python -m bench.beyond": "two worlds x three seeds x three variants of training (about 35 minutes); "
+                              "it rewrites committed result files; tests/bench covers its claims",
+    "python -m bench.headroom": "five training settings on one seed (about 25 minutes); it rewrites committed "
+                                "result files; tests/bench covers its summary",
 }
 BLOCK_TIMEOUT_S = 2400  # the demo block: about 4 minutes on 2 idle cores, far more on a loaded machine
 
