@@ -1,7 +1,7 @@
 """Where CSCNN's missing visual headroom goes: epochs, the priors' learning rate, tower capacity
-and data, each changed alone on one seed of the ablation's world.
+and data, each changed alone (and the two that helped, together) on one seed of the ablation's world.
 
-    python -m bench.headroom [--seed 1]      # bench/results/headroom.json (about 25 min here)
+    python -m bench.headroom [--seed 1]      # bench/results/headroom.json (about 20 min here)
 
 The ablation reports visual_headroom_closed = (cscnn - dcn) / (oracle_visual - dcn): the share of
 the AUC that the simulator's true visual logit adds to the DCN which CSCNN's tower recovers. This
@@ -31,6 +31,7 @@ CONFIGS: dict[str, tuple[dict[str, Any], int]] = {
     "prior_lr_x10": ({"train.prior_lr_scale": 10.0}, IMPRESSIONS_PER_DAY),
     "resnet18": ({"model.backbone": "resnet18"}, IMPRESSIONS_PER_DAY),
     "data_2x": ({}, 2 * IMPRESSIONS_PER_DAY),
+    "resnet18_prior_lr_x10": ({"model.backbone": "resnet18", "train.prior_lr_scale": 10.0}, IMPRESSIONS_PER_DAY),
 }
 
 
