@@ -264,6 +264,11 @@ class ModelConfig:
     # and spatial prior (one more input map of the spatial conv).
     prior_fields: tuple[str, ...] = ("category",)
 
+    @property
+    def extra_prior_fields(self) -> tuple[str, ...]:
+        """prior_fields beyond the category, in order (e.g. ("brand",))."""
+        return tuple(f for f in self.prior_fields if f != "category")
+
     def __post_init__(self) -> None:
         _check(self.variant in VARIANTS, "model.variant", self.variant, ", ".join(VARIANTS))
         allowed = ", ".join(PRIOR_FIELDS)

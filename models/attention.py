@@ -294,9 +294,8 @@ class CSCNNAttention(nn.Module):
         want = (feat.shape[0], self.key_width) if self.key_width else (feat.shape[0],)
         if keys.shape != want:
             what = ", ".join(["category"] + (["parent category"] if self.n_parents else []) + list(self.fields))
-            raise ValueError(f"category must be ({what}) id rows of shape {want}, got {tuple(keys.shape)}"
-                             if self.key_width else f"category must be category ids of shape {want}, "
-                             f"got {tuple(keys.shape)}")
+            kind = f"({what}) id rows" if self.key_width else "category ids"
+            raise ValueError(f"category must be {kind} of shape {want}, got {tuple(keys.shape)}")
 
     def forward(self, feat: torch.Tensor, category: torch.Tensor) -> torch.Tensor:
         self._check(feat, category)

@@ -33,9 +33,8 @@ class CTRModel(nn.Module):
         if cfg.variant == "cscnn" and cfg.prior_hierarchy == "parent" and "parent_category_id" not in spec.single:
             raise ValueError("model.prior_hierarchy 'parent' needs the single field 'parent_category_id' in the "
                              "feature spec (its vocab size is the number of parent priors)")
-        extra = [PRIOR_FIELDS[f] for f in cfg.prior_fields if f != "category"]
-        if cfg.variant == "cscnn" and any(f not in spec.single for f in extra):
-            missing = [f for f in extra if f not in spec.single]
+        missing = [PRIOR_FIELDS[f] for f in cfg.extra_prior_fields if PRIOR_FIELDS[f] not in spec.single]
+        if cfg.variant == "cscnn" and missing:
             raise ValueError(f"model.prior_fields {list(cfg.prior_fields)} needs the single field(s) "
                              f"{', '.join(missing)} in the feature spec (their vocab sizes are the numbers of priors)")
         self.spec = spec
@@ -44,7 +43,7 @@ class CTRModel(nn.Module):
         self.tower: VisualTower | None = None
         if cfg.variant != "dcn":
             n_categories = spec.single.get("category_id", 1)
-            sizes = {f: spec.single[PRIOR_FIELDS[f]] for f in cfg.prior_fields if f != "category"}
+            sizes = {f: spec.single[PRIOR_FIELDS[f]] for f in cfg.extra_prior_fields}
             self.tower = build_visual_tower(cfg, n_categories, n_parents=spec.single.get("parent_category_id", 0),
                                             field_sizes=sizes)
         self.dcn = DCN(self.embedding.out_dim, cfg.visual_dim if self.tower is not None else 0, cfg)
@@ -66,7 +65,7 @@ class CTRModel(nn.Module):
         if self.tower is None or self.cfg.variant != "cscnn":
             return ()
         return (("parent_category_id",) if self.uses_parents else ()) + tuple(
-            PRIOR_FIELDS[f] for f in self.cfg.prior_fields if f != "category")
+            PRIOR_FIELDS[f] for f in self.cfg.extra_prior_fields)
 
     def prior_keys(self, category: torch.Tensor, ids: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
         """What the tower indexes its priors with: category ids (N,), or (N, K) rows of the category

@@ -190,7 +190,7 @@ def build_visual_tower(cfg: ModelConfig, n_categories: int, attention: str | Non
     parents = n_parents if cfg.prior_hierarchy == "parent" else 0
     if kind == "cscnn" and cfg.prior_hierarchy == "parent" and n_parents < 1:
         raise ValueError("model.prior_hierarchy 'parent' needs the parent-category vocabulary size (n_parents >= 1)")
-    extra = [f for f in cfg.prior_fields if f != "category"]
+    extra = cfg.extra_prior_fields
     sizes = dict(field_sizes or {})
     if kind == "cscnn" and any(sizes.get(f, 0) < 1 for f in extra):
         raise ValueError(f"model.prior_fields {list(cfg.prior_fields)} needs the vocabulary size of "
