@@ -19,9 +19,8 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
 from pyspark.sql import DataFrame, SparkSession
 
 from core.config import PipelineConfig
@@ -30,6 +29,9 @@ from core.paths import Paths
 from features.encoder import VOCAB_FIELDS, FeatureEncoder
 from features.examples import EXAMPLE_COLUMNS, SPLITS, examples_location, read_example_files
 from features.spec import FeatureSpec
+
+if TYPE_CHECKING:
+    import pandas as pd  # pyarrow's to_pandas loads it where a table becomes a frame
 
 DAY_ROWS_TABLE = "features/day_rows"
 DAILY_COUNTS_TABLE = "features/daily_counts"

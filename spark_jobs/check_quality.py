@@ -17,8 +17,8 @@ failed, naming each one and its Data Docs page; the command then exits with
 core.exit_codes.BAD_DATA, which the DAG does not retry. Re-running a date replaces the summary,
 adds a new Data Docs run and a new verdict (the latest wins).
 
-Great Expectations (expectations.bronze and expectations.runner, ~6 s of imports) is imported by
-`run`, so that a bad argument is reported without loading it (tests/test_cli_errors.py); the DAG's
+Great Expectations (expectations.bronze and expectations.runner, ~6 s of imports) and pandas are
+imported by `run`, so that a bad argument is reported without loading it (tests/test_cli_errors.py); the DAG's
 stage runner has it loaded already.
 """
 
@@ -30,7 +30,6 @@ import logging
 import sys
 from typing import TYPE_CHECKING, Any, Callable
 
-import pandas as pd
 from pyspark.errors import AnalysisException
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -137,6 +136,7 @@ def run(cfg: PipelineConfig, spark: SparkSession, day: dt.date) -> dict[str, Any
         from expectations.bronze import (build_ads_suite, build_impressions_suite, build_landing_schema_suite,
                                          build_quarantine_suite, quarantine_rate_column)
         from expectations.runner import raise_on_critical, validate
+        import pandas as pd  # loaded by Great Expectations already
     paths = Paths.of(cfg)
     run_name = day.isoformat()
     imp_df = _read_delta(spark, paths.bronze_impressions, "bronze impressions")

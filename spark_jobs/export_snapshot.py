@@ -26,7 +26,7 @@ import shutil
 import sys
 from typing import Any
 
-import pandas as pd
+import pyarrow as pa
 import pyarrow.compute as pc
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
@@ -54,7 +54,7 @@ def export_training_snapshot(cfg: PipelineConfig, spark: SparkSession, run_date:
         ads = read_example_files(uri, split, columns=["ad_id"]).column("ad_id")
         counts[split] = len(ads)
         ad_ids.update(x for x in pc.unique(ads).to_pylist() if x is not None)
-    ads_df = spark.createDataFrame(pd.DataFrame({"ad_id": sorted(ad_ids)}, dtype="int64"))
+    ads_df = spark.createDataFrame(pa.table({"ad_id": pa.array(sorted(ad_ids), pa.int64())}))
     images_df = (spark.read.format("delta").load(paths.bronze_images)
                  .join(F.broadcast(ads_df), on="ad_id", how="inner").select("ad_id", "image_bytes"))
     images_df.coalesce(1).write.mode("overwrite").parquet(f"{out}/images")

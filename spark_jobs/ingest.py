@@ -20,6 +20,9 @@ breaks the contract lands in quarantine with exactly one reason (the first that 
 order of IMPRESSION_RULES and AD_RULES), so landing rows = bronze rows + quarantined rows, per
 table and day; the job checks that equation and fails if it does not hold. Delta's atomic
 commits mean a crash mid-write leaves every table at its previous version.
+
+pandas (~1 s of imports) is imported only where images are decode-checked, in Spark's Python
+worker, so that a bad argument is answered without it (tests/test_cli_errors.py).
 """
 
 from __future__ import annotations
@@ -38,7 +41,6 @@ from dataclasses import dataclass
 from functools import reduce
 from typing import TYPE_CHECKING, Any
 
-import pandas as pd
 from PIL import Image
 from pyspark.errors import AnalysisException
 from pyspark.sql import DataFrame, Window
@@ -56,6 +58,7 @@ from core.spark import get_spark
 from core.timing import stage_timing, timed
 
 if TYPE_CHECKING:  # pragma: no cover
+    import pandas as pd
     from pyspark.sql import Column, SparkSession
 
 log = logging.getLogger("ingest")
@@ -296,7 +299,9 @@ def _decode_check(content: bytes) -> tuple[bool, int | None, int | None]:
         return False, None, None
 
 
-def _image_status_frame(rows: list[dict]) -> "pandas.DataFrame":
+def _image_status_frame(rows: list[dict]) -> pd.DataFrame:
+    import pandas as pd  # in the Spark Python worker that decodes images (see the module docstring)
+
     cols = [c.split(" ")[0] for c in IMAGE_STATUS_SCHEMA.split(", ")]
     df = pd.DataFrame(rows, columns=cols)
     for c in ("width", "height"):

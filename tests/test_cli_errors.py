@@ -63,7 +63,7 @@ def _cases() -> list[tuple[str, str, list[str], list[str]]]:
     return out
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # per process: with xdist, the cases spread over the workers
 def guarded_env(tmp_path_factory):
     """The environment of every case: no Spark installation, and `import torch` raising."""
     shadow = tmp_path_factory.mktemp("shadow")

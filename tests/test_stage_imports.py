@@ -1,6 +1,7 @@
 """No stage pays at start-up for imports it does not use: torch and Great Expectations (seconds to
-import each) only inside the functions that train, embed or run a suite, Airflow never. So a bad
-argument is answered in about a second (tests/test_cli_errors.py)."""
+import each) only inside the functions that train, embed or run a suite, pandas (about a second)
+only where a frame is made, Airflow never. So a bad argument is answered in under a second
+(tests/test_cli_errors.py)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import pytest
 
 from tests.test_packaging import STAGES
 
-HEAVY = ("torch", "torchvision", "great_expectations", "airflow")
+HEAVY = ("torch", "torchvision", "great_expectations", "airflow", "pandas")
 # What importing each stage's module may load; all else in HEAVY must wait until it is used.
 ALLOWED = {
     "ingest": set(), "build_window": set(), "export_snapshot": set(), "publish": set(),
