@@ -65,6 +65,7 @@ def _module_fixture(item) -> bool:
                                     for defs in info.name2fixturedefs.values() if defs)
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the xdist_group marks it adds
 def pytest_collection_modifyitems(config, items):
     """Marks and order.
 
