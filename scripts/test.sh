@@ -14,7 +14,7 @@ source scripts/bootstrap.sh
 bash scripts/install_system_deps.sh
 export CSCNN_LOG_LEVEL="${CSCNN_LOG_LEVEL:-WARNING}"
 workers="${CSCNN_TEST_WORKERS:-$(( $(nproc) < 4 ? $(nproc) : 4 ))}"
-# loadgroup: tests/conftest.py keeps a module with a shared fixture on one worker; the order it
-# sets (longest modules first) is kept.
-exec python -m pytest -q -p no:cacheprovider --timeout=1200 -n "$workers" --dist loadgroup --no-loadscope-reorder \
+# loadfile: a module's tests share a worker, so a module-scoped fixture (a DAG run, an Airflow) is
+# made once; the module order tests/conftest.py sets (longest first) is kept.
+exec python -m pytest -q -p no:cacheprovider --timeout=1200 -n "$workers" --dist loadfile --no-loadscope-reorder \
   "${@:-tests}"

@@ -13,8 +13,9 @@ Connect.
 `./scripts/test.sh -m "not slow"` is the developer's fast loop: every test that needs a JVM (the
 `spark` fixture, a spark-submit, an Airflow run) is marked slow here or in its module; CI runs all.
 scripts/test.sh runs the tests on pytest-xdist workers; each worker is a process of its own, with
-its own `spark` fixture, server folder and runner folder (this module runs in each), and
-pytest_collection_modifyitems below says which tests must share a worker and what runs first.
+its own `spark` fixture, server folder and runner folder (this module runs in each). A module's
+tests all run on one worker (`--dist loadfile`), so a fixture a module shares (a DAG run, an
+Airflow) is made once; pytest_collection_modifyitems below says which modules start first.
 """
 
 from __future__ import annotations
@@ -58,21 +59,10 @@ LONGEST_FIRST = (
 )
 
 
-def _module_fixture(item) -> bool:
-    """Whether the test uses a fixture shared by its module or class (set up once per worker)."""
-    info = getattr(item, "_fixtureinfo", None)
-    return info is not None and any(defs[-1].scope in ("module", "class", "package")
-                                    for defs in info.name2fixturedefs.values() if defs)
-
-
-@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the xdist_group marks it adds
 def pytest_collection_modifyitems(config, items):
     """Marks and order.
 
     * A test that uses the session's Spark (directly or through a fixture) is slow.
-    * With pytest-xdist (scripts/test.sh runs `-n 2 --dist loadgroup`), the tests of a module
-      with a module- or class-scoped fixture stay on one worker (xdist_group = the module), so an
-      expensive fixture (a DAG run, an Airflow) is made once; every other test is scheduled alone.
     * Modules run longest first: those of LONGEST_FIRST, then modules with a slow test, then the
       rest, each module's tests together and in their own order.
     """
@@ -81,8 +71,6 @@ def pytest_collection_modifyitems(config, items):
         if "spark" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.slow)
         module = item.nodeid.split("::")[0]
-        if _module_fixture(item):
-            item.add_marker(pytest.mark.xdist_group(module))
         first = LONGEST_FIRST.index(module) if module in LONGEST_FIRST else len(LONGEST_FIRST)
         slow = 0 if item.get_closest_marker("slow") else 1
         rank[module] = min(rank.get(module, (first, slow)), (first, slow))

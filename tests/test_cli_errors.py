@@ -63,7 +63,7 @@ def _cases() -> list[tuple[str, str, list[str], list[str]]]:
     return out
 
 
-@pytest.fixture(scope="session")  # per process: with xdist, the cases spread over the workers
+@pytest.fixture(scope="session")  # made once per test process (each xdist worker is one)
 def guarded_env(tmp_path_factory):
     """The environment of every case: no Spark installation, and `import torch` raising."""
     shadow = tmp_path_factory.mktemp("shadow")
