@@ -8,14 +8,11 @@ stage's own process and on a Spark Connect server (core/spark.py), where Delta's
 from __future__ import annotations
 
 import datetime as dt
-import os
-import re
 import uuid
 
 from pyspark.errors import AnalysisException
 from pyspark.sql import DataFrame, SparkSession
 
-from core.paths import is_local, local_path
 from core.timing import timed
 
 # The error conditions of a path that holds no Delta table (a plain folder, or nothing).
@@ -32,20 +29,8 @@ def sql_string(value: str) -> str:
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
-# A file of a committed version in _delta_log: its commit (00000000000000000012.json), checksum,
-# checkpoints (classic, multi-part, v2) and compacted commits all start with the 20-digit version.
-_VERSION_FILE = re.compile(r"^(\d{20})\.")
-
-
 def latest_version(spark: SparkSession, uri: str) -> int | None:
-    """The latest committed version of the Delta table at `uri`; None when there is no table.
-
-    On a local path the answer is the newest version file in `_delta_log` (a directory listing,
-    microseconds); elsewhere Delta's `DESCRIBE HISTORY` (a Spark job, about a second on a small
-    machine). Both read the same log: a commit is its version file, written atomically.
-    """
-    if is_local(uri):
-        return _local_latest_version(local_path(uri))
+    """The latest committed version of the Delta table at `uri`; None when there is no table."""
     try:
         rows = spark.sql(f"DESCRIBE HISTORY {table_ref(uri)} LIMIT 1").select("version").collect()
     except AnalysisException as e:
@@ -53,15 +38,6 @@ def latest_version(spark: SparkSession, uri: str) -> int | None:
             return None
         raise
     return int(rows[0][0])
-
-
-def _local_latest_version(path: str) -> int | None:
-    try:
-        names = os.listdir(os.path.join(path, "_delta_log"))
-    except (FileNotFoundError, NotADirectoryError):
-        return None
-    versions = [int(m.group(1)) for m in map(_VERSION_FILE.match, names) if m]
-    return max(versions) if versions else None
 
 
 def delta_exists(spark: SparkSession, uri: str) -> bool:
