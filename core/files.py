@@ -7,6 +7,7 @@ import fcntl
 import hashlib
 import json
 import os
+from pathlib import Path
 from typing import IO, Any, Callable, Iterator
 
 from core.paths import is_local, local_path
@@ -82,3 +83,8 @@ def write_json_local(uri: str, data: dict[str, Any]) -> None:
     where the stage's Delta tables are the record."""
     if is_local(uri):
         write_json(local_path(uri), data)
+
+
+def state_folder(env_var: str, default: str) -> Path:
+    """A long-lived helper's folder of records and logs: $env_var when set, else `default` (~ expanded)."""
+    return Path(os.path.expanduser(os.environ.get(env_var) or default))

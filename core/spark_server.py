@@ -46,7 +46,7 @@ from typing import Any
 
 from core.cli import CliParser, run_cli, setup_logging
 from core.config import SparkConfig, load_config, parse_overrides
-from core.files import locked, write_json
+from core.files import locked, state_folder, write_json
 from core.jars import DEFAULT_JARS_CACHE, SPARK_CONF_DIR, delta_jars
 
 log = logging.getLogger(__name__)
@@ -75,7 +75,7 @@ class Server:
 
 def state_dir() -> Path:
     """Where the servers' records and logs live (CSCNN_SPARK_SERVER_DIR, else a per-user cache)."""
-    return Path(os.path.expanduser(os.environ.get("CSCNN_SPARK_SERVER_DIR") or DEFAULT_STATE_DIR))
+    return state_folder("CSCNN_SPARK_SERVER_DIR", DEFAULT_STATE_DIR)
 
 
 def spark_conf(cfg: SparkConfig) -> dict[str, str]:
@@ -204,7 +204,11 @@ def ensure_server(cfg: SparkConfig) -> Server:
 
 
 def _kill(pid: int, timeout: float = STOP_TIMEOUT_S) -> None:
-    """SIGTERM the server's process group (its JVM and Python workers), SIGKILL what is left."""
+    """SIGTERM the server's process group (its JVM and Python workers), SIGKILL what is left.
+
+    A leader that this process started is reaped here: until then its zombie keeps the group in
+    existence, and the wait would last the whole timeout.
+    """
     for sig in (signal.SIGTERM, signal.SIGKILL):
         try:
             os.killpg(pid, sig)
@@ -212,6 +216,10 @@ def _kill(pid: int, timeout: float = STOP_TIMEOUT_S) -> None:
             return
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
+            try:
+                os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                pass  # not this process's child (or reaped already)
             try:
                 os.killpg(pid, 0)
             except ProcessLookupError:
@@ -229,16 +237,26 @@ def servers() -> list[tuple[Path, dict[str, Any], bool]]:
     return out
 
 
+def _stop_folder(folder: Path, record: dict[str, Any]) -> bool:
+    """Stop the server recorded in `folder` and drop its record; whether it was running."""
+    with locked(folder / ".start.lock"):
+        was = _is_server_process(int(record["pid"]))
+        if was:
+            _kill(int(record["pid"]))
+        (folder / RECORD).unlink(missing_ok=True)
+    return was
+
+
 def stop_all() -> int:
     """Stop every server of the state folder; returns how many were running."""
-    stopped = 0
-    for folder, record, running in servers():
-        with locked(folder / ".start.lock"):
-            if running or _is_server_process(int(record["pid"])):
-                _kill(int(record["pid"]))
-                stopped += 1
-            (folder / RECORD).unlink(missing_ok=True)
-    return stopped
+    return sum(_stop_folder(folder, record) for folder, record, _ in servers())
+
+
+def stop(cfg: SparkConfig) -> bool:
+    """Stop the server that `cfg` needs (e.g. one whose cluster is going away); whether it ran."""
+    folder = state_dir() / server_key(cfg)
+    record = _read_record(folder)
+    return record is not None and _stop_folder(folder, record)
 
 
 def main(argv: list[str] | None = None) -> int:

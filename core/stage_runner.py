@@ -66,7 +66,7 @@ import traceback
 from pathlib import Path
 from typing import Any, NoReturn
 
-from core.files import locked
+from core.files import locked, state_folder
 
 log = logging.getLogger("core.stage_runner")
 
@@ -94,7 +94,7 @@ class RunnerError(RuntimeError):
 
 def state_dir() -> Path:
     """Where the runners' sockets, records and logs live (CSCNN_STAGE_RUNNER_DIR, else a per-user cache)."""
-    return Path(os.path.expanduser(os.environ.get("CSCNN_STAGE_RUNNER_DIR") or DEFAULT_STATE_DIR))
+    return state_folder("CSCNN_STAGE_RUNNER_DIR", DEFAULT_STATE_DIR)
 
 
 def preload() -> tuple[str, ...]:

@@ -54,6 +54,7 @@ LONGEST_FIRST = (
     "tests/test_readme_commands.py",
     "tests/dags/test_bad_day.py",
     "tests/dags/test_dag_run.py",
+    "tests/cluster/test_standalone.py",
     "tests/features/test_failed_days.py",
     "tests/test_spark_server.py",
 )

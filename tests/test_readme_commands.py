@@ -16,7 +16,8 @@ files), so `var/` of this checkout is never touched, in README order, one bash p
 - `/tmp/world`, a scratch root of a simworld example, becomes a folder of the test's scratch folder.
 - The Airflow UI listens on a free port (CSCNN_AIRFLOW_PORT, as scripts/airflow_ui.sh says), and
   the Spark Connect servers the commands start keep their records in the scratch folder
-  (CSCNN_SPARK_SERVER_DIR); the test stops them at the end.
+  (CSCNN_SPARK_SERVER_DIR), like the standalone cluster (CSCNN_STANDALONE_DIR); the test stops
+  them at the end.
   After `airflow_ui.sh start` the test waits until the dag-processor has stored `cscnn_daily`,
   as a user would see it in the UI before stopping; the backfill block then runs after `stop`, so
   `airflow backfill create` registers its runs without a scheduler that would start seven DAG
@@ -203,6 +204,7 @@ def readme_run():
         env["CSCNN_AIRFLOW_START_TIMEOUT"] = "600"  # scripts/airflow_ui.sh: 180 s is short on a loaded machine
         env["CSCNN_SPARK_SERVER_DIR"] = str(scratch / "spark-servers")  # never a developer's own servers
         env["CSCNN_STAGE_RUNNER_DIR"] = str(scratch / "stage-runners")
+        env["CSCNN_STANDALONE_DIR"] = str(scratch / "standalone")  # nor a developer's own cluster
         try:
             for b, commands in enumerate(BLOCKS):
                 if any("serving.predict" in c for c in commands):
@@ -215,7 +217,7 @@ def readme_run():
             subprocess.run(["bash", "scripts/airflow_ui.sh", "stop"], cwd=clone, env=env, capture_output=True,
                            timeout=120)
             subprocess.run(["bash", "-c", "source scripts/bootstrap.sh && python -m core.spark_server stop && "
-                            "python -m core.stage_runner stop"],
+                            "python -m core.stage_runner stop && python -m core.standalone stop"],
                            cwd=clone, env=env, capture_output=True, timeout=120)
         results = {}
         for b, i, _ in COMMANDS:
