@@ -154,6 +154,11 @@ class StorageConfig:
                              reports_uri=pick(self.reports_uri, "reports"))
 
 
+# Parts of Spark/Hadoop setting names that carry credentials (fs.s3a.access.key, fs.s3a.secret.key,
+# fs.s3a.session.token, per-bucket variants, ...): refused in spark.extra_conf.
+SECRET_CONF_KEYS = ("access.key", "secret.key", "session.token", "password")
+
+
 @dataclass(frozen=True)
 class SparkConfig:
     master: str = "local[*]"
@@ -163,6 +168,9 @@ class SparkConfig:
     ui_enabled: bool = False
     delta_package: str = "io.delta:delta-spark_4.2_2.13:4.4.0"  # 4.4.1 is not on Maven Central (404); the 4.4.0 jar serves the 4.4.1 Python package
     ivy_dir: str = ""  # Maven/ivy cache for the Delta jars (default ~/.cache/cscnn-pipeline/ivy)
+    # Further Maven packages (group:artifact:version), resolved once per machine and cached like
+    # Delta's, e.g. "org.apache.hadoop:hadoop-aws:3.5.0" for s3a:// storage
+    packages: tuple[str, ...] = ()
     extra_conf: dict[str, str] = field(default_factory=dict)  # any further spark.* settings
     # Where a stage's Spark runs (core.spark.get_spark): "local" = this machine's long-lived Spark
     # Connect server, started on first use (core/spark_server.py); "sc://host:port" = that Spark
@@ -176,6 +184,12 @@ class SparkConfig:
                '"local", "" or a Spark Connect URL sc://host:port')
         for k in self.extra_conf:
             _check(k.startswith("spark."), "spark.extra_conf", k, "keys starting with 'spark.'")
+            _check(not any(s in k.lower() for s in SECRET_CONF_KEYS), "spark.extra_conf", k,
+                   "no credentials in a config file: object-storage keys come from the environment "
+                   "(AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN)")
+        for p in self.packages:
+            _check(len(p.split(":")) == 3 and all(p.split(":")), "spark.packages", p,
+                   "Maven coordinates group:artifact:version, e.g. org.apache.hadoop:hadoop-aws:3.5.0")
 
 
 @dataclass(frozen=True)

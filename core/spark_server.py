@@ -80,9 +80,11 @@ def state_dir() -> Path:
 
 def spark_conf(cfg: SparkConfig) -> dict[str, str]:
     """The JVM settings of every Spark the project starts (this server, or one in a stage's process):
-    Delta's jars by path (plus `spark.jars` of `cfg.extra_conf`), its extensions and catalog, the
+    Delta's jars and those of `cfg.packages` by path (plus `spark.jars` of `cfg.extra_conf`), its extensions and catalog, the
     UI as configured, and then `cfg.extra_conf`."""
-    jars = delta_jars(cfg.delta_package, cfg.ivy_dir or os.path.expanduser(DEFAULT_JARS_CACHE))
+    ivy_dir = cfg.ivy_dir or os.path.expanduser(DEFAULT_JARS_CACHE)
+    jars = [j for package in (cfg.delta_package, *cfg.packages) for j in delta_jars(package, ivy_dir)]
+    jars = list(dict.fromkeys(jars))  # a jar two packages share, once
     extra = dict(cfg.extra_conf)
     conf = {
         "spark.jars": ",".join([*jars, *([extra.pop("spark.jars")] if extra.get("spark.jars") else [])]),
