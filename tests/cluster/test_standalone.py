@@ -4,8 +4,9 @@ The cluster is core/standalone.py's: a master and a worker started from the Spar
 on 127.0.0.1, with each application's executors in JVMs of their own. A tiny world's day D runs
 twice, in two storage roots: once with the tiny config's `local[2]` and once with `spark.master`
 set to the cluster's URL. The world's days and the history before D are made once and copied.
-Each stage is the command the DAG's task runs (`python -m spark_jobs.<stage> --date D --config
-FILE`, training through models.launch), in the DAG's order. Then the examples table, the
+Each stage is the command the DAG's task runs, in the DAG's order: a Spark stage as
+`python -m core.stage_runner run spark_jobs.<stage> --date D --config FILE` (a fork of the warm
+stage runner, as the DAG's StageOperator runs it), training through models.launch. Then the examples table, the
 vocabularies, the stable-id registry, the bins, the lookup table and the model's scores on day D
 must match.
 """
@@ -69,11 +70,11 @@ def _run_day(config_file: Path) -> None:
     """Day D's stages, as the DAG runs them."""
     config = str(config_file)
     for stage in BEFORE_TRAINING:
-        _run(["-m", f"spark_jobs.{stage}", "--date", str(DAY), "--config", config])
+        _run(["-m", "core.stage_runner", "run", f"spark_jobs.{stage}", "--date", str(DAY), "--config", config])
     _run(["-m", "models.launch", "--nproc-per-node", "1", "-m", "spark_jobs.train_model",
           "--date", str(DAY), "--config", config])
     for stage in AFTER_TRAINING:
-        _run(["-m", f"spark_jobs.{stage}", "--date", str(DAY), "--config", config])
+        _run(["-m", "core.stage_runner", "run", f"spark_jobs.{stage}", "--date", str(DAY), "--config", config])
 
 
 @pytest.fixture(scope="module")
