@@ -130,11 +130,12 @@ def _answers(port: int) -> bool:
         return False
 
 
-def _is_server_process(pid: int) -> bool:
-    """Whether `pid` is alive and is a Spark Connect server (not a process that reused the pid)."""
+def _is_server_process(pid: int, main_class: str = SERVER_CLASS) -> bool:
+    """Whether `pid` is alive and runs `main_class`, by default a Spark Connect server (not a
+    process that reused the pid)."""
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return SERVER_CLASS.encode() in f.read()
+            return main_class.encode() in f.read()
     except OSError:
         return False
 

@@ -35,7 +35,7 @@ from typing import Any
 from core.cli import CliParser, run_cli, setup_logging
 from core.files import locked, state_folder, write_json
 from core.jars import SPARK_CONF_DIR
-from core.spark_server import _answers, _free_port, _kill, _log_tail, _spark_home
+from core.spark_server import _answers, _free_port, _is_server_process as _alive, _kill, _log_tail, _spark_home
 
 log = logging.getLogger(__name__)
 
@@ -64,15 +64,6 @@ class Cluster:
 def state_dir() -> Path:
     """Where the record and logs live (CSCNN_STANDALONE_DIR, else a per-user cache)."""
     return state_folder("CSCNN_STANDALONE_DIR", DEFAULT_STATE_DIR)
-
-
-def _alive(pid: int, main_class: str) -> bool:
-    """Whether `pid` is alive and runs `main_class` (not a process that reused the pid)."""
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return main_class.encode() in f.read()
-    except OSError:
-        return False
 
 
 def alive_workers(ui_url: str) -> int:

@@ -19,7 +19,6 @@ import datetime as dt
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -28,6 +27,7 @@ from pathlib import Path
 import pytest
 
 from core import spark_server
+from core.spark_server import _answers, _free_port
 from core.config import ConfigError, load_config
 from tests.dags.conftest import REPO_ROOT
 from tests.dags.tiny_world import CONFIG, EPOCH
@@ -36,12 +36,6 @@ DAY = EPOCH + dt.timedelta(days=2)
 BUCKET = "cscnn-test"
 HADOOP_AWS = "org.apache.hadoop:hadoop-aws:3.5.0"  # the Hadoop of pyspark 4.2's jars (hadoop-client-api 3.5.0)
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "test-key", "AWS_SECRET_ACCESS_KEY": "test-secret", "AWS_DEFAULT_REGION": "us-east-1"}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -55,13 +49,9 @@ def s3_endpoint(tmp_path_factory):
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
-                time.sleep(0.2)
+        while not _answers(port):
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.2)
         _s3(url).create_bucket(Bucket=BUCKET)
         yield url
     finally:
