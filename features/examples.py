@@ -2,8 +2,9 @@
 
 One Delta table per run date, `features/examples/<D>` under the warehouse, partitioned by split
 (SPLITS); its columns are EXAMPLE_COLUMNS (features/spec.py says what they mean). The features
-job writes it whole and never updates it in place (spark_jobs/example_assembly.py), so the
-trainer and the stages read its parquet files directly with `read_example_files`, without Spark.
+job writes it whole, each file one sorted row range (spark_jobs/example_assembly.py), and a
+re-run replaces it in one commit; the trainer and the stages read its live parquet files with
+`read_example_files`, without Spark.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from core.paths import local_path
+from core.delta_log import DataFile, filesystem, live_files
 from features.spec import MULTI_FIELDS, SINGLE_FIELDS
 
 SPLITS = ("train", "holdout")
@@ -41,15 +42,38 @@ def examples_location(table_root: str, run_date: dt.date) -> str:
 
 
 def read_example_files(uri: str, split: str, columns: list[str] | None = None) -> pa.Table:
-    """A split's examples straight from the table's parquet files (no Spark), in row_idx order."""
-    folder = os.path.join(local_path(uri), f"split={split}")
-    if not os.path.isdir(folder):
-        raise FileNotFoundError(f"no {split} examples at {folder}")
-    files = sorted(os.path.join(folder, f) for f in os.listdir(folder) if f.endswith(".parquet"))
-    table = pa.concat_tables([pq.read_table(f, columns=columns) for f in files])
-    if "row_idx" in table.column_names:
-        table = in_row_order(table)
-    return table
+    """A split's examples straight from the table's live parquet files (no Spark), in row_idx order.
+
+    The live files come from the table's Delta log (core/delta_log.py), not from a folder
+    listing: a re-run overwrites the table and leaves the replaced files behind until VACUUM.
+    Each file holds a sorted row range, so ordering the files by their first row_idx usually
+    leaves nothing to sort. Types are FILE_SCHEMA's, whoever wrote the files.
+    """
+    files = [f for f in live_files(uri) if f.partition.get("split") == split]
+    if not files:
+        raise FileNotFoundError(f"no {split} examples in the table at {uri}")
+    fs = filesystem(uri)[0]
+    wanted = list(FILE_COLUMNS) if columns is None else list(columns)
+    unknown = sorted(set(wanted) - set(FILE_COLUMNS))
+    if unknown:
+        raise ValueError(f"unknown examples column(s) {unknown}; allowed: {', '.join(FILE_COLUMNS)}")
+    read = wanted if "row_idx" in wanted else [*wanted, "row_idx"]
+
+    def one(f: DataFile) -> pa.Table:
+        return pq.read_table(f.path, columns=read, filesystem=fs)
+
+    with ThreadPoolExecutor(workers()) as pool:
+        parts = [p for p in pool.map(one, files) if p.num_rows]
+    if not parts:
+        return file_schema(read).empty_table().select(wanted)
+    parts.sort(key=lambda t: t.column("row_idx")[0].as_py())
+    table = in_row_order(pa.concat_tables(parts, promote_options="permissive").cast(file_schema(read)))
+    return table.select(wanted)
+
+
+def file_schema(names: list[str]) -> pa.Schema:
+    """The FILE_SCHEMA fields of `names`, in that order."""
+    return pa.schema([FILE_SCHEMA.field(n) for n in names])
 
 
 def in_row_order(table: pa.Table) -> pa.Table:

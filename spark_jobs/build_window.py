@@ -25,14 +25,14 @@ names and readers are in features/tables.py):
   features/ad_window_counts  run_date, ad_id, impressions: every ad's impressions in the window
                          (is_cold = impressions < COLD_MAX_IMPRESSIONS, also for serving)
   features/examples/<D>  the run date's encoded examples of features/spec.py, one Delta table per
-                         run date (partitioned by split), assembled from the day rows outside Spark
-                         (spark_jobs/example_assembly.py)
+                         run date (partitioned by split), laid out in ad groups and encoded from
+                         the day rows on the executors (spark_jobs/example_assembly.py)
   features/runs          run_date, the feature spec, bronze versions read, window and metadata
 
 A daily run therefore does Spark work for its new day only (join, register its new values,
 encode it to stable ids, count, write its rows) and sums stored counts; the window's stored rows
-are mapped from stable ids to the run's ids (an inactive id to 0), grouped and written by one
-pyarrow/numpy pass. The full rebuild (features.incremental=false) recounts and
+are grouped, mapped from stable ids to the run's ids (an inactive id to 0) and written by one
+Spark job. The full rebuild (features.incremental=false) recounts and
 rewrites every day from the raw logs and then runs the same assembly.
 
 Numeric bins are exact weighted quantiles of the window's value counts, computed from the same
@@ -82,7 +82,7 @@ from features.tables import (AD_COUNTS_TABLE, BINS_TABLE, DAILY_COUNTS_TABLE, DA
                              RUNS_TABLE, VOCAB_TABLE, FeaturesError, read_encoder)
 from spark_jobs import example_assembly
 from spark_jobs.day_status import latest_verdicts
-from spark_jobs.day_store import day_row_files, source_fingerprints, update_daily_counts, update_day_rows
+from spark_jobs.day_store import source_fingerprints, update_daily_counts, update_day_rows
 from spark_jobs.id_registry import read_registry
 from spark_jobs.feature_transforms import (agg_bin_edges, agg_vocabulary, agg_window_counts, field_rates,
                                            window_oov_rates, with_catalog)
@@ -255,10 +255,11 @@ def run(cfg: PipelineConfig, spark: SparkSession, run_date: dt.date,
     encoder = read_encoder(spark, paths, run_date)
     log.info("features %s: vocabularies and bins stored; encoding examples", run_date)
 
-    files = day_row_files(spark, paths, [*read_days, run_date])
-    split_files = {"train": [f for f in files if f[0] != run_date], "holdout": [f for f in files if f[0] == run_date]}
+    day_rows_df = (spark.read.format("delta").load(paths.table(DAY_ROWS_TABLE))
+                   .where(F.col("dt").isin([*read_days, run_date])))
     examples_uri = examples_location(paths.table(EXAMPLES_TABLE), run_date)
-    assembled = example_assembly.assemble(spark, encoder, split_files, examples_uri, run_date, fc.group_size, fc.seed)
+    assembled = example_assembly.assemble(day_rows_df, encoder, examples_uri, run_date, fc.group_size, fc.seed,
+                                          rows_estimate=sum(rows_per_day.get(d, 0) for d in [*read_days, run_date]))
     stats = assembled["stats"]
 
     spec = FeatureSpec(single={n: encoder.vocab_size(n) for n in SINGLE_FIELDS},

@@ -11,7 +11,6 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import re
-from urllib.parse import unquote, urlparse
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -19,7 +18,7 @@ from pyspark.sql import functions as F
 from core.delta import dates_sql, delta_exists, replace_where
 from core.paths import Paths
 from features.encoder import stable_column
-from features.tables import DAILY_COUNTS_TABLE, DAY_ROWS_TABLE, FeaturesError
+from features.tables import DAILY_COUNTS_TABLE, DAY_ROWS_TABLE
 from spark_jobs.example_assembly import DAY_ROW_READ_COLUMNS
 from spark_jobs.feature_transforms import agg_daily_value_counts, with_ad_positions
 from spark_jobs.id_registry import encode_days, read_registry, timed_register
@@ -109,20 +108,3 @@ def update_daily_counts(spark: SparkSession, paths: Paths, days: list[dt.date],
                      .repartition("dt"))  # one file per day, not one per day and task
         replace_where(counts_df, uri, ["dt"], f"dt IN ({dates_sql(to_count)})")
     return to_count
-
-
-def day_row_files(spark: SparkSession, paths: Paths, days: list[dt.date]) -> list[tuple[dt.date, str]]:
-    """(day, local parquet path) of the stored day rows of `days` (the table's current files)."""
-    wanted = {d.isoformat(): d for d in days}
-    out = []
-    for uri in spark.read.format("delta").load(paths.table(DAY_ROWS_TABLE)).inputFiles():
-        m = _DT_DIR.search(uri)
-        if m is None:
-            raise FeaturesError(f"day-rows file {uri} is not inside a dt= partition folder")
-        if m.group(1) in wanted:
-            parsed = urlparse(uri)
-            if parsed.scheme not in ("", "file"):
-                raise FeaturesError(f"day-rows file {uri} is not on a local filesystem; the examples assembly "
-                                    "reads local files only")
-            out.append((wanted[m.group(1)], unquote(parsed.path)))
-    return sorted(out)

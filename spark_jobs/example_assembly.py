@@ -1,45 +1,44 @@
-"""A run date's encoded examples, assembled from the stored day rows without a Spark pass.
+"""A run date's encoded examples, assembled by Spark from the stored day rows.
 
-The features job keeps every bronze day's joined rows once, in `features/day_rows`
-(partitioned by dt, rewritten only when that day's bronze files change). A run date then
-reads the files of its window days and holdout day with pyarrow and, in numpy,
+The features job keeps every bronze day's joined rows once, in `features/day_rows` (partitioned
+by dt, vocabulary fields as stable ids, rewritten only when that day's bronze files change). A
+run date's examples are then a filter, a layout and an encoding of those rows, all Spark work
+that runs on the executors (the driver holds no per-row data):
 
-  1. maps their stable ids (written once per day by spark_jobs/id_registry.py) to the run's ids
-     with the run's FeatureEncoder, inactive ids to 0, and bins the numeric fields,
-  2. lays each split out in ad groups (`ad_group_layout`),
-  3. writes them in training order as one Delta table per run date,
-     `features/examples/<run date>` partitioned by split: the parquet files are written here
-     and registered with Delta's CONVERT TO DELTA, which reads only the files' footers.
+  1. read the day rows of the window days (split "train") and the holdout day ("holdout");
+  2. lay each split out in ad groups (`with_layout`): the rows of an ad, in (day, ad_pos) order,
+     are cut into consecutive groups of at most group_size; the groups are ordered by a seeded
+     hash (`group_shuffle_keys`) and numbered 0.. (group_id); each row's row_idx is its group's
+     offset plus its place in the group, so row_idx numbers a split's rows 0..n-1 in training
+     order and every group is a contiguous row range;
+  3. range-partition by (split, row_idx), so that each task holds one contiguous row range;
+  4. encode the vocabulary fields from stable ids to the run's ids and bin the numeric fields
+     (`mapInArrow` with the run's FeatureEncoder, the same code serving uses);
+  5. write the Delta table `features/examples/<run date>`, partitioned by split, each file one
+     sorted row range. A re-run overwrites the table in one Delta commit.
 
-So a daily run costs one new day of Spark work plus this pass over the window's rows at file
-speed, instead of encoding, shuffling and writing the whole window in Spark again. A re-run of
-a date builds the table beside the old one and then swaps it in whole; the table is never
-updated in place, which is what lets the trainer read its parquet files directly.
+Readers that do not use Spark (the trainer) take the table's live files from its Delta log
+(features/examples.py), never by listing the folder: an overwrite leaves the replaced files
+behind until VACUUM.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
-import os
-import shutil
 import time
-import uuid
-from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
-from core.paths import is_local, local_path
 from features.encoder import VOCAB_FIELDS, FeatureEncoder, stable_column
-from features.examples import FILE_COLUMNS, FILE_SCHEMA, SPLITS, in_row_order, take_columns, workers
+from features.examples import FILE_COLUMNS, FILE_SCHEMA, SPLITS
 from features.spec import MULTI_FIELDS, NUMERIC_FIELDS, SINGLE_FIELDS
 
 if TYPE_CHECKING:  # pragma: no cover
-    from pyspark.sql import SparkSession
+    from pyspark.sql import DataFrame
 
 log = logging.getLogger("features")
 
@@ -48,8 +47,11 @@ NULL_AD_KEY = -(2**63)  # groups impressions whose ad_id is null (never a real i
 # vocabulary fields as stable ids (spark_jobs/id_registry.py), the ad id and numeric fields raw.
 DAY_ROW_READ_COLUMNS: tuple[str, ...] = ("impression_id", "event_ts", "click", "ad_id", *NUMERIC_FIELDS,
                                          *[stable_column(n) for n in VOCAB_FIELDS], "ad_pos")
-ROWS_PER_FILE = 1 << 20  # at least this many rows per examples file (a split may use fewer files)
+ROWS_PER_FILE = 1 << 20  # about this many rows per examples file
 _POS_BITS = 32  # within-ad order key: day number << 32 | position of the row within its ad and day
+AD_KEY, WITHIN = "_ad_key", "_within"  # layout inputs: the ad (nulls as NULL_AD_KEY) and the within-ad order
+_LAYOUT_OUTPUT = ("group_id", "row_idx")
+_SIGN = np.uint64(1 << 63)
 
 _M1, _M2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
 
@@ -71,72 +73,6 @@ def group_shuffle_keys(seed: int, run_date: dt.date, ad_key: np.ndarray, group_n
         return _mix64(k ^ group_no.astype(np.uint64))
 
 
-def ad_order(ad_key: np.ndarray, within_ad: np.ndarray) -> np.ndarray:
-    """Row indices sorted by (ad_key, within_ad), ties in input order: np.lexsort's answer.
-
-    Faster path: when the spans of both keys fit in 63 bits together (ad ids of up to about
-    2^26 with a 32-day window) and no two rows share both, one argsort of the packed key
-    (SIMD-accelerated in numpy) replaces the two-key lexsort; with unique keys any sort
-    algorithm gives the same order. The null-ad key sorts first either way.
-    """
-    if ad_key.size > 1:
-        real = ad_key != NULL_AD_KEY
-        if real.any():
-            everyone_real = bool(real.all())
-            lo_ad = int(ad_key[real].min()) - (0 if everyone_real else 1)  # null ads just below the real ones
-            ads = ad_key if everyone_real else np.where(real, ad_key, lo_ad)
-            ad_bits = (int(ads.max()) - lo_ad).bit_length()
-            lo, hi = int(within_ad.min()), int(within_ad.max())
-            within_bits = (hi - lo).bit_length()
-            if ad_bits + within_bits <= 63:
-                key = ((ads.astype(np.int64) - lo_ad) << within_bits) | (within_ad.astype(np.int64) - lo)
-                order = np.argsort(key)
-                packed = key[order]
-                if not np.any(packed[1:] == packed[:-1]):
-                    return order
-    return np.lexsort((within_ad, ad_key))
-
-
-def ad_group_layout(ad_key: np.ndarray, within_ad: np.ndarray, group_size: int, seed: int,
-                    run_date: dt.date) -> tuple[np.ndarray, np.ndarray]:
-    """(group_id, row_idx) of every row, both int64 and aligned with the input.
-
-    The rows of an ad, ordered by `within_ad`, are cut into consecutive groups of at most
-    `group_size`; groups are ordered by `group_shuffle_keys` (ties by ad, then group number),
-    numbered 0.. in that order, and laid out contiguously: row_idx = the group's offset + the
-    row's position in it. Every row gets exactly one row_idx in 0..n-1.
-    """
-    if group_size < 1:
-        raise ValueError(f"group_size must be >= 1, got {group_size}")
-    n = int(ad_key.size)
-    if within_ad.shape != ad_key.shape:
-        raise ValueError(f"ad_key and within_ad differ in shape: {ad_key.shape} vs {within_ad.shape}")
-    if n == 0:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    order = ad_order(ad_key, within_ad)
-    ads = ad_key[order]
-    new_ad = np.empty(n, dtype=bool)
-    new_ad[0] = True
-    np.not_equal(ads[1:], ads[:-1], out=new_ad[1:])
-    ad_start = np.flatnonzero(new_ad)
-    pos = np.arange(n, dtype=np.int64) - np.repeat(ad_start, np.diff(np.append(ad_start, n)))
-    pos_in_group = pos % group_size
-    starts = np.flatnonzero(pos_in_group == 0)
-    sizes = np.diff(np.append(starts, n))
-    g_ad, g_no = ads[starts], pos[starts] // group_size
-    g_order = np.lexsort((g_no, g_ad, group_shuffle_keys(seed, run_date, g_ad, g_no)))
-    group_id = np.empty(starts.size, dtype=np.int64)
-    group_id[g_order] = np.arange(starts.size, dtype=np.int64)
-    offset = np.empty(starts.size, dtype=np.int64)
-    ordered_sizes = sizes[g_order]
-    offset[g_order] = np.cumsum(ordered_sizes) - ordered_sizes
-    row_group = np.cumsum(pos_in_group == 0) - 1
-    out_group, out_idx = np.empty(n, np.int64), np.empty(n, np.int64)
-    out_group[order] = group_id[row_group]
-    out_idx[order] = offset[row_group] + pos_in_group
-    return out_group, out_idx
-
-
 def within_ad_keys(days: np.ndarray, ad_pos: np.ndarray) -> np.ndarray:
     """The within-ad order key of rows: day (int, e.g. days since epoch), then position in it."""
     if ad_pos.size and (ad_pos.min() < 0 or ad_pos.max() >= 2**_POS_BITS):
@@ -144,152 +80,152 @@ def within_ad_keys(days: np.ndarray, ad_pos: np.ndarray) -> np.ndarray:
     return (days.astype(np.int64) << _POS_BITS) | ad_pos.astype(np.int64)
 
 
-def encode_day_rows(encoder: FeatureEncoder, table: pa.Table, day: dt.date,
-                    split: str) -> tuple[pa.Table, np.ndarray, np.ndarray]:
-    """Encode one day's rows: (encoded columns, ad keys, within-ad keys).
+# --------------------------------------------------------------------------- Spark
 
-    `table` holds a day-rows file's columns (DAY_ROW_READ_COLUMNS: the vocabulary fields as stable
-    ids, which the run's encoder maps to its ids, inactive ones to 0). The encoded table has
-    FILE_COLUMNS except run_date, row_idx, group_id.
+
+def spark_ddl(schema: pa.Schema) -> str:
+    """A Spark DDL string for an Arrow schema of the examples' types."""
+    simple = {pa.date32(): "date", pa.int64(): "bigint", pa.int32(): "int", pa.string(): "string",
+              pa.bool_(): "boolean"}
+
+    def ddl(t: pa.DataType) -> str:
+        if pa.types.is_list(t):
+            return f"array<{ddl(t.value_type)}>"
+        if t not in simple:
+            raise TypeError(f"no Spark type for Arrow {t}")
+        return simple[t]
+
+    return ", ".join(f"`{f.name}` {ddl(f.type)}" for f in schema)
+
+
+def layout_inputs(df: "DataFrame", run_date: dt.date) -> "DataFrame":
+    """Day rows (dt, ad_id, ad_pos, ...) with split (dt = run date: "holdout", else "train") and
+    the layout's inputs: AD_KEY (ad_id, nulls as NULL_AD_KEY) and WITHIN (day << 32 | ad_pos)."""
+    from pyspark.sql import functions as F
+
+    day_no = F.datediff(F.col("dt"), F.lit(dt.date(1970, 1, 1))).cast("bigint")
+    return (df.withColumn("split", F.when(F.col("dt") == F.lit(run_date), F.lit("holdout")).otherwise(F.lit("train")))
+            .withColumn(AD_KEY, F.coalesce(F.col("ad_id").cast("bigint"), F.lit(NULL_AD_KEY)))
+            .withColumn(WITHIN, F.shiftleft(day_no, _POS_BITS).bitwiseOR(F.col("ad_pos").cast("bigint"))))
+
+
+def _shuffle_keys(seed: int, run_date: dt.date, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    """mapInArrow: groups (AD_KEY, _group_no, ...) plus `_skey`, group_shuffle_keys as a signed
+    long whose signed order is the keys' unsigned order (the sign bit flipped)."""
+    for batch in batches:
+        ads = np.asarray(batch.column(AD_KEY).to_numpy(zero_copy_only=False), np.int64)
+        nos = np.asarray(batch.column("_group_no").to_numpy(zero_copy_only=False), np.int64)
+        keys = (group_shuffle_keys(seed, run_date, ads, nos) ^ _SIGN).view(np.int64)
+        yield batch.append_column("_skey", pa.array(keys, pa.int64()))
+
+
+def with_layout(df: "DataFrame", group_size: int, seed: int, run_date: dt.date) -> "DataFrame":
+    """`df` (with split, AD_KEY and WITHIN, unique per ad) plus group_id and row_idx (bigint); the
+    helper columns are dropped. See the module docstring for the layout.
+
+    Shuffles the rows once, by (split, ad): a row's place in its ad is a window row_number. The
+    groups (one row per group: rows / group_size at most) get their ids and row offsets from a
+    window per split, and reach the rows as one array per ad, joined on the same (split, ad)
+    keys, so the rows are not shuffled again.
     """
-    n = table.num_rows
-    batch_table = table.append_column("split", pa.repeat(pa.scalar(split, pa.string()), n))
-    batches = batch_table.combine_chunks().to_batches() or [pa.RecordBatch.from_pylist([], schema=batch_table.schema)]
-    enc = pa.Table.from_batches([encoder.encode_batch(b, stable=True) for b in batches])
-    ad = table.column("ad_id").combine_chunks()
-    ad_key = np.asarray(pc.fill_null(ad.cast(pa.int64()), NULL_AD_KEY).to_numpy(zero_copy_only=False), np.int64)
-    ad_pos = np.asarray(table.column("ad_pos").to_numpy(), np.int64)
-    keys = within_ad_keys(np.full(n, (day - dt.date(1970, 1, 1)).days, np.int64), ad_pos)
-    keep = [c for c in FILE_COLUMNS if c not in ("run_date", "row_idx", "group_id")]
-    return enc.select(keep), ad_key, keys
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    if group_size < 1:
+        raise ValueError(f"group_size must be >= 1, got {group_size}")
+    g = F.lit(group_size).cast("bigint")
+    rows = df.withColumn("_pos", F.row_number().over(Window.partitionBy("split", AD_KEY).orderBy(WITHIN)) - 1)
+    ads = df.groupBy("split", AD_KEY).agg(F.count(F.lit(1)).alias("_n"))
+    groups = (ads.select("split", AD_KEY, "_n",
+                         F.explode(F.sequence(F.lit(0).cast("bigint"),
+                                              F.floor((F.col("_n") - 1) / g).cast("bigint"))).alias("_group_no"))
+              .withColumn("_size", F.least(g, F.col("_n") - F.col("_group_no") * g))
+              .drop("_n"))
+    groups = groups.mapInArrow(functools.partial(_shuffle_keys, seed, run_date),
+                               f"split string, {AD_KEY} bigint, _group_no bigint, _size bigint, _skey bigint")
+    in_split = Window.partitionBy("split").orderBy("_skey", AD_KEY, "_group_no")
+    numbered = groups.select(
+        "split", AD_KEY, "_group_no", (F.row_number().over(in_split) - 1).cast("bigint").alias("_gid"),
+        (F.sum("_size").over(in_split.rowsBetween(Window.unboundedPreceding, Window.currentRow)) - F.col("_size"))
+        .alias("_offset"))
+    per_ad = numbered.groupBy("split", AD_KEY).agg(
+        F.sort_array(F.collect_list(F.struct("_group_no", "_gid", "_offset"))).alias("_groups"))
+    mine = F.element_at(F.col("_groups"), (F.floor(F.col("_pos") / g) + 1).cast("int"))
+    keep = [c for c in df.columns if c not in (AD_KEY, WITHIN, *_LAYOUT_OUTPUT)]
+    return (rows.join(per_ad, ["split", AD_KEY])
+            .select(*keep, mine["_gid"].alias("group_id"),
+                    (mine["_offset"] + F.col("_pos") % g).alias("row_idx")))
 
 
-def assemble_split(encoder: FeatureEncoder, files: Iterable[tuple[dt.date, str]], split: str, run_date: dt.date,
-                   group_size: int, seed: int) -> pa.Table:
-    """One split's examples from day-rows files [(day, local parquet path)], in row_idx order.
-
-    Files are read and encoded on a few threads (pyarrow and numpy release the GIL); the parts
-    keep the order of `files`, so the result does not depend on the threads.
-    """
-    files = list(files)
-    if not files:
-        raise ValueError(f"no day-rows files for the {split} split of {run_date}")
-
-    def encode(item: tuple[dt.date, str]) -> tuple[pa.Table, np.ndarray, np.ndarray]:
-        day, path = item
-        return encode_day_rows(encoder, pq.read_table(path, columns=list(DAY_ROW_READ_COLUMNS)), day, split)
-
-    with ThreadPoolExecutor(workers()) as pool:
-        parts = list(pool.map(encode, files))
-    table = pa.concat_tables([p[0] for p in parts])
-    group_id, row_idx = ad_group_layout(np.concatenate([p[1] for p in parts]), np.concatenate([p[2] for p in parts]),
-                                        group_size, seed, run_date)
-    del parts
-    n = table.num_rows
-    order = np.empty(n, dtype=np.int64)
-    order[row_idx] = np.arange(n, dtype=np.int64)  # row_idx is a permutation of 0..n-1: invert it
-    columns, schema = table.columns, table.schema
-    del table  # take_columns then frees each input column once it is reordered
-    table = take_columns(columns, schema, order)
-    table = (table.append_column("run_date", pa.repeat(pa.scalar(run_date, pa.date32()), n))
-             .append_column("row_idx", pa.array(row_idx[order]))
-             .append_column("group_id", pa.array(group_id[order])))
-    return table.select(list(FILE_COLUMNS))
+# Columns the encoding step emits: the examples' file columns (run_date comes later) and split.
+_ENCODED_SCHEMA = pa.schema([f for f in FILE_SCHEMA if f.name != "run_date"] + [pa.field("split", pa.string())])
 
 
-def write_examples_table(spark: "SparkSession", uri: str, splits: dict[str, pa.Table]) -> dict[str, int]:
-    """Write {split: table} as the Delta table at `uri` (partitioned by split), replacing it whole.
+def _encode(encoder: FeatureEncoder, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    """mapInArrow: laid-out day rows -> _ENCODED_SCHEMA (the run's ids, an inactive id as 0)."""
+    for batch in batches:
+        enc = encoder.encode_batch(batch, stable=True)
+        cols = {name: enc.column(name) for name in enc.schema.names}
+        cols["row_idx"], cols["group_id"] = batch.column("row_idx"), batch.column("group_id")
+        yield pa.RecordBatch.from_arrays([cols[f.name].cast(f.type) for f in _ENCODED_SCHEMA], schema=_ENCODED_SCHEMA)
 
-    Returns rows per split. Each split is written in row_idx order as consecutive row ranges in
-    numbered files (on a few threads). The new table is built beside the old one and swapped in
-    by renames; the table is never appended to or updated, so a re-run cannot duplicate rows.
-    """
-    if not is_local(uri):
-        raise ValueError(f"examples table {uri!r} is not on a local filesystem; the examples writer needs one "
-                         "(storage.root must be a local path)")
-    unknown = sorted(set(splits) - set(SPLITS))
+
+def examples_frame(day_rows: "DataFrame", encoder: FeatureEncoder, run_date: dt.date, group_size: int, seed: int,
+                   n_files: int) -> "DataFrame":
+    """The run date's examples (FILE_COLUMNS and split) from its day rows (dt and
+    DAY_ROW_READ_COLUMNS of the window and holdout days), range-partitioned into `n_files` tasks
+    of contiguous rows, each sorted by (split, row_idx)."""
+    from pyspark.sql import functions as F
+
+    laid = with_layout(layout_inputs(day_rows.select("dt", *DAY_ROW_READ_COLUMNS), run_date), group_size, seed,
+                       run_date)
+    ordered = laid.repartitionByRange(max(1, n_files), "split", "row_idx").sortWithinPartitions("split", "row_idx")
+    encoded = ordered.mapInArrow(functools.partial(_encode, encoder), spark_ddl(_ENCODED_SCHEMA))
+    return (encoded.select(F.lit(run_date).alias("run_date"), *[c for c in FILE_COLUMNS if c != "run_date"], "split")
+            .sortWithinPartitions("split", "row_idx"))  # already so: this states it to the writer
+
+
+def write_examples(df: "DataFrame", uri: str) -> None:
+    """Write examples (FILE_COLUMNS and split) as the Delta table at `uri`, partitioned by split,
+    replacing the table whole in one commit (a re-run never adds rows to it)."""
+    unknown = sorted(set(df.columns) - {*FILE_COLUMNS, "split"})
     if unknown:
-        raise ValueError(f"unknown split(s) {unknown}; allowed: {', '.join(SPLITS)}")
+        raise ValueError(f"examples frame has unexpected columns {unknown}")
+    # static: the sessions overwrite partitions dynamically by default (core/spark.py), which would
+    # keep the rows of a split this frame does not hold.
+    (df.select(*FILE_COLUMNS, "split").write.format("delta").mode("overwrite")
+     .option("partitionOverwriteMode", "static").option("overwriteSchema", "true")
+     .partitionBy("split").save(uri))
+
+
+def split_stats(df: "DataFrame") -> dict[str, dict[str, int]]:
+    """Per split of an examples table: rows, clicks, groups, cold rows and OOV (id 0) occurrences
+    per field (the keys build_window._split_summary reads); one aggregation over the table."""
+    from pyspark.sql import functions as F
+
+    def zeros(name: str):
+        return F.coalesce(F.size(F.filter(F.col(f"m_{name}"), lambda v: v == 0)), F.lit(0))
+
+    aggs = [F.count(F.lit(1)).alias("rows"), F.sum("label").alias("clicks"), (F.max("group_id") + 1).alias("groups"),
+            F.sum(F.col("is_cold").cast("bigint")).alias("cold_rows")]
+    aggs += [F.sum((F.col(f"f_{n}") == 0).cast("bigint")).alias(f"oov_{n}") for n in SINGLE_FIELDS]
+    aggs += [F.sum(zeros(n)).alias(f"oov_{n}") for n in MULTI_FIELDS]
+    aggs += [F.sum(F.coalesce(F.size(F.col(f"m_{n}")), F.lit(0))).alias(f"len_{n}") for n in MULTI_FIELDS]
+    return {r["split"]: {k: int(v or 0) for k, v in r.asDict().items() if k != "split"}
+            for r in df.groupBy("split").agg(*aggs).collect()}
+
+
+def assemble(day_rows: "DataFrame", encoder: FeatureEncoder, uri: str, run_date: dt.date, group_size: int,
+             seed: int, rows_estimate: int) -> dict[str, Any]:
+    """Lay out, encode and write both splits of a run date from its day rows; `rows_estimate`
+    (both splits) sets the number of files. Returns {"rows": {split: n}, "stats": {split:
+    split_stats}, "seconds": s}."""
     started = time.monotonic()
-    final = local_path(uri)
-    parent = os.path.dirname(final)
-    os.makedirs(parent, exist_ok=True)
-    # Not a hidden name: Spark's file listing skips paths that start with "." or "_".
-    staging = os.path.join(parent, f"{os.path.basename(final)}.staging-{uuid.uuid4().hex[:8]}")
-    counts: dict[str, int] = {}
-    jobs: list[tuple[pa.Table, str]] = []
-    retired = None
-    try:
-        for split, table in splits.items():
-            os.makedirs(os.path.join(staging, f"split={split}"))
-            table = in_row_order(table.select(list(FILE_SCHEMA.names)).cast(FILE_SCHEMA))
-            counts[split] = table.num_rows
-            n_files = max(1, min(workers(), -(-table.num_rows // ROWS_PER_FILE)))
-            step = max(1, -(-table.num_rows // n_files))
-            folder = os.path.join(staging, f"split={split}")
-            jobs += [(table.slice(k * step, step), os.path.join(folder, f"part-{k:05d}.parquet"))
-                     for k in range(n_files)]
-        with ThreadPoolExecutor(workers()) as pool:
-            list(pool.map(lambda job: pq.write_table(job[0], job[1], row_group_size=1 << 20), jobs))
-        written = time.monotonic()
-        spark.sql(f"CONVERT TO DELTA parquet.`{staging}` NO STATISTICS PARTITIONED BY (split STRING)")
-        if os.path.exists(final):
-            retired = os.path.join(parent, f"{os.path.basename(final)}.retired-{uuid.uuid4().hex[:8]}")
-            os.rename(final, retired)
-        os.rename(staging, final)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        if retired and not os.path.exists(final):
-            os.rename(retired, final)  # put the previous table back
-        raise
-    if retired:
-        shutil.rmtree(retired, ignore_errors=True)
-    _forget_cached_delta_logs(spark)
-    log.info("examples table %s: %s rows in %d files written in %.1f s, registered with Delta in %.1f s", uri,
-             counts, len(jobs), written - started, time.monotonic() - written)
-    return counts
-
-
-def _forget_cached_delta_logs(spark: "SparkSession") -> None:
-    """Drop Delta's cached table logs: a table swapped in at the same path restarts at version 0,
-    which a cached log of the old table would otherwise take for unchanged."""
-    jvm = getattr(spark, "_jvm", None)
-    if jvm is not None:
-        jvm.org.apache.spark.sql.delta.DeltaLog.clearCache()
-
-
-def assemble(spark: "SparkSession", encoder: FeatureEncoder, files: dict[str, list[tuple[dt.date, str]]],
-             uri: str, run_date: dt.date, group_size: int, seed: int) -> dict[str, Any]:
-    """Encode, group and write both splits of a run date.
-
-    Returns {"rows": {split: n}, "stats": {split: split_stats}, "seconds": s}.
-    """
-    started = time.monotonic()
-    tables = {}
-    for split in SPLITS:
-        tables[split] = assemble_split(encoder, files[split], split, run_date, group_size, seed)
-        log.info("features %s: %s split encoded and grouped, %d rows (%.1f s)", run_date, split,
-                 tables[split].num_rows, time.monotonic() - started)
-    stats = {split: split_stats(t) for split, t in tables.items()}
-    log.info("features %s: example statistics in %.1f s", run_date, time.monotonic() - started)
-    counts = write_examples_table(spark, uri, tables)
-    return {"rows": counts, "stats": stats, "seconds": round(time.monotonic() - started, 2)}
-
-
-def split_stats(table: pa.Table) -> dict[str, int]:
-    """Rows, clicks, groups, cold rows and OOV (id 0) occurrences per field of one split's examples
-    (the keys build_window._split_summary reads)."""
-    def total(arr) -> int:
-        value = pc.sum(arr).as_py()
-        return int(value or 0)
-
-    stats = {"rows": table.num_rows, "clicks": total(table.column("label")),
-             "groups": (int(pc.max(table.column("group_id")).as_py()) + 1) if table.num_rows else 0,
-             "cold_rows": total(pc.cast(table.column("is_cold"), pa.int64()))}
-    for n in SINGLE_FIELDS:
-        stats[f"oov_{n}"] = total(pc.cast(pc.equal(table.column(f"f_{n}"), 0), pa.int64()))
-    for n in MULTI_FIELDS:
-        flat = pc.list_flatten(table.column(f"m_{n}"))
-        stats[f"oov_{n}"] = total(pc.cast(pc.equal(flat, 0), pa.int64()))
-        stats[f"len_{n}"] = len(flat)
-    return stats
+    n_files = max(1, -(-int(rows_estimate) // ROWS_PER_FILE))
+    write_examples(examples_frame(day_rows, encoder, run_date, group_size, seed, n_files), uri)
+    written = time.monotonic()
+    stats = split_stats(day_rows.sparkSession.read.format("delta").load(uri))
+    rows = {s: stats[s]["rows"] if s in stats else 0 for s in SPLITS}
+    log.info("features %s: examples table %s written in %.1f s (%d range(s) of rows), %s rows, statistics in %.1f s",
+             run_date, uri, written - started, n_files, rows, time.monotonic() - written)
+    return {"rows": rows, "stats": stats, "seconds": round(time.monotonic() - started, 2)}

@@ -13,9 +13,9 @@ possibly on a GPU worker without Spark) reads this snapshot with pyarrow instead
     <artifacts>/runs/D/snapshot/_SUCCESS            written last: row counts and `examples`, the
                                                     run date's examples table (features/examples/D)
 
-The examples are not copied: the features job writes each run date's examples table whole and
-never updates it in place, so the trainer reads its parquet files (split=train, split=holdout)
-directly. The snapshot is derived data: re-exporting replaces it.
+The examples are not copied: the trainer reads the live parquet files of the run date's examples
+table (split=train, split=holdout) named by its Delta log (features.examples.read_example_files).
+The snapshot is derived data: re-exporting replaces it.
 """
 
 from __future__ import annotations

@@ -1,80 +1,65 @@
-"""The daily stages on a real Spark standalone cluster give the outputs they give on `local[*]`.
+"""The daily stages on a real Spark standalone cluster, with the warehouse on a real S3 server,
+give the outputs they give on `local[*]` with a local warehouse.
 
 The cluster is core/standalone.py's: a master and a worker started from the Spark pyspark ships,
-on 127.0.0.1, with each application's executors in JVMs of their own. A tiny world's day D runs
-twice, in two storage roots: once with the tiny config's `local[2]` and once with `spark.master`
-set to the cluster's URL. The world's days and the history before D are made once and copied.
-Each stage is the command the DAG's task runs, in the DAG's order: a Spark stage as
-`python -m core.stage_runner run spark_jobs.<stage> --date D --config FILE` (a fork of the warm
-stage runner, as the DAG's StageOperator runs it), training through models.launch. Then the examples table, the
-vocabularies, the stable-id registry, the bins, the lookup table and the model's scores on day D
-must match.
+on 127.0.0.1, with each application's executors in JVMs of their own. The S3 server is moto's
+(tests/s3_server.py), reached through s3a by Spark and through pyarrow by the trainer, with the
+credentials in the stages' environment only. A tiny world's day D runs twice, in two storage
+roots: once with the tiny config's `local[2]` and a local warehouse, once with `spark.master` set
+to the cluster's URL and `storage.warehouse_uri` on the bucket. The world's days and the history
+before D are made once; the second root gets a copy of the landing area, and its warehouse (the
+bronze tables of the history) is uploaded to the bucket. Each stage is the command the DAG's task
+runs, in the DAG's order (tests/day_stages.py). Then the examples table, the vocabularies, the
+stable-id registry, the bins, the lookup table and the model's scores on day D must match, and no
+warehouse folder may appear on the local disk.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 
 from core import spark_server, standalone
 from core.config import load_config
+from core.delta_log import filesystem, live_files
 from core.paths import Paths, local_path
 from features.examples import SPLITS, examples_location, read_example_files
 from features.tables import BINS_TABLE, EXAMPLES_TABLE, ID_REGISTRY_TABLE, VOCAB_TABLE
 from models.train import load_model, predict
 from spark_jobs.train_model import read_snapshot
-from tests.dags.conftest import REPO_ROOT
-from tests.dags.tiny_world import CONFIG, EPOCH
+from tests import s3_server
+from tests.dags.tiny_world import CONFIG
+from tests.day_stages import DAY, STAGE_TIMEOUT_S, history, run_day
+from tests.s3_server import s3_endpoint  # noqa: F401 (a fixture)
 
 pytestmark = pytest.mark.slow
-
-DAY = EPOCH + dt.timedelta(days=2)
-# The DAG's Spark stages before and after training (dags/cscnn_daily.py), in its order.
-BEFORE_TRAINING = ("ingest", "check_quality", "build_window", "check_examples", "export_snapshot")
-AFTER_TRAINING = ("build_lookup", "validate", "publish")
-STAGE_TIMEOUT_S = 600
+PREFIX = "prefix/warehouse"
 
 
-def _run(args: list[str]) -> None:
-    proc = subprocess.run([sys.executable, *args], cwd=REPO_ROOT, capture_output=True, text=True,
-                          timeout=STAGE_TIMEOUT_S)
-    assert proc.returncode == 0, f"{' '.join(args)} exited {proc.returncode}:\n{(proc.stdout + proc.stderr)[-4000:]}"
-
-
-def _config(root: Path, master: str) -> Path:
-    """The tiny world's config with its storage under `root` and `master` as spark.master."""
+def _config(root: Path, master: str, s3_url: str | None = None) -> Path:
+    """The tiny world's config with its storage under `root`, `master` as spark.master and, with
+    `s3_url`, its warehouse on the S3 server."""
     config_file = root / "run.toml"
     config_file.parent.mkdir(parents=True, exist_ok=True)
     text = CONFIG.format(root=root / "var")
     assert 'master = "local[2]"' in text
-    config_file.write_text(text.replace('master = "local[2]"', f'master = "{master}"'))
+    text = text.replace('master = "local[2]"', f'master = "{master}"')
+    config_file.write_text(text if s3_url is None else s3_server.with_s3_warehouse(text, s3_url, PREFIX))
     return config_file
 
 
-def _history(config_file: Path) -> None:
-    """Generate the tiny world and ingest the days before D (the window's history)."""
-    config = str(config_file)
-    _run(["-m", "simworld", "--config", config, "--start", str(EPOCH), "--end", str(DAY)])
-    _run(["-m", "spark_jobs.ingest", "--config", config, "--date", str(EPOCH),
-          "--end-date", str(DAY - dt.timedelta(days=1))])
-
-
-def _run_day(config_file: Path) -> None:
-    """Day D's stages, as the DAG runs them."""
-    config = str(config_file)
-    for stage in BEFORE_TRAINING:
-        _run(["-m", "core.stage_runner", "run", f"spark_jobs.{stage}", "--date", str(DAY), "--config", config])
-    _run(["-m", "models.launch", "--nproc-per-node", "1", "-m", "spark_jobs.train_model",
-          "--date", str(DAY), "--config", config])
-    for stage in AFTER_TRAINING:
-        _run(["-m", "core.stage_runner", "run", f"spark_jobs.{stage}", "--date", str(DAY), "--config", config])
+def _delta_rows(uri: str) -> list[str]:
+    """A Delta table's rows (partition values included), sorted, read from its live files with pyarrow."""
+    rows = []
+    for f in live_files(uri):
+        part = pq.read_table(f.path, filesystem=filesystem(uri)[0]).to_pylist()
+        rows += [repr(sorted({**r, **f.partition}.items())) for r in part]
+    return sorted(rows)
 
 
 @pytest.fixture(scope="module")
@@ -87,37 +72,47 @@ def cluster(tmp_path_factory):
 
 
 @pytest.mark.timeout(2 * 12 * STAGE_TIMEOUT_S)
-def test_the_daily_stages_on_a_standalone_cluster_match_local(spark, cluster, tmp_path):
+def test_the_daily_stages_on_a_cluster_and_s3_match_local(cluster, s3_endpoint, tmp_path, monkeypatch):  # noqa: F811
     assert cluster.url.startswith("spark://127.0.0.1:")
-    local_file, cluster_file = _config(tmp_path / "local", "local[2]"), _config(tmp_path / "cluster", cluster.url)
+    local_file = _config(tmp_path / "local", "local[2]")
+    cluster_file = _config(tmp_path / "cluster", cluster.url, s3_endpoint)
     local_cfg, cluster_cfg = load_config(local_file), load_config(cluster_file)
-    # One history for both (landing days and bronze tables, copied before day D runs anywhere).
-    _history(local_file)
-    shutil.copytree(local_cfg.storage.root, cluster_cfg.storage.root)
-    _run_day(local_file)
+    assert cluster_cfg.storage.resolved().warehouse_uri == f"s3a://{s3_server.BUCKET}/{PREFIX}"
+    # One history for both: landing days copied, the bronze tables uploaded, before day D runs anywhere.
+    history(local_file)
+    local_warehouse = local_path(local_cfg.storage.resolved().warehouse_uri)
+    shutil.copytree(local_cfg.storage.root, cluster_cfg.storage.root,
+                    ignore=lambda folder, names: [n for n in names if os.path.join(folder, n) == local_warehouse])
+    assert s3_server.upload_folder(s3_endpoint, local_warehouse, PREFIX) > 0
+    run_day(local_file)
+    env = s3_server.env(s3_endpoint)
     try:
-        _run_day(cluster_file)
-    finally:  # the stages' Spark Connect server for the cluster: its master goes away with the module
+        run_day(cluster_file, env)
+    finally:  # the stages' Spark Connect server for the cluster: its master and endpoint go away with the module
         spark_server.stop(cluster_cfg.spark)
     assert cluster_cfg.spark.master == cluster.url and local_cfg.spark.master == "local[2]"
 
     # The stages' Spark ran on the cluster: its worker started executors (JVMs of their own) for it.
     apps = sorted((cluster.folder / "work").glob("app-*"))
     assert apps and all((app / "0" / "stderr").exists() for app in apps), apps
+    # The day's tables are objects in the bucket, and no warehouse folder was made on the local disk.
+    keys = s3_server.keys(s3_endpoint, PREFIX)
+    for table in ("bronze/impressions", "features/day_rows", f"features/examples/{DAY}", "features/vocab",
+                  "lookup_table"):
+        assert any(k.startswith(f"{PREFIX}/{table}/_delta_log/") for k in keys), table
+    assert not any(Path(cluster_cfg.storage.root).rglob("_delta_log"))
 
     local, remote = Paths.of(local_cfg), Paths.of(cluster_cfg)
+    for k, v in env.items():  # this process reads the bucket too, with pyarrow
+        monkeypatch.setenv(k, v)
     # The run date's examples, split by split, in the trainer's row order.
     for split in SPLITS:
         a, b = (read_example_files(examples_location(p.table(EXAMPLES_TABLE), DAY), split) for p in (local, remote))
         assert a.num_rows > 0 and a.equals(b), split
     # Vocabularies, the stable-id registry, the bins and the lookup table: the same rows.
-    def table(p: Paths, name: str) -> str:
-        return p.lookup_table if name == "lookup_table" else p.table(name)
-
     for name in (VOCAB_TABLE, ID_REGISTRY_TABLE, BINS_TABLE, "lookup_table"):
-        x, y = (spark.read.format("delta").load(table(p, name)) for p in (local, remote))
-        assert x.count() > 0 and x.count() == y.count(), name
-        assert x.exceptAll(y).count() == 0 and y.exceptAll(x).count() == 0, name
+        x, y = (_delta_rows(p.lookup_table if name == "lookup_table" else p.table(name)) for p in (local, remote))
+        assert x and x == y, name
     # The trained models score day D alike.
     _, _, holdout, images, _ = read_snapshot(local_cfg, DAY)
     scores = [predict(load_model(os.path.join(local_path(p.run_model_dir(DAY)), "model.pt")), holdout, images)

@@ -1,4 +1,4 @@
-"""The examples assembly's numpy parts (spark_jobs/example_assembly.py) on small arrays and tables."""
+"""The numpy layout reference (tests/features/layout_reference.py) and features/examples.py's table helpers."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import pyarrow as pa
 import pytest
 
 from features.examples import take_rows, validation_split
-from spark_jobs.example_assembly import NULL_AD_KEY, ad_group_layout, ad_order
+from spark_jobs.example_assembly import NULL_AD_KEY
+from tests.features.layout_reference import ad_group_layout, ad_order
 
 
 @pytest.mark.parametrize("seed", range(6))

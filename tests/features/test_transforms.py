@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime as dt
 
 import numpy as np
-import pyarrow as pa
 import pytest
 from pyspark.sql import Window
 from pyspark.sql import functions as F
@@ -17,7 +16,8 @@ from features.encoder import FeatureEncoder
 from features.tables import FeaturesError
 from spark_jobs import id_registry
 from spark_jobs.build_window import min_count_thresholds
-from spark_jobs.example_assembly import NULL_AD_KEY, ad_group_layout, encode_day_rows, within_ad_keys
+from spark_jobs.example_assembly import AD_KEY, NULL_AD_KEY, WITHIN, examples_frame, layout_inputs, with_layout
+from tests.features.layout_reference import ad_group_layout
 from spark_jobs.feature_transforms import (agg_bin_edges, agg_daily_value_counts, agg_vocabulary,
                                            agg_window_counts, with_ad_positions)
 from tests.features.bronze_fixture import D0, JOINED_DDL, as_tuples, impression, joined
@@ -109,10 +109,9 @@ def test_encode_day_rows_oov_and_bins(spark, tmp_path, lookup_max_span):
         vocab, {"price": [10.0, 20.0], "review_count": [1.0]}, ad_window_counts={1: 30, 2: 2},
         stable_ids={f: {v: stable[f][v] for v in entries} for f, entries in vocab.items()})
     stored = id_registry.encode_days(day_rows, id_registry.read_registry(spark, paths), lookup_max_span)
-    encoded, ad_key, _within = encode_day_rows(encoder, stored.toArrow(), D0, "train")
-    got = spark.createDataFrame(encoded.select(["impression_id", "ad_id", "label", "is_cold", "category_idx",
-                                                "f_user_id", "f_ad_id", "f_price", "f_review_count",
-                                                "m_title_words", "m_hist_shops"]))
+    examples = examples_frame(stored, encoder, D0, group_size=25, seed=1, n_files=1)
+    got = examples.select("impression_id", "ad_id", "label", "is_cold", "category_idx", "f_user_id", "f_ad_id",
+                          "f_price", "f_review_count", "m_title_words", "m_hist_shops")
     expected = spark.createDataFrame([
         ("0301-0", 1, 1, False, 1, 2, 1, 1, 1, [1, 0], []),
         ("0301-1", 2, 0, True, 0, 0, 0, 2, 2, [1, 0], []),  # category 10 is not in the vocabulary
@@ -122,18 +121,39 @@ def test_encode_day_rows_oov_and_bins(spark, tmp_path, lookup_max_span):
        "f_user_id int, f_ad_id int, f_price int, f_review_count int, m_title_words array<int>, "
        "m_hist_shops array<int>")
     assertDataFrameEqual(got, expected)
-    assert sorted(ad_key.tolist()) == [1, 1, 2, 3]
+    assert sorted(r.row_idx for r in examples.collect()) == [0, 1, 2, 3]
+    assert {r.split for r in examples.collect()} == {"holdout"}  # the run date's own rows
 
 
 def laid_out(spark, df, group_size: int, seed: int, run_date: dt.date):
-    """df (impression_id, event_ts, ad_id, dt) with the group_id and row_idx ad_group_layout gives it."""
-    tbl = df.transform(with_ad_positions).toArrow()
-    ad_key = np.asarray(tbl.column("ad_id").fill_null(NULL_AD_KEY).to_numpy(), np.int64)
-    days = np.asarray(tbl.column("dt").cast(pa.int32()).to_numpy(), np.int64)
-    group_id, row_idx = ad_group_layout(ad_key, within_ad_keys(days, tbl.column("ad_pos").to_numpy()),
-                                        group_size, seed, run_date)
-    return spark.createDataFrame(tbl.select(["impression_id", "ad_id"]).append_column("group_id", pa.array(group_id))
-                                 .append_column("row_idx", pa.array(row_idx)))
+    """df (impression_id, event_ts, ad_id, dt) with the group_id and row_idx with_layout gives it."""
+    inputs = df.transform(with_ad_positions).transform(lambda d: layout_inputs(d, run_date))
+    return (with_layout(inputs.withColumn("split", F.lit("train")), group_size, seed, run_date)  # one split
+            .select("impression_id", "ad_id", "group_id", "row_idx"))
+
+
+@pytest.mark.parametrize("group_size", [1, 3, 25])
+def test_with_layout_equals_the_numpy_reference(spark, group_size):
+    """Spark's layout gives every row the group_id and row_idx of the numpy reference: null ads,
+    ids at both ends of the long range, ads of 1..80 rows over several days, two splits."""
+    rng = np.random.default_rng(group_size)
+    pool = np.array([NULL_AD_KEY, -(2**62), -5, 0, 3, 7, 2**62, 2**63 - 1, *range(100, 130)], dtype=np.int64)
+    rows = []
+    for split in ("train", "holdout"):
+        for ad_key in pool:
+            for day in range(int(rng.integers(1, 4))):
+                rows += [(split, int(ad_key), (day << 32) | pos, f"{split}-{ad_key}-{day}-{pos}")
+                         for pos in range(int(rng.integers(1, 30)))]
+    rng.shuffle(rows)
+    df = spark.createDataFrame(rows, f"split string, {AD_KEY} bigint, {WITHIN} bigint, impression_id string")
+    got = {r.impression_id: (r.group_id, r.row_idx)
+           for r in with_layout(df, group_size, 17, D0).collect()}
+    for split in ("train", "holdout"):
+        mine = [r for r in rows if r[0] == split]
+        group_id, row_idx = ad_group_layout(np.array([r[1] for r in mine], np.int64),
+                                            np.array([r[2] for r in mine], np.int64), group_size, 17, D0)
+        assert {r[3]: (g, i) for r, g, i in zip(mine, group_id.tolist(), row_idx.tolist())} == \
+            {k: v for k, v in got.items() if k.startswith(split + "-")}
 
 
 def _grouping_input(spark):

@@ -22,8 +22,8 @@ from PIL import Image
 
 from core.paths import Paths
 from features import tables
-from features.examples import FILE_COLUMNS
-from features.spec import MULTI_FIELDS, NUMERIC_FIELDS, SINGLE_FIELDS
+from features.examples import FILE_COLUMNS, FILE_SCHEMA
+from features.spec import MULTI_FIELDS, NUMERIC_FIELDS
 from spark_jobs import example_assembly
 from tests.serving.helpers import identity_encoder, requests_from_examples, synthetic_world
 
@@ -89,13 +89,15 @@ def write_tables(spark, cfg, world, run_date: dt.date = D) -> None:
                                "impression_id string, click int, dt date, event_ts timestamp") \
         .write.format("delta").mode("overwrite").save(paths.bronze_impressions)
 
-    split_tables = {}
+    split_tables = []
     for split, df in (("train", train_df), ("holdout", hold_df)):
         df = df.assign(run_date=run_date)
         for name in MULTI_FIELDS:
             df[f"m_{name}"] = df[f"m_{name}"].map(lambda v: [int(x) for x in v])
-        split_tables[split] = pa.Table.from_pandas(df[list(FILE_COLUMNS)], preserve_index=False)
-    example_assembly.write_examples_table(spark, tables.examples_uri(cfg, run_date), split_tables)
+        table = pa.Table.from_pandas(df[list(FILE_COLUMNS)], preserve_index=False).cast(FILE_SCHEMA)
+        split_tables.append(table.append_column("split", pa.repeat(pa.scalar(split), table.num_rows)))
+    example_assembly.write_examples(spark.createDataFrame(pa.concat_tables(split_tables)),
+                                    tables.examples_uri(cfg, run_date))
 
     enc = identity_encoder(ad_code, VOCAB)
     vocab_rows = [(run_date, name, int(v), int(i), 10) for name, (vals, ids) in enc.vocab.items()
