@@ -176,7 +176,7 @@ def _present_days(imp_df: DataFrame, first: dt.date, last: dt.date) -> dict[dt.d
 
 
 def _split_summary(stats: dict[str, Any] | None) -> dict[str, Any]:
-    """Rows, label rate, groups, cold and OOV rates of one split (examples.split_stats)."""
+    """Rows, label rate, groups, cold and OOV rates of one split (example_assembly._split_stats_of)."""
     if stats is None:
         return {"rows": 0, "label_rate": None, "groups": 0, "mean_impressions_per_group": None,
                 "cold_rate": None, "oov_rate": {}}

@@ -198,34 +198,52 @@ def write_examples(df: "DataFrame", uri: str) -> None:
      .partitionBy("split").save(uri))
 
 
-def split_stats(df: "DataFrame") -> dict[str, dict[str, int]]:
-    """Per split of an examples table: rows, clicks, groups, cold rows and OOV (id 0) occurrences
-    per field (the keys build_window._split_summary reads); one aggregation over the table."""
+def _stats_columns(split: str) -> list:
+    """Aggregates of one split's statistics over an examples frame, named "<split>:<key>"."""
     from pyspark.sql import functions as F
 
-    def zeros(name: str):
-        return F.coalesce(F.size(F.filter(F.col(f"m_{name}"), lambda v: v == 0)), F.lit(0))
+    mine = F.col("split") == F.lit(split)
 
-    aggs = [F.count(F.lit(1)).alias("rows"), F.sum("label").alias("clicks"), (F.max("group_id") + 1).alias("groups"),
-            F.sum(F.col("is_cold").cast("bigint")).alias("cold_rows")]
-    aggs += [F.sum((F.col(f"f_{n}") == 0).cast("bigint")).alias(f"oov_{n}") for n in SINGLE_FIELDS]
-    aggs += [F.sum(zeros(n)).alias(f"oov_{n}") for n in MULTI_FIELDS]
-    aggs += [F.sum(F.coalesce(F.size(F.col(f"m_{n}")), F.lit(0))).alias(f"len_{n}") for n in MULTI_FIELDS]
-    return {r["split"]: {k: int(v or 0) for k, v in r.asDict().items() if k != "split"}
-            for r in df.groupBy("split").agg(*aggs).collect()}
+    def count(cond) -> "Any":
+        return F.coalesce(F.sum(F.when(mine & cond, 1).otherwise(0)), F.lit(0)).cast("bigint")
+
+    def total(value) -> "Any":
+        return F.coalesce(F.sum(F.when(mine, value).otherwise(0)), F.lit(0)).cast("bigint")
+
+    cols = {"rows": count(F.lit(True)), "clicks": total(F.col("label")),
+            "groups": F.coalesce(F.max(F.when(mine, F.col("group_id"))) + 1, F.lit(0)).cast("bigint"),
+            "cold_rows": count(F.col("is_cold"))}
+    cols |= {f"oov_{n}": count(F.col(f"f_{n}") == 0) for n in SINGLE_FIELDS}
+    cols |= {f"oov_{n}": total(F.size(F.filter(F.col(f"m_{n}"), lambda v: v == 0))) for n in MULTI_FIELDS}
+    cols |= {f"len_{n}": total(F.size(F.col(f"m_{n}"))) for n in MULTI_FIELDS}
+    return [c.alias(f"{split}:{k}") for k, c in cols.items()]
+
+
+def _split_stats_of(values: dict[str, Any]) -> dict[str, dict[str, int]]:
+    """{split: {key: n}} of the "<split>:<key>" aggregates (_stats_columns): rows, clicks, groups,
+    cold rows and OOV (id 0) occurrences per field, the keys build_window._split_summary reads. A
+    split without rows is left out."""
+    out: dict[str, dict[str, int]] = {}
+    for key, value in values.items():
+        split, name = key.split(":", 1)
+        out.setdefault(split, {})[name] = int(value or 0)
+    return {split: stats for split, stats in out.items() if stats["rows"]}
 
 
 def assemble(day_rows: "DataFrame", encoder: FeatureEncoder, uri: str, run_date: dt.date, group_size: int,
              seed: int, rows_estimate: int) -> dict[str, Any]:
     """Lay out, encode and write both splits of a run date from its day rows; `rows_estimate`
-    (both splits) sets the number of files. Returns {"rows": {split: n}, "stats": {split:
-    split_stats}, "seconds": s}."""
+    (both splits) sets the number of files. Returns {"rows": {split: n}, "stats": {split: stats}
+    (_split_stats_of), "seconds": s}; the statistics are observed by the writing job itself."""
+    from pyspark.sql import Observation
+
     started = time.monotonic()
     n_files = max(1, -(-int(rows_estimate) // ROWS_PER_FILE))
-    write_examples(examples_frame(day_rows, encoder, run_date, group_size, seed, n_files), uri)
-    written = time.monotonic()
-    stats = split_stats(day_rows.sparkSession.read.format("delta").load(uri))
+    observed = Observation("example_stats")  # the statistics, gathered by the writing job itself
+    frame = examples_frame(day_rows, encoder, run_date, group_size, seed, n_files)
+    write_examples(frame.observe(observed, *[c for split in SPLITS for c in _stats_columns(split)]), uri)
+    stats = _split_stats_of(observed.get)
     rows = {s: stats[s]["rows"] if s in stats else 0 for s in SPLITS}
-    log.info("features %s: examples table %s written in %.1f s (%d range(s) of rows), %s rows, statistics in %.1f s",
-             run_date, uri, written - started, n_files, rows, time.monotonic() - written)
+    log.info("features %s: examples table %s written in %.1f s (%d range(s) of rows), %s rows", run_date, uri,
+             time.monotonic() - started, n_files, rows)
     return {"rows": rows, "stats": stats, "seconds": round(time.monotonic() - started, 2)}

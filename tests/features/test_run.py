@@ -231,5 +231,13 @@ def test_examples_equal_the_numpy_reference(spark, built):
                  for d in split_days]
         expected = assemble_split(encoder, parts, split, run_date, cfg.features.group_size, cfg.features.seed)
         got = read_example_files(tables.examples_uri(cfg, run_date), split)
-        assert got.num_rows == second["rows"][split]
         assert got.equals(expected), split
+        # The statistics the writing job observed describe the table it wrote.
+        labels, groups = got.column("label").to_pylist(), got.column("group_id").to_pylist()
+        assert got.num_rows == second["rows"][split]
+        assert second["label_rate"][split] == pytest.approx(sum(labels) / len(labels))
+        assert second["groups"][split] == max(groups) + 1
+        cold = sum(got.column("is_cold").to_pylist()) / got.num_rows
+        oov = sum(v == 0 for v in got.column("f_user_id").to_pylist()) / got.num_rows
+        assert second["cold_rate"][split] == pytest.approx(cold)
+        assert second["oov_rate"][split]["user_id"] == pytest.approx(oov)

@@ -19,8 +19,9 @@ from PIL import Image
 
 from core.config import load_config
 from core.paths import Paths, local_path
-from features.examples import validation_split
+from features.examples import FILE_COLUMNS, FILE_SCHEMA, validation_split
 from models.synthetic import make_examples, make_spec
+from spark_jobs.example_assembly import write_examples
 from models.train import score_model
 from spark_jobs import train_model
 
@@ -36,16 +37,19 @@ def _png(pixels: np.ndarray) -> bytes:
 
 
 @pytest.fixture
-def snapshot(tmp_path):
-    """(cfg, the window's examples): a snapshot of RUN_DATE with a train split only."""
+def snapshot(spark, tmp_path):
+    """(cfg, the window's examples): a snapshot of RUN_DATE with a train split only, its examples
+    a Delta table written as build_window writes one."""
     cfg = load_config(overrides={**SMALL, "storage.root": str(tmp_path / "var"), "model.variant": "cscnn",
                                  "train.epochs": 3, "train.validation_fraction": 0.2, "train.seed": 5})
     spec = make_spec(n_categories=4, vocab=13)
     window, images = make_examples(spec, n_ads=16, impressions_per_ad=(6, 14), image_size=32, seed=1)
     table = pa.Table.from_pandas(window, preserve_index=False)
     examples = tmp_path / "examples"
-    (examples / "split=train").mkdir(parents=True)
-    pq.write_table(table, examples / "split=train" / "part-0.parquet")
+    n = table.num_rows
+    stored = (table.append_column("run_date", pa.repeat(pa.scalar(RUN_DATE), n)).select(list(FILE_COLUMNS))
+              .cast(FILE_SCHEMA).append_column("split", pa.repeat(pa.scalar("train"), n)))
+    write_examples(spark.createDataFrame(stored), str(examples))
     snap = local_path(Paths.of(cfg).snapshot(RUN_DATE))
     os.makedirs(snap)
     pq.write_table(pa.table({"ad_id": list(images), "image_bytes": [_png(p) for p in images.values()]}),
