@@ -26,8 +26,6 @@ import shutil
 import sys
 from typing import Any
 
-import pyarrow as pa
-import pyarrow.compute as pc
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
@@ -36,7 +34,7 @@ from core.config import PipelineConfig
 from core.files import write_json, write_text
 from core.paths import Paths, is_local, local_path
 from core.spark import get_spark
-from features.examples import SPLITS, read_example_files
+from features.examples import SPLITS
 from features.encoder import ENCODER_FILE, save_encoder
 from features.tables import examples_uri, load_encoder, load_feature_spec
 
@@ -48,15 +46,15 @@ def export_training_snapshot(cfg: PipelineConfig, spark: SparkSession, run_date:
     if is_local(out) and os.path.exists(local_path(out)):
         shutil.rmtree(local_path(out))
     uri = examples_uri(cfg, run_date)
-    counts: dict[str, Any] = {}
-    ad_ids = set()
+    examples_df = spark.read.format("delta").load(uri)
+    counts: dict[str, Any] = {r["split"]: int(r["count"]) for r in examples_df.groupBy("split").count().collect()}
     for split in SPLITS:
-        ads = read_example_files(uri, split, columns=["ad_id"]).column("ad_id")
-        counts[split] = len(ads)
-        ad_ids.update(x for x in pc.unique(ads).to_pylist() if x is not None)
-    ads_df = spark.createDataFrame(pa.table({"ad_id": pa.array(sorted(ad_ids), pa.int64())}))
+        if not counts.get(split):
+            raise FileNotFoundError(f"no {split} examples in the table at {uri}; run build_window for {run_date}")
+    # The ads of either split, found and joined by Spark: no per-row data reaches this process.
+    ads_df = examples_df.where(F.col("ad_id").isNotNull()).select("ad_id").distinct()
     images_df = (spark.read.format("delta").load(paths.bronze_images)
-                 .join(F.broadcast(ads_df), on="ad_id", how="inner").select("ad_id", "image_bytes"))
+                 .join(ads_df, on="ad_id", how="left_semi").select("ad_id", "image_bytes"))
     images_df.coalesce(1).write.mode("overwrite").parquet(f"{out}/images")
     counts["images"] = images_df.count()
     counts["examples"] = uri
