@@ -26,6 +26,8 @@ from urllib.parse import unquote
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from core.paths import is_local, local_path
+
 _COMMIT = re.compile(r"^(\d{20})\.json$")
 _CHECKPOINT = re.compile(r"^(\d{20})\.checkpoint(?:\.(\d{10})\.(\d{10}))?\.parquet$")
 _V2_CHECKPOINT = re.compile(r"^\d{20}\.checkpoint\.[0-9a-f-]{36}\.(?:json|parquet)$")
@@ -42,29 +44,35 @@ class DataFile:
     size: int = 0
 
 
-def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
-    """(pyarrow filesystem, path inside it) of a local path, file://, s3:// or s3a:// URI."""
-    if uri.startswith("file://"):
-        return pafs.LocalFileSystem(), uri[len("file://"):]
-    if "://" not in uri:
-        return pafs.LocalFileSystem(), os.path.abspath(uri)
+def _path_in_filesystem(uri: str) -> str:
+    """The path of a local path, file://, s3:// or s3a:// URI inside its pyarrow filesystem."""
+    if is_local(uri):
+        return os.path.abspath(local_path(uri))
     scheme, rest = uri.split("://", 1)
     if scheme not in ("s3", "s3a"):
         raise ValueError(f"{uri!r}: no reader for the {scheme}:// scheme outside Spark (local paths, s3:// and "
                          "s3a:// are supported)")
+    return rest
+
+
+def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
+    """(pyarrow filesystem, path inside it) of a local path, file://, s3:// or s3a:// URI."""
+    path = _path_in_filesystem(uri)
+    if is_local(uri):
+        return pafs.LocalFileSystem(), path
     endpoint = os.environ.get("AWS_ENDPOINT_URL")
     kwargs: dict[str, object] = {"region": os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
                                  or "us-east-1"}
     if endpoint:
         kwargs["endpoint_override"] = endpoint
         kwargs["scheme"] = "http" if endpoint.startswith("http://") else "https"
-    return pafs.S3FileSystem(**kwargs), rest
+    return pafs.S3FileSystem(**kwargs), path
 
 
-def _join(table_uri: str, table_path: str, file_path: str) -> str:
+def _join(table_path: str, file_path: str) -> str:
     """A log entry's file as a path in the table's filesystem (relative entries are URL-encoded)."""
     if "://" in file_path:
-        return filesystem(file_path)[1]
+        return _path_in_filesystem(file_path)
     return f"{table_path.rstrip('/')}/{unquote(file_path)}"
 
 
@@ -102,7 +110,7 @@ def live_files(uri: str) -> list[DataFile]:
                 if "add" in action:
                     _add(uri, root, live, action["add"])
                 elif "remove" in action:
-                    live.pop(_join(uri, root, action["remove"]["path"]), None)
+                    live.pop(_join(root, action["remove"]["path"]), None)
     return sorted(live.values(), key=lambda f: f.path)
 
 
@@ -112,7 +120,7 @@ def _add(uri: str, root: str, live: dict[str, DataFile], entry: dict) -> None:
     partition = entry.get("partitionValues") or {}
     if isinstance(partition, list):  # a checkpoint's map column comes back as (key, value) pairs
         partition = dict(partition)
-    path = _join(uri, root, entry["path"])
+    path = _join(root, entry["path"])
     live[path] = DataFile(path, dict(partition), int(entry.get("size") or 0))
 
 

@@ -83,21 +83,6 @@ def within_ad_keys(days: np.ndarray, ad_pos: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------- Spark
 
 
-def spark_ddl(schema: pa.Schema) -> str:
-    """A Spark DDL string for an Arrow schema of the examples' types."""
-    simple = {pa.date32(): "date", pa.int64(): "bigint", pa.int32(): "int", pa.string(): "string",
-              pa.bool_(): "boolean"}
-
-    def ddl(t: pa.DataType) -> str:
-        if pa.types.is_list(t):
-            return f"array<{ddl(t.value_type)}>"
-        if t not in simple:
-            raise TypeError(f"no Spark type for Arrow {t}")
-        return simple[t]
-
-    return ", ".join(f"`{f.name}` {ddl(f.type)}" for f in schema)
-
-
 def layout_inputs(df: "DataFrame", run_date: dt.date) -> "DataFrame":
     """Day rows (dt, ad_id, ad_pos, ...) with split (dt = run date: "holdout", else "train") and
     the layout's inputs: AD_KEY (ad_id, nulls as NULL_AD_KEY) and WITHIN (day << 32 | ad_pos)."""
@@ -176,11 +161,12 @@ def examples_frame(day_rows: "DataFrame", encoder: FeatureEncoder, run_date: dt.
     DAY_ROW_READ_COLUMNS of the window and holdout days), range-partitioned into `n_files` tasks
     of contiguous rows, each sorted by (split, row_idx)."""
     from pyspark.sql import functions as F
+    from pyspark.sql.pandas.types import from_arrow_schema
 
     laid = with_layout(layout_inputs(day_rows.select("dt", *DAY_ROW_READ_COLUMNS), run_date), group_size, seed,
                        run_date)
     ordered = laid.repartitionByRange(max(1, n_files), "split", "row_idx").sortWithinPartitions("split", "row_idx")
-    encoded = ordered.mapInArrow(functools.partial(_encode, encoder), spark_ddl(_ENCODED_SCHEMA))
+    encoded = ordered.mapInArrow(functools.partial(_encode, encoder), from_arrow_schema(_ENCODED_SCHEMA))
     return (encoded.select(F.lit(run_date).alias("run_date"), *[c for c in FILE_COLUMNS if c != "run_date"], "split")
             .sortWithinPartitions("split", "row_idx"))  # already so: this states it to the writer
 
