@@ -36,10 +36,10 @@ def checkout_version(checkout: str) -> str:
 
 
 class PeakRss:
-    """Samples the RSS of this process and all its children (the Spark JVM) every 0.2 s."""
+    """Samples the RSS of a process (default: this one) and all its children every 0.2 s."""
 
-    def __init__(self) -> None:
-        self._proc = psutil.Process()
+    def __init__(self, pid: int | None = None) -> None:
+        self._proc = psutil.Process(pid)
         self.peak_bytes = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)

@@ -135,7 +135,9 @@ def peak_rss_gb() -> float | None:
     return None
 
 
-def run_case(spark, base_cfg, work: str, impressions_per_day: int, window_days: int) -> dict:
+def run_case(spark, base_cfg, work: str, impressions_per_day: int, window_days: int, keep: bool = False) -> dict:
+    """Time the incremental and the full features run for RUN_DATE at one size (module docstring);
+    with keep=True its warehouse stays under <work>/n<impressions_per_day> (bench/scale.py trains on it)."""
     root = os.path.join(work, f"n{impressions_per_day}")
     shutil.rmtree(root, ignore_errors=True)
     cfg = base_cfg.replace({"storage.root": root, "features.window_days": window_days})
@@ -172,7 +174,8 @@ def run_case(spark, base_cfg, work: str, impressions_per_day: int, window_days: 
             "train_rows": full["rows"]["train"],
             "mean_impressions_per_group": round(full["mean_impressions_per_group"]["train"], 3)}
     log.info("case %s", case)
-    shutil.rmtree(root, ignore_errors=True)
+    if not keep:
+        shutil.rmtree(root, ignore_errors=True)
     return case
 
 

@@ -319,6 +319,12 @@ class TrainConfig:
     # and train.seed: features.examples.validation_split); it alone picks the best weights and stops
     # early, so the run date's holdout is scored only by the gates. 0: no split, the last weights.
     validation_fraction: float = 0.05
+    # At most this many validation rows, whatever the window's size: the split is held in memory to
+    # be scored, so a larger window gets a proportionally smaller fraction (0: no cap).
+    validation_max_rows: int = 200_000
+    # Rows the trainer reads from the examples table at a time (features.example_stream): with the
+    # prefetched ones, its memory for training data, independent of the window's size.
+    chunk_rows: int = 65_536
     device: str = "auto"  # auto, cpu, cuda
     amp: bool = True  # mixed precision on CUDA
     num_workers: int = 0
@@ -339,6 +345,9 @@ class TrainConfig:
         _check(self.epochs >= 1, "train.epochs", self.epochs, "an integer >= 1")
         _check(0 <= self.validation_fraction < 0.5, "train.validation_fraction", self.validation_fraction,
                "a number >= 0 and < 0.5 (0: no validation split)")
+        _check(self.validation_max_rows >= 0, "train.validation_max_rows", self.validation_max_rows,
+               "an integer >= 0 (0: no cap)")
+        _check(self.chunk_rows >= 1, "train.chunk_rows", self.chunk_rows, "an integer >= 1")
         _check(self.device in ("auto", "cpu", "cuda"), "train.device", self.device, "auto, cpu, cuda")
 
 

@@ -87,21 +87,29 @@ def in_row_order(table: pa.Table) -> pa.Table:
 def validation_split(table: pa.Table, fraction: float, seed: int) -> tuple[pa.Table, pa.Table | None]:
     """(rows to fit, validation rows) of a train split: a seeded hash sample of `fraction` of its rows.
 
-    A row is a validation row when the keyed BLAKE2b hash of its impression_id (key: `seed`) falls
-    in the lowest `fraction` of the hash range, so the sample is the same in every process (each
-    DDP rank, a resumed run) and does not depend on the row order. Both parts keep the table's row
-    order, so ad groups stay contiguous. `fraction` 0, or a sample that holds no row: (table, None).
+    A row is a validation row when `validation_mask` says so, so the sample is the same in every
+    process (each DDP rank, a resumed run, a streamed read: features.example_stream) and does not
+    depend on the row order. Both parts keep the table's row order, so ad groups stay contiguous.
+    `fraction` 0, or a sample that holds no row: (table, None).
     """
     if fraction <= 0 or table.num_rows == 0:
         return table, None
+    valid = validation_mask(table, fraction, seed)
+    if not valid.any():
+        return table, None
+    return table.filter(pa.array(~valid)), table.filter(pa.array(valid))
+
+
+def validation_mask(table: pa.Table, fraction: float, seed: int) -> np.ndarray:
+    """(n,) bool: the rows of `table` whose keyed BLAKE2b hash of impression_id (key: `seed`) falls
+    in the lowest `fraction` of the hash range."""
+    if fraction <= 0 or table.num_rows == 0:
+        return np.zeros(table.num_rows, bool)
     key = int(seed).to_bytes(8, "little", signed=True)
     ids = table.column("impression_id").to_pylist()
     hashed = np.fromiter((int.from_bytes(hashlib.blake2b(i.encode(), digest_size=8, key=key).digest(), "little") >> 11
                           for i in ids), np.uint64, len(ids))
-    valid = hashed < np.uint64(int(fraction * 2 ** 53))
-    if not valid.any():
-        return table, None
-    return table.filter(pa.array(~valid)), table.filter(pa.array(valid))
+    return hashed < np.uint64(int(fraction * 2 ** 53))
 
 
 def workers() -> int:

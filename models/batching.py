@@ -14,14 +14,16 @@ model normalises them on its device with ``preprocess_images``.
 
 from __future__ import annotations
 
+import io
 import logging
 from dataclasses import dataclass, field, fields
-from typing import Any, Mapping
+from typing import Any, Iterable, Iterator, Mapping
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import torch
+from PIL import Image
 
 from features.spec import FeatureSpec
 
@@ -96,7 +98,7 @@ class EncodedData:
         return int(self.ad_id.shape[0])
 
 
-def _to_arrow(data: Any) -> pa.Table:
+def to_arrow(data: Any) -> pa.Table:
     if isinstance(data, pa.Table):
         return data
     if hasattr(data, "to_arrow") and not isinstance(data, Mapping):  # e.g. polars
@@ -138,7 +140,7 @@ def encode_examples(data: Any, spec: FeatureSpec, require_label: bool = True) ->
     """Validate and convert encoded examples (see module docstring) to ``EncodedData``."""
     if isinstance(data, EncodedData):
         return data
-    table = _to_arrow(data)
+    table = to_arrow(data)
     single_names, multi_names = tuple(sorted(spec.single)), tuple(sorted(spec.multi))
     needed = ["ad_id", "category_idx", *[f"f_{n}" for n in single_names], *[f"m_{n}" for n in multi_names]]
     if require_label:
@@ -211,6 +213,36 @@ class ImageTable:
             else np.zeros((0, 1, 1, 3), np.uint8)  # (A, H, W, 3)
 
 
+class EncodedImages(Mapping[int, np.ndarray]):
+    """Ad images kept as their encoded PNG/JPEG bytes (one Arrow binary array), each decoded to
+    uint8 (H, W, 3) when asked for: the trainer's image lookup holds bytes, not pixels, and the
+    pixels of one chunk's ads at a time (ImageTable)."""
+
+    def __init__(self, ad_id: Any, image_bytes: Any) -> None:
+        ids = np.asarray(pa.chunked_array([ad_id]).to_numpy() if isinstance(ad_id, pa.Array)
+                         else (ad_id.to_numpy() if isinstance(ad_id, pa.ChunkedArray) else ad_id), np.int64)
+        order = np.argsort(ids, kind="stable")
+        self._ids = ids[order]
+        if len(self._ids) > 1 and not np.all(self._ids[1:] != self._ids[:-1]):
+            dup = self._ids[1:][self._ids[1:] == self._ids[:-1]][0]
+            raise ValueError(f"ad {int(dup)} has more than one image")
+        data = image_bytes if isinstance(image_bytes, (pa.Array, pa.ChunkedArray)) else pa.array(image_bytes, pa.binary())
+        self._bytes = data.take(pa.array(order))
+
+    def __getitem__(self, ad_id: int) -> np.ndarray:
+        i = int(np.searchsorted(self._ids, ad_id))
+        if i == len(self._ids) or self._ids[i] != ad_id:
+            raise KeyError(ad_id)
+        with Image.open(io.BytesIO(self._bytes[i].as_py())) as im:
+            return np.asarray(im.convert("RGB"), dtype=np.uint8)
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._ids.tolist())
+
+
 def plan_batches(group_id: np.ndarray, batch_size: int) -> list[tuple[int, int]]:
     """Consecutive row ranges [start, end) of about batch_size rows, cut at group boundaries.
 
@@ -227,6 +259,26 @@ def plan_batches(group_id: np.ndarray, batch_size: int) -> list[tuple[int, int]]
             start = int(bounds[i - 1])
     plan.append((start, n))
     return plan
+
+
+def batch_chunks(chunks: Iterable[pa.Table], batch_size: int) -> Iterator[tuple[pa.Table, list[tuple[int, int]]]]:
+    """Chunks of whole groups, in row order -> (table, its batches' row ranges), batches cut as
+    ``plan_batches`` cuts the chunks' concatenation.
+
+    The rows of each chunk's last batch, which the next chunk's groups may still join, are carried
+    into the next table, so the batches do not depend on where the chunks were cut."""
+    carry: pa.Table | None = None
+    for chunk in chunks:
+        if not chunk.num_rows:
+            continue
+        table = chunk if carry is None else pa.concat_tables([carry, chunk])
+        plan = plan_batches(np.asarray(table.column("group_id").to_numpy(), np.int64), batch_size)
+        last = plan[-1][0]
+        if last:
+            yield table.slice(0, last), plan[:-1]
+        carry = table.slice(last)
+    if carry is not None:
+        yield carry, [(0, carry.num_rows)]
 
 
 def shard_range(group_id: np.ndarray, start: int, end: int, rank: int, world: int) -> tuple[int, int] | None:

@@ -31,7 +31,7 @@ import os
 import random
 import time
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 import torch
@@ -44,8 +44,9 @@ from core.files import replace_file
 from core.metrics import auc
 from features.encoder import FeatureEncoder
 from features.spec import FeatureSpec
-from models.batching import (EncodedData, ImageTable, encode_examples, make_batch, plan_batches,
-                             preprocess_images, shard_range)
+from features.example_stream import ExampleStream, prefetched, table_chunks
+from models.batching import (EncodedData, ImageTable, batch_chunks, encode_examples, make_batch, plan_batches,
+                             preprocess_images, shard_range, to_arrow)
 from models.ctr import CTRModel
 from models.warm_start import warm_start
 
@@ -364,22 +365,58 @@ def train(cfg: PipelineConfig, spec: FeatureSpec, train_data: Any, valid_data: A
             dist.destroy_process_group()
 
 
+class _Source:
+    """Training rows as chunks of whole ad groups in row order: an ExampleStream read from the
+    examples table, or an in-memory table (pandas, pyarrow, dict of columns) cut the same way."""
+
+    def __init__(self, data: Any, chunk_rows: int) -> None:
+        self._stream = data if isinstance(data, ExampleStream) else None
+        self._table = None if self._stream is not None else to_arrow(data)
+        self.chunk_rows = chunk_rows
+        self.num_rows = self._stream.num_rows if self._stream is not None else self._table.num_rows
+
+    def chunks(self) -> Iterator[Any]:
+        return iter(self._stream) if self._stream is not None else table_chunks(self._table, self.chunk_rows)
+
+
+def _epoch(source: _Source, spec: FeatureSpec, images: Mapping[int, np.ndarray] | None, uses_images: bool,
+           batch_size: int, skip: int) -> Iterator[tuple[_Prepared, int, int, bool]]:
+    """One epoch's batches after the first `skip`: (prepared rows, start, end, last of the epoch).
+
+    The rows are read, cut, encoded and given their images one table ahead on a thread."""
+    def produce() -> Iterator[tuple[_Prepared, list[tuple[int, int]]]]:
+        left = skip
+        for table, plan in batch_chunks(source.chunks(), batch_size):
+            if left >= len(plan):
+                left -= len(plan)
+                continue
+            plan, left = plan[left:], 0
+            yield _Prepared(table, spec, images, uses_images), plan
+
+    pending = None
+    for prep, plan in prefetched(produce, 1, "batches"):
+        for start, end in plan:
+            if pending is not None:
+                yield (*pending, False)
+            pending = (prep, start, end)
+    if pending is not None:
+        yield (*pending, True)
+
+
 def _train(cfg, spec, train_data, valid_data, images, out_dir, resume, init_from, rank, world, device,
            init_sha256=None, init_encoder=None, encoder=None):
     tc, mc = cfg.train, cfg.model
     seed_everything(tc.seed)
     model = CTRModel(spec, mc)
     uses_images = model.uses_images
-    train_set = _Prepared(train_data, spec, images, uses_images)
+    if uses_images and images is None:
+        raise ValueError("this model variant needs the ad image lookup, got images=None")
+    source = _Source(train_data, tc.chunk_rows)
     valid_set = _Prepared(valid_data, spec, images, uses_images) if valid_data is not None else None
-    if len(train_set.data) == 0:
+    if source.num_rows == 0:
         raise ValueError("no training examples")
-    plan = plan_batches(train_set.data.group_id, tc.batch_size)
-    total_steps = tc.epochs * len(plan)
-    if tc.max_steps:
-        total_steps = min(total_steps, tc.max_steps)
     ckpt_path = out_dir / CHECKPOINT_FILE
-    fingerprint = _fingerprint(cfg, len(train_set.data), world)
+    fingerprint = _fingerprint(cfg, source.num_rows, world)
     ckpt = None
     if resume and ckpt_path.exists():
         ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
@@ -394,8 +431,10 @@ def _train(cfg, spec, train_data, valid_data, images, out_dir, resume, init_from
                                  new_encoder=encoder).summary()
     if mc.variant == "cnn_fixed":
         if ckpt is None and not warm:
-            stats = pretrain_backbone(model.tower, train_set.pixels, _ad_categories(train_set), tc.pretrain_steps,
+            pixels, categories = _ad_images(source, images)
+            stats = pretrain_backbone(model.tower, pixels, categories, tc.pretrain_steps,
                                       lr=tc.lr, seed=tc.seed, device=device)
+            del pixels
             log.info("cnn_fixed backbone pretrained (categories + colour statistics): %s", stats)
         model.tower.freeze_backbone()
     model.to(device)
@@ -415,17 +454,17 @@ def _train(cfg, spec, train_data, valid_data, images, out_dir, resume, init_from
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     early = _EarlyStop()
     best_state: dict[str, torch.Tensor] | None = None
-    step = 0
+    step = epoch = epoch_step = 0
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
         scaler.load_state_dict(ckpt["scaler"])
-        step = int(ckpt["step"])
+        step, epoch, epoch_step = int(ckpt["step"]), int(ckpt["epoch"]), int(ckpt["epoch_step"])
         early = _EarlyStop(**ckpt["early_stop"])
         best_state = ckpt["best_state"] or None
         _set_rng_state(ckpt["rng"])
         warm_result = ckpt.get("warm_start") or None
-        log.info("resumed from %s at step %d", ckpt_path, step)
+        log.info("resumed from %s at step %d (epoch %d, its step %d)", ckpt_path, step, epoch + 1, epoch_step)
 
     def evaluate() -> dict[str, Any]:
         # Rank 0 scores the validation rows and shares the result, so every rank takes the same
@@ -443,50 +482,61 @@ def _train(cfg, spec, train_data, valid_data, images, out_dir, resume, init_from
     def save_checkpoint() -> None:
         if rank == 0:
             _atomic_save({"fingerprint": fingerprint, "model": model.state_dict(), "optimizer": opt.state_dict(),
-                          "scaler": scaler.state_dict(), "step": step, "early_stop": dataclasses.asdict(early),
-                          "best_state": best_state or {}, "rng": _rng_state(), "warm_start": warm_result or {}},
-                         ckpt_path)
+                          "scaler": scaler.state_dict(), "step": step, "epoch": epoch, "epoch_step": epoch_step,
+                          "early_stop": dataclasses.asdict(early), "best_state": best_state or {},
+                          "rng": _rng_state(), "warm_start": warm_result or {}}, ckpt_path)
 
-    eval_every = tc.eval_every or len(plan)
     net.train()
     t0, last_log, seen, loss_acc, loss_n, skipped = time.time(), time.time(), 0, 0.0, 0, 0
-    while step < total_steps and not early.stopped:
-        start, end = plan[step % len(plan)]
-        share = shard_range(train_set.data.group_id, start, end, rank, world)
-        if share is None:
-            skipped += 1
-        else:
-            batch = train_set.batch(*share, grouped=tc.grouped).to(device)
-            with torch.autocast(device.type, enabled=use_amp):
-                logits = net(batch)
-            loss_sum = F.binary_cross_entropy_with_logits(logits.float(), batch.labels, reduction="sum")
-            # DDP averages gradients over ranks: scale so the average is the global batch mean.
-            loss = loss_sum * (world / (end - start))
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
-            seen += share[1] - share[0]
-            loss_acc = loss_acc + loss_sum.detach()  # summed on the device: no sync per step
-            loss_n += share[1] - share[0]
-        step += 1
-        now = time.time()
-        if rank == 0 and (now - last_log >= LOG_EVERY_S or step == total_steps):
-            log.info("step %d/%d loss %.4f impressions/s %.0f (all ranks, estimated from rank 0)", step, total_steps,
-                     float(loss_acc) / max(loss_n, 1), seen * world / max(now - t0, 1e-9))
-            last_log, loss_acc, loss_n = now, 0.0, 0
-        if valid_set is not None and (step % eval_every == 0 or step == total_steps):
-            auc = evaluate()["auc"]
-            if not math.isnan(auc) and auc > early.best_auc:
-                early.best_auc, early.best_step, early.bad_evals = auc, step, 0
-                best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    done = early.stopped or epoch >= tc.epochs or bool(tc.max_steps and step >= tc.max_steps)
+    while not done:
+        for prep, start, end, epoch_end in _epoch(source, spec, images, uses_images, tc.batch_size, epoch_step):
+            in_epoch = epoch + 1
+            share = shard_range(prep.data.group_id, start, end, rank, world)
+            if share is None:
+                skipped += 1
             else:
-                early.bad_evals += 1
-                early.stopped = early.bad_evals >= tc.early_stopping_patience
-            if rank == 0:
-                log.info("step %d validation auc %.4f (best %.4f at step %d)", step, auc, early.best_auc, early.best_step)
-        if tc.checkpoint_every and step % tc.checkpoint_every == 0:
-            save_checkpoint()
+                batch = prep.batch(*share, grouped=tc.grouped).to(device)
+                with torch.autocast(device.type, enabled=use_amp):
+                    logits = net(batch)
+                loss_sum = F.binary_cross_entropy_with_logits(logits.float(), batch.labels, reduction="sum")
+                # DDP averages gradients over ranks: scale so the average is the global batch mean.
+                loss = loss_sum * (world / (end - start))
+                opt.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(opt)
+                scaler.update()
+                seen += share[1] - share[0]
+                loss_acc = loss_acc + loss_sum.detach()  # summed on the device: no sync per step
+                loss_n += share[1] - share[0]
+            step += 1
+            epoch_step += 1
+            if epoch_end:
+                epoch, epoch_step = epoch + 1, 0
+            final = epoch >= tc.epochs or bool(tc.max_steps and step >= tc.max_steps)
+            now = time.time()
+            if rank == 0 and (now - last_log >= LOG_EVERY_S or final):
+                log.info("step %d (epoch %d/%d) loss %.4f impressions/s %.0f (all ranks, estimated from rank 0)",
+                         step, in_epoch, tc.epochs,
+                         float(loss_acc) / max(loss_n, 1), seen * world / max(now - t0, 1e-9))
+                last_log, loss_acc, loss_n = now, 0.0, 0
+            due = step % tc.eval_every == 0 if tc.eval_every else epoch_end
+            if valid_set is not None and (due or final):
+                auc = evaluate()["auc"]
+                if not math.isnan(auc) and auc > early.best_auc:
+                    early.best_auc, early.best_step, early.bad_evals = auc, step, 0
+                    best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+                else:
+                    early.bad_evals += 1
+                    early.stopped = early.bad_evals >= tc.early_stopping_patience
+                if rank == 0:
+                    log.info("step %d validation auc %.4f (best %.4f at step %d)", step, auc, early.best_auc,
+                             early.best_step)
+            if tc.checkpoint_every and step % tc.checkpoint_every == 0:
+                save_checkpoint()
+            if final or early.stopped:
+                done = True
+                break
     if skipped:
         log.warning("skipped %d global batches with fewer ad groups than the %d ranks", skipped, world)
     elapsed = time.time() - t0
@@ -510,8 +560,14 @@ def _train(cfg, spec, train_data, valid_data, images, out_dir, resume, init_from
     return metrics
 
 
-def _ad_categories(prep: _Prepared) -> np.ndarray:
-    """The category of each ad row of ``prep.pixels`` (A,)."""
-    cats = np.zeros(len(prep.pixels), np.int64)
-    cats[prep.row_ad] = prep.data.category
-    return cats
+def _ad_images(source: _Source, images: Mapping[int, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """(pixels (A, H, W, 3), category (A,)) of every ad of the training rows, in ad id order: the
+    cnn_fixed backbone's pretraining set (one pass over the rows; the pixels of all ads in memory)."""
+    ads, cats = [], []
+    for chunk in source.chunks():
+        ad, first = np.unique(np.asarray(chunk.column("ad_id").to_numpy(), np.int64), return_index=True)
+        ads.append(ad)
+        cats.append(np.asarray(chunk.column("category_idx").to_numpy(), np.int64)[first])
+    ad_id, first = np.unique(np.concatenate(ads), return_index=True)
+    table = ImageTable(images, ad_id)
+    return table.pixels, np.concatenate(cats)[first]

@@ -5,7 +5,10 @@
 Runs on CPU or on every visible GPU with the same code (models.launch sets RANK/WORLD_SIZE for
 N > 1, around a store on 127.0.0.1; one process is `python -m spark_jobs.train_model ...`). Reads
 the plain-parquet snapshot that export_training_snapshot wrote (spark_jobs/export_snapshot.py)
-and the parquet files of the run date's examples table, so no Spark is needed here: this stage
+and streams the run date's examples table from its live parquet files, a chunk of whole ad groups
+at a time (features.example_stream; train.chunk_rows), with the images kept as encoded bytes and
+decoded per chunk, so that the stage's memory does not grow with the window. No Spark is needed
+here: this stage
 lives with the other stage jobs but never imports pyspark.
 Warm-starts from the live published model when `train.warm_start` (models.warm_start: embedding
 and category-prior rows remapped by value through the live version's encoder and this run's, which
@@ -31,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
@@ -40,7 +44,8 @@ from core.files import sha256_file, write_json
 from core.paths import Paths, local_path
 from core.timing import phase, stage_timing
 from features.encoder import ENCODER_FILE, FeatureEncoder, load_encoder_file
-from features.examples import read_example_files, validation_split
+from features.example_stream import ExampleStream
+from features.examples import read_example_files, validation_mask
 from features.spec import FeatureSpec
 from serving.lookup import IntegrityError
 from serving.registry import live_model
@@ -57,11 +62,9 @@ def decode_images(image_bytes: list[bytes], ad_ids: list[int]) -> dict[int, np.n
     return out
 
 
-def read_snapshot(cfg: PipelineConfig, run_date: dt.date, holdout: bool = True
-                  ) -> tuple[FeatureSpec, Any, Any, dict[int, np.ndarray], FeatureEncoder | None]:
-    """(feature spec, train examples, holdout examples, images by ad id, the run's encoder) of the run
-    date's snapshot; the encoder is None in a snapshot exported before snapshots carried it. With
-    holdout=False (the train stage) the holdout split is not read and comes back as None."""
+def open_snapshot(cfg: PipelineConfig, run_date: dt.date) -> tuple[str, str, FeatureSpec, FeatureEncoder | None]:
+    """(snapshot folder, examples table URI, feature spec, the run's encoder) of the run date's
+    snapshot; the encoder is None in a snapshot exported before snapshots carried it."""
     snap = local_path(Paths.of(cfg).snapshot(run_date))
     if not os.path.exists(os.path.join(snap, "_SUCCESS")):
         raise FileNotFoundError(f"no complete training snapshot for {run_date} at {snap}; "
@@ -75,11 +78,53 @@ def read_snapshot(cfg: PipelineConfig, run_date: dt.date, holdout: bool = True
         spec = FeatureSpec.from_json(f.read())
     encoder_path = os.path.join(snap, ENCODER_FILE)
     encoder = load_encoder_file(encoder_path) if os.path.exists(encoder_path) else None
+    return snap, examples, spec, encoder
+
+
+def read_snapshot(cfg: PipelineConfig, run_date: dt.date, holdout: bool = True
+                  ) -> tuple[FeatureSpec, Any, Any, dict[int, np.ndarray], FeatureEncoder | None]:
+    """(feature spec, train examples, holdout examples, images by ad id, the run's encoder) of the run
+    date's snapshot, all in memory (the benchmarks' way; the stage streams: `run`). With
+    holdout=False the holdout split is not read and comes back as None."""
+    snap, examples, spec, encoder = open_snapshot(cfg, run_date)
     train = read_example_files(examples, "train")
     holdout_tbl = read_example_files(examples, "holdout") if holdout else None
     img = pq.read_table(os.path.join(snap, "images"))
     images = decode_images(img.column("image_bytes").to_pylist(), img.column("ad_id").to_pylist())
     return spec, train, holdout_tbl, images, encoder
+
+
+def validation_fraction(cfg: PipelineConfig, window_rows: int) -> float:
+    """`train.validation_fraction`, lowered so that about `train.validation_max_rows` of the
+    window's `window_rows` rows are validation rows at most."""
+    tc = cfg.train
+    if tc.validation_max_rows and window_rows * tc.validation_fraction > tc.validation_max_rows:
+        fraction = tc.validation_max_rows / window_rows
+        log.info("validation fraction %.4f instead of %.4f: at most %d of the window's %d rows",
+                 fraction, tc.validation_fraction, tc.validation_max_rows, window_rows)
+        return fraction
+    return tc.validation_fraction
+
+
+def validation_rows(cfg: PipelineConfig, examples: str) -> tuple[ExampleStream, pa.Table | None]:
+    """(the window's rows to fit, as a stream; its validation rows, in memory, or None).
+
+    The validation rows are `train.validation_fraction` of the window by the hash of
+    features.examples.validation_mask, the fraction lowered so that about
+    `train.validation_max_rows` at most are kept; collected by one streamed pass."""
+    tc = cfg.train
+    window = ExampleStream(examples, "train", chunk_rows=tc.chunk_rows)
+    fraction = validation_fraction(cfg, window.num_rows)
+    if fraction <= 0:
+        return window, None
+    chosen = ExampleStream(examples, "train", chunk_rows=tc.chunk_rows,
+                           keep=lambda t: validation_mask(t, fraction, tc.seed))
+    parts = list(chosen)
+    if not parts:
+        return window, None
+    fit = ExampleStream(examples, "train", chunk_rows=tc.chunk_rows,
+                        keep=lambda t: ~validation_mask(t, fraction, tc.seed))
+    return fit, pa.concat_tables(parts)
 
 
 def live_model_path(cfg: PipelineConfig) -> tuple[str, str] | None:
@@ -101,25 +146,30 @@ def load_checked_encoder(path: str | os.PathLike, sha256: str | None) -> Feature
 def run(cfg: PipelineConfig, run_date: dt.date) -> dict[str, Any]:
     """Train the run date's model from its snapshot; rank 0 writes the manifest. Returns the metrics."""
     with phase("imports"):
+        from models.batching import EncodedImages
         from models.train import train
 
     t0 = time.time()
-    spec, window_tbl, _, images, encoder = read_snapshot(cfg, run_date, holdout=False)
-    train_tbl, valid_tbl = validation_split(window_tbl, cfg.train.validation_fraction, cfg.train.seed)
+    snap, examples, spec, encoder = open_snapshot(cfg, run_date)
+    train_rows, valid_tbl = validation_rows(cfg, examples)
+    img = pq.read_table(os.path.join(snap, "images"), columns=["ad_id", "image_bytes"])
+    images = EncodedImages(img.column("ad_id"), img.column("image_bytes"))
+    del img
     out_dir = local_path(Paths.of(cfg).run_model_dir(run_date))
     os.makedirs(out_dir, exist_ok=True)
     live = live_model(cfg) if cfg.train.warm_start else None
     init_from = None if live is None else str(live.model)
     init_encoder = None if live is None or live.encoder is None else load_checked_encoder(live.encoder,
                                                                                            live.encoder_sha256)
-    log.info("training %s on %d examples (%d validation, %d images), warm start from %s", cfg.model.variant,
-             train_tbl.num_rows, 0 if valid_tbl is None else valid_tbl.num_rows, len(images),
-             init_from or "scratch")
-    metrics = train(cfg, spec, train_tbl, valid_tbl, images, out_dir, resume=True, init_from=init_from,
+    n_valid = 0 if valid_tbl is None else valid_tbl.num_rows
+    log.info("training %s on the window's %d examples less %d validation rows, streamed in chunks of %d rows "
+             "(%d images), warm start from %s", cfg.model.variant, train_rows.num_rows, n_valid,
+             cfg.train.chunk_rows, len(images), init_from or "scratch")
+    metrics = train(cfg, spec, train_rows, valid_tbl, images, out_dir, resume=True, init_from=init_from,
                     init_sha256=None if live is None else live.model_sha256, init_encoder=init_encoder,
                     encoder=encoder)
     warm = metrics.pop("warm_start", None)
-    metrics["validation_impressions"] = 0 if valid_tbl is None else valid_tbl.num_rows
+    metrics["validation_impressions"] = n_valid
     if int(os.environ.get("RANK", "0")) == 0:
         model_path = os.path.join(out_dir, "model.pt")
         manifest = {"run_date": run_date.isoformat(), "variant": cfg.model.variant,

@@ -77,9 +77,11 @@ def test_train_writes_a_model_that_predicts_like_training(world, tmp_path):
     assert emb.shape == (5, 6)
 
 
-def test_resume_after_kill_gives_the_same_weights(world, tmp_path):
+@pytest.mark.parametrize("chunk_rows", [65_536, 7])  # one chunk; many, with batches cut across them
+def test_resume_after_kill_gives_the_same_weights(world, tmp_path, chunk_rows):
     spec, train_df, hold_df, images = world
-    common = dict(model__variant="cscnn", train__checkpoint_every=2, train__epochs=2, train__eval_every=3)
+    common = dict(model__variant="cscnn", train__checkpoint_every=2, train__epochs=2, train__eval_every=3,
+                  train__chunk_rows=chunk_rows, train__batch_size=20)
     train(cfg_with(**common), spec, train_df, hold_df, images, tmp_path / "full")
     # "kill" after step 3: the last checkpoint is step 2, the run is redone from there
     train(cfg_with(**common, train__max_steps=3), spec, train_df, hold_df, images, tmp_path / "killed")

@@ -81,3 +81,16 @@ def test_no_validation_split_keeps_the_last_weights(snapshot):
     metrics = train_model.run(cfg.replace({"train.validation_fraction": 0.0}), RUN_DATE)
     assert metrics["train_impressions"] == 3 * window.num_rows and "auc" not in metrics
     assert metrics["best_step"] == -1 and not metrics["early_stopped"]
+
+
+def test_a_large_window_gets_at_most_validation_max_rows_validation_rows(snapshot, caplog):
+    cfg, window, _ = snapshot
+    cap = 12  # the window has about 160 rows: 0.2 of them would be about 32
+    capped = cfg.replace({"train.validation_max_rows": cap, "train.chunk_rows": 16, "train.epochs": 1})
+    with caplog.at_level("INFO", logger="train_model"):
+        metrics = train_model.run(capped, RUN_DATE)
+    fit, valid = validation_split(window, cap / window.num_rows, seed=5)  # the same hash, a lower threshold
+    assert valid.num_rows < validation_split(window, 0.2, seed=5)[1].num_rows
+    assert metrics["validation_impressions"] == valid.num_rows
+    assert metrics["train_impressions"] == fit.num_rows
+    assert f"at most {cap} of the window's {window.num_rows} rows" in caplog.text
