@@ -2,15 +2,21 @@
 
     metrics = train(cfg, spec, train_df, valid_df, images, out_dir)
 
+* The training rows are an in-memory table or a features.example_stream.ExampleStream (the train
+  stage's: the examples table read a chunk of whole ad groups at a time). Either way they are
+  taken in chunks (train.chunk_rows), re-cut into batches, encoded and given their images one
+  chunk ahead on a thread; only a chunk's rows and its ads' images are in memory at a time.
 * Batches are consecutive row ranges cut at ad-group boundaries (models.batching), each unique
-  ad image embedded once per batch (cfg.train.grouped).
+  ad image embedded once per batch (cfg.train.grouped); chunking does not change them (a batch
+  that a chunk boundary would cut is carried into the next chunk: models.batching.batch_chunks).
 * Adam; early stopping on the validation split's AUC (evaluated every train.eval_every steps, or
   once per epoch); the best weights are kept. The validation rows are carved from the window
   (features.examples.validation_split, train.validation_fraction), never the run date's holdout
   day: model selection must not see the day the gates and benchmarks score.
-* A checkpoint (model, optimizer, AMP scaler, step, early-stopping state, RNG states) every
-  train.checkpoint_every steps to <out_dir>/checkpoint.pt; with resume=True a killed run goes on
-  from it and ends with the same weights as an uninterrupted run.
+* A checkpoint (model, optimizer, AMP scaler, step, epoch and step within it, early-stopping
+  state, RNG states) every train.checkpoint_every steps to <out_dir>/checkpoint.pt; with
+  resume=True a killed run goes on from it (reading past the batches done in its epoch) and ends
+  with the same weights as an uninterrupted run.
 * CUDA + AMP when present (train.device = auto), CPU otherwise. Under ``models.launch`` (env RANK and
   WORLD_SIZE) it runs DistributedDataParallel (nccl on CUDA, gloo on CPU): every rank builds the
   same global batch plan and takes a disjoint contiguous share of each global batch's groups;
@@ -339,6 +345,9 @@ def train(cfg: PipelineConfig, spec: FeatureSpec, train_data: Any, valid_data: A
           encoder: FeatureEncoder | None = None) -> dict[str, Any]:
     """Train the CTR model of ``cfg.model`` on encoded examples; see the module docstring.
 
+    ``train_data``: a pandas DataFrame, pyarrow Table or dict of columns in training order, or an
+    ExampleStream; ``images``: ad id -> uint8 (H, W, 3), a dict or models.batching.EncodedImages.
+
     ``init_from`` (with ``train.warm_start``, and no checkpoint to resume) is the model to warm-start
     from; ``init_encoder`` and ``encoder`` are the encoders of its run and of this one, through which
     models.warm_start remaps embedding and prior rows by value.
@@ -423,6 +432,10 @@ def _train(cfg, spec, train_data, valid_data, images, out_dir, resume, init_from
         if ckpt.get("fingerprint") != fingerprint:
             log.warning("checkpoint %s was written for other data or settings; starting fresh", ckpt_path)
             ckpt = None
+        elif "epoch_step" not in ckpt:
+            log.warning("checkpoint %s predates streamed training (no position in its epoch); starting fresh",
+                        ckpt_path)
+            ckpt = None
 
     warm = ckpt is None and init_from is not None and tc.warm_start
     warm_result = None
@@ -488,9 +501,13 @@ def _train(cfg, spec, train_data, valid_data, images, out_dir, resume, init_from
 
     net.train()
     t0, last_log, seen, loss_acc, loss_n, skipped = time.time(), time.time(), 0, 0.0, 0, 0
+    first_batch_s = None  # the wait for the first chunk: reported apart, not in impressions/s
     done = early.stopped or epoch >= tc.epochs or bool(tc.max_steps and step >= tc.max_steps)
     while not done:
         for prep, start, end, epoch_end in _epoch(source, spec, images, uses_images, tc.batch_size, epoch_step):
+            if first_batch_s is None:
+                first_batch_s = time.time() - t0
+                t0 = last_log = time.time()
             in_epoch = epoch + 1
             share = shard_range(prep.data.group_id, start, end, rank, world)
             if share is None:
@@ -550,6 +567,7 @@ def _train(cfg, spec, train_data, valid_data, images, out_dir, resume, init_from
         total_seen = int(count.item())
     metrics.update({"steps": step, "best_step": early.best_step, "early_stopped": early.stopped,
                     "train_impressions": total_seen, "impressions_per_s": total_seen / max(elapsed, 1e-9),
+                    "first_batch_s": round(first_batch_s or 0.0, 3),
                     "device": str(device), "world_size": world, "model_path": str(out_dir / MODEL_FILE)})
     if warm_result:
         metrics["warm_start"] = warm_result

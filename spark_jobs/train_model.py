@@ -8,15 +8,15 @@ the plain-parquet snapshot that export_training_snapshot wrote (spark_jobs/expor
 and streams the run date's examples table from its live parquet files, a chunk of whole ad groups
 at a time (features.example_stream; train.chunk_rows), with the images kept as encoded bytes and
 decoded per chunk, so that the stage's memory does not grow with the window. No Spark is needed
-here: this stage
-lives with the other stage jobs but never imports pyspark.
+here: this stage lives with the other stage jobs but never imports pyspark.
 Warm-starts from the live published model when `train.warm_start` (models.warm_start: embedding
 and category-prior rows remapped by value through the live version's encoder and this run's, which
 the snapshot carries; the manifest's `warm_start` counts the rows carried over, new and dropped).
 Output: <artifacts>/runs/D/model/{model.pt, checkpoint.pt, manifest.json}. The manifest holds the
 metrics of the validation split, a seeded sample of the window's training rows that alone picks the
-best weights (features.examples.validation_split, train.validation_fraction); the run date's holdout
-is left to the validate stage, which scores it once. torch (models.train) is imported in `run`, so that a bad argument is reported
+best weights (features.examples.validation_mask, train.validation_fraction, at most
+train.validation_max_rows rows); the run date's holdout is left to the validate stage, which
+scores it once. torch (models.train) is imported in `run`, so that a bad argument is reported
 without loading it (tests/test_cli_errors.py).
 """
 

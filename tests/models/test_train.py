@@ -64,7 +64,8 @@ def test_auc_and_metrics_by_hand():
 def test_train_writes_a_model_that_predicts_like_training(world, tmp_path):
     spec, train_df, hold_df, images = world
     metrics = train(cfg_with(model__variant="cscnn"), spec, train_df, hold_df, images, tmp_path)
-    for key in ("auc", "auc_cold", "logloss", "mean_pred", "observed_ctr", "calibration", "impressions_per_s"):
+    for key in ("auc", "auc_cold", "logloss", "mean_pred", "observed_ctr", "calibration", "impressions_per_s",
+                "first_batch_s"):
         assert key in metrics
     assert metrics["steps"] > 0 and 0.0 <= metrics["auc"] <= 1.0
     model = load_model(tmp_path / "model.pt")

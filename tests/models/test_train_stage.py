@@ -1,4 +1,5 @@
-"""The train stage picks its weights on a validation split of the window, never on the run date.
+"""The train stage picks its weights on a validation split of the window, never on the run date,
+and a stage killed by SIGKILL resumes its streamed epoch from its checkpoint.
 
 A snapshot is written by hand (the layout spark_jobs/export_snapshot.py writes) with a train split
 and no holdout split at all, so a stage that read day D could not run.
@@ -10,11 +11,17 @@ import datetime as dt
 import io
 import json
 import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import torch
 from PIL import Image
 
 from core.config import load_config
@@ -28,6 +35,7 @@ from spark_jobs import train_model
 from test_train import SMALL
 
 RUN_DATE = dt.date(2026, 1, 5)
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _png(pixels: np.ndarray) -> bytes:
@@ -94,3 +102,40 @@ def test_a_large_window_gets_at_most_validation_max_rows_validation_rows(snapsho
     assert metrics["validation_impressions"] == valid.num_rows
     assert metrics["train_impressions"] == fit.num_rows
     assert f"at most {cap} of the window's {window.num_rows} rows" in caplog.text
+
+
+def _stage(cfg, **popen):
+    return subprocess.Popen([sys.executable, "-m", "spark_jobs.train_model", "--date", RUN_DATE.isoformat(),
+                             "--config-json", json.dumps(cfg.to_dict())], cwd=ROOT, stderr=subprocess.PIPE,
+                            stdout=subprocess.DEVNULL, text=True, **popen)
+
+
+def test_a_stage_killed_by_sigkill_resumes_its_stream_and_trains_the_same_weights(snapshot):
+    cfg, _, _ = snapshot
+    cfg = cfg.replace({"train.epochs": 40, "train.checkpoint_every": 5, "train.chunk_rows": 16,
+                       "train.early_stopping_patience": 1000, "train.device": "cpu"})
+    model_dir = local_path(Paths.of(cfg).run_model_dir(RUN_DATE))
+    whole = _stage(cfg)
+    assert whole.wait(timeout=600) == 0, whole.stderr.read()[-3000:]
+    expected = torch.load(os.path.join(model_dir, "model.pt"), weights_only=True)["state_dict"]
+    shutil.rmtree(model_dir)
+
+    killed = _stage(cfg)
+    checkpoint = os.path.join(model_dir, "checkpoint.pt")
+    deadline = time.monotonic() + 300
+    while not os.path.exists(checkpoint):
+        assert killed.poll() is None, "the run ended before its first checkpoint: " + killed.stderr.read()[-3000:]
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    killed.send_signal(signal.SIGKILL)
+    assert killed.wait(timeout=30) == -signal.SIGKILL
+    assert not os.path.exists(os.path.join(model_dir, "model.pt"))
+    step = torch.load(checkpoint, weights_only=True)["step"]
+
+    resumed = _stage(cfg)
+    _, err = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, err[-3000:]
+    assert f"resumed from {checkpoint} at step {step}" in err
+    got = torch.load(os.path.join(model_dir, "model.pt"), weights_only=True)["state_dict"]
+    for name in expected:
+        assert torch.equal(expected[name], got[name]), name
