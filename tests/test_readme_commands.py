@@ -54,6 +54,9 @@ EXCLUDED = {
     "python -m bench.simulate_ingest": "a benchmark at 100k and 1M impressions a day (many minutes); "
                                        "it rewrites a committed result file",
     "python -m bench.features": "a benchmark up to 1M impressions a day (many minutes)",
+    "python -m bench.scale": "features and six trainings at each of three window sizes (about 45 minutes); "
+                             "it rewrites a committed result file; tests/models/test_streaming.py covers the "
+                             "streamed trainer",
     "python -m models.bench_speed": "a training-speed benchmark (many minutes on 2 cores)",
     "python -m bench.ablation": "five variants x three seeds of training, about 32 minutes",
     "python -m bench.lookup_serving": "a latency benchmark with thousands of timed rounds (minutes on a "
