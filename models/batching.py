@@ -219,8 +219,8 @@ class EncodedImages(Mapping[int, np.ndarray]):
     pixels of one chunk's ads at a time (ImageTable)."""
 
     def __init__(self, ad_id: Any, image_bytes: Any) -> None:
-        ids = np.asarray(pa.chunked_array([ad_id]).to_numpy() if isinstance(ad_id, pa.Array)
-                         else (ad_id.to_numpy() if isinstance(ad_id, pa.ChunkedArray) else ad_id), np.int64)
+        arrow = isinstance(ad_id, (pa.Array, pa.ChunkedArray))
+        ids = np.asarray(ad_id.to_numpy(zero_copy_only=False) if arrow else ad_id, np.int64)
         order = np.argsort(ids, kind="stable")
         self._ids = ids[order]
         if len(self._ids) > 1 and not np.all(self._ids[1:] != self._ids[:-1]):

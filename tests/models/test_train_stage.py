@@ -107,7 +107,9 @@ def test_a_large_window_gets_at_most_validation_max_rows_validation_rows(snapsho
 def _stage(cfg, **popen):
     return subprocess.Popen([sys.executable, "-m", "spark_jobs.train_model", "--date", RUN_DATE.isoformat(),
                              "--config-json", json.dumps(cfg.to_dict())], cwd=ROOT, stderr=subprocess.PIPE,
-                            stdout=subprocess.DEVNULL, text=True, **popen)
+                            stdout=subprocess.DEVNULL, text=True,
+                            env={**os.environ, "CSCNN_LOG_LEVEL": "INFO"},  # the test reads the resume line
+                            **popen)
 
 
 def test_a_stage_killed_by_sigkill_resumes_its_stream_and_trains_the_same_weights(snapshot):
@@ -116,7 +118,8 @@ def test_a_stage_killed_by_sigkill_resumes_its_stream_and_trains_the_same_weight
                        "train.early_stopping_patience": 1000, "train.device": "cpu"})
     model_dir = local_path(Paths.of(cfg).run_model_dir(RUN_DATE))
     whole = _stage(cfg)
-    assert whole.wait(timeout=600) == 0, whole.stderr.read()[-3000:]
+    _, err = whole.communicate(timeout=600)
+    assert whole.returncode == 0, err[-3000:]
     expected = torch.load(os.path.join(model_dir, "model.pt"), weights_only=True)["state_dict"]
     shutil.rmtree(model_dir)
 
