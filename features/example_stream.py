@@ -122,6 +122,8 @@ class ExampleStream:
         for _, _, f in self._files:
             pf = pq.ParquetFile(f.path, filesystem=self._fs)
             for batch in pf.iter_batches(batch_size=self.chunk_rows, columns=self._read, use_threads=False):
+                if batch.num_rows == 0:
+                    continue
                 part = pa.Table.from_batches([batch]).cast(self._schema)
                 row_idx = np.asarray(part.column("row_idx").to_numpy(), np.int64)
                 if row_idx[0] <= last_row or (len(row_idx) > 1 and not np.all(row_idx[1:] > row_idx[:-1])):
