@@ -25,6 +25,7 @@ chunks (the one being used, `prefetch` read ahead on a thread), whatever the win
 
 from __future__ import annotations
 
+import copy
 import logging
 import queue
 import threading
@@ -34,8 +35,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from core.delta_log import DataFile, filesystem, live_files
-from features.examples import FILE_COLUMNS, file_schema
+from core.delta_log import DataFile, filesystem
+from features.examples import checked_columns, file_schema, split_files
 
 log = logging.getLogger(__name__)
 
@@ -80,21 +81,23 @@ class ExampleStream:
             raise ValueError(f"bad chunk_rows {chunk_rows}; allowed: an integer >= 1")
         if prefetch < 1:
             raise ValueError(f"bad prefetch {prefetch}; allowed: an integer >= 1")
-        wanted = list(FILE_COLUMNS) if columns is None else list(columns)
-        unknown = sorted(set(wanted) - set(FILE_COLUMNS))
-        if unknown:
-            raise ValueError(f"unknown examples column(s) {unknown}; allowed: {', '.join(FILE_COLUMNS)}")
+        wanted = checked_columns(columns)
         self.uri, self.split, self.columns = uri, split, wanted
         self.chunk_rows, self.prefetch, self.keep = chunk_rows, prefetch, keep
         # row_idx orders and checks the files; group_id cuts the chunks
         self._read = list(dict.fromkeys([*wanted, "row_idx", "group_id", *(["impression_id"] if keep else [])]))
         self._schema = file_schema(self._read)
         self._fs = filesystem(uri)[0]
-        files = [f for f in live_files(uri) if f.partition.get("split") == split]
-        if not files:
-            raise FileNotFoundError(f"no {split} examples in the table at {uri}")
-        self._files = self._in_row_order(files)  # [(first row_idx, rows, file)]
+        self._files = self._in_row_order(split_files(uri, split))  # [(first row_idx, rows, file)]
         self.num_rows = sum(rows for _, rows, _ in self._files)
+
+    def filtered(self, keep: Callable[[pa.Table], np.ndarray]) -> "ExampleStream":
+        """The same stream (files already found and ordered) with `keep` as its row mask."""
+        other = copy.copy(self)
+        other.keep = keep
+        other._read = list(dict.fromkeys([*self._read, "impression_id"]))
+        other._schema = file_schema(other._read)
+        return other
 
     def _in_row_order(self, files: list[DataFile]) -> list[tuple[int, int, DataFile]]:
         out = []

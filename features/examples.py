@@ -49,14 +49,9 @@ def read_example_files(uri: str, split: str, columns: list[str] | None = None) -
     Each file holds a sorted row range, so ordering the files by their first row_idx usually
     leaves nothing to sort. Types are FILE_SCHEMA's, whoever wrote the files.
     """
-    files = [f for f in live_files(uri) if f.partition.get("split") == split]
-    if not files:
-        raise FileNotFoundError(f"no {split} examples in the table at {uri}")
+    wanted = checked_columns(columns)
+    files = split_files(uri, split)
     fs = filesystem(uri)[0]
-    wanted = list(FILE_COLUMNS) if columns is None else list(columns)
-    unknown = sorted(set(wanted) - set(FILE_COLUMNS))
-    if unknown:
-        raise ValueError(f"unknown examples column(s) {unknown}; allowed: {', '.join(FILE_COLUMNS)}")
     read = wanted if "row_idx" in wanted else [*wanted, "row_idx"]
 
     def one(f: DataFile) -> pa.Table:
@@ -69,6 +64,23 @@ def read_example_files(uri: str, split: str, columns: list[str] | None = None) -
     parts.sort(key=lambda t: t.column("row_idx")[0].as_py())
     table = in_row_order(pa.concat_tables(parts, promote_options="permissive").cast(file_schema(read)))
     return table.select(wanted)
+
+
+def checked_columns(columns: list[str] | None) -> list[str]:
+    """`columns` (None: all FILE_COLUMNS), each checked to be an examples file column."""
+    wanted = list(FILE_COLUMNS) if columns is None else list(columns)
+    unknown = sorted(set(wanted) - set(FILE_COLUMNS))
+    if unknown:
+        raise ValueError(f"unknown examples column(s) {unknown}; allowed: {', '.join(FILE_COLUMNS)}")
+    return wanted
+
+
+def split_files(uri: str, split: str) -> list[DataFile]:
+    """The live files of one split of the examples table at `uri` (an error when it has none)."""
+    files = [f for f in live_files(uri) if f.partition.get("split") == split]
+    if not files:
+        raise FileNotFoundError(f"no {split} examples in the table at {uri}")
+    return files
 
 
 def file_schema(names: list[str]) -> pa.Schema:

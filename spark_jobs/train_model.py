@@ -36,7 +36,6 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from PIL import Image
 
 from core.cli import config_from_args, parse_date, run_cli, setup_logging, stage_parser, timing_record_path
 from core.config import PipelineConfig
@@ -54,12 +53,12 @@ log = logging.getLogger("train_model")
 
 
 def decode_images(image_bytes: list[bytes], ad_ids: list[int]) -> dict[int, np.ndarray]:
-    """PNG/JPEG bytes -> uint8 (H, W, 3) arrays keyed by ad id (the one preprocessing entry)."""
-    out = {}
-    for ad_id, data in zip(ad_ids, image_bytes):
-        with Image.open(io.BytesIO(data)) as im:
-            out[int(ad_id)] = np.asarray(im.convert("RGB"), dtype=np.uint8)
-    return out
+    """PNG/JPEG bytes -> uint8 (H, W, 3) arrays keyed by ad id, all decoded now (the benchmarks'
+    in-memory way; the stage keeps them encoded). The decoding is models.batching.EncodedImages'."""
+    from models.batching import EncodedImages  # imports torch: only when images are decoded
+
+    images = EncodedImages(np.asarray(ad_ids, np.int64), image_bytes)
+    return {int(a): images[int(a)] for a in ad_ids}
 
 
 def open_snapshot(cfg: PipelineConfig, run_date: dt.date) -> tuple[str, str, FeatureSpec, FeatureEncoder | None]:
@@ -117,14 +116,10 @@ def validation_rows(cfg: PipelineConfig, examples: str) -> tuple[ExampleStream, 
     fraction = validation_fraction(cfg, window.num_rows)
     if fraction <= 0:
         return window, None
-    chosen = ExampleStream(examples, "train", chunk_rows=tc.chunk_rows,
-                           keep=lambda t: validation_mask(t, fraction, tc.seed))
-    parts = list(chosen)
+    parts = list(window.filtered(lambda t: validation_mask(t, fraction, tc.seed)))
     if not parts:
         return window, None
-    fit = ExampleStream(examples, "train", chunk_rows=tc.chunk_rows,
-                        keep=lambda t: ~validation_mask(t, fraction, tc.seed))
-    return fit, pa.concat_tables(parts)
+    return window.filtered(lambda t: ~validation_mask(t, fraction, tc.seed)), pa.concat_tables(parts)
 
 
 def live_model_path(cfg: PipelineConfig) -> tuple[str, str] | None:

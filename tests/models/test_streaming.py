@@ -86,6 +86,8 @@ def test_a_column_subset_and_the_validation_filter_keep_row_order(examples):
     assert pa.concat_tables(kept).equals(fit.select(["row_idx", "label"]))
     chosen = pa.concat_tables(ExampleStream(uri, "train", chunk_rows=9, keep=lambda t: validation_mask(t, 0.3, 5)))
     assert chosen.equals(valid)
+    refiltered = ExampleStream(uri, "train", chunk_rows=9).filtered(lambda t: validation_mask(t, 0.3, 5))
+    assert pa.concat_tables(refiltered).equals(valid)
 
 
 def test_closing_the_stream_early_stops_its_reader(examples):
@@ -140,11 +142,12 @@ def test_table_chunks_keep_groups_whole():
     assert group_cut(np.array([5, 5, 6, 6, 6])) == 2 and group_cut(np.array([5, 5])) == 0
 
 
-def test_encoded_images_decode_like_the_dict_and_name_what_is_wrong(examples):
+def test_encoded_images_give_back_the_pixels_and_name_what_is_wrong(examples):
     _, _, images, encoded = examples
     assert len(encoded) == len(images) and sorted(encoded) == sorted(images)
     ad = next(iter(images))
-    assert np.array_equal(encoded[ad], decode_images([_png(images[ad])], [ad])[ad])
+    assert np.array_equal(encoded[ad], images[ad])  # PNG is lossless: the pixels written come back
+    assert np.array_equal(decode_images([_png(images[ad])], [ad])[ad], images[ad])
     assert encoded.get(-1) is None
     with pytest.raises(ValueError, match="ad 7 has more than one image"):
         EncodedImages(np.array([7, 7]), [b"a", b"b"])
