@@ -25,7 +25,7 @@ from typing import Any, Callable, NoReturn, Sequence
 
 from core import exit_codes
 from core.config import ConfigError, PipelineConfig, build, load_config, parse_overrides
-from core.paths import Paths, is_local, local_path
+from core.paths import Paths
 from core.timing import stage_timing
 
 
@@ -115,10 +115,9 @@ def setup_logging() -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
 
 
-def timing_record_path(cfg: PipelineConfig, run_date: dt.date, task: str) -> str | None:
-    """Where `task`'s core.timing record of `run_date` goes; None when artifacts are not local."""
-    uri = Paths.of(cfg).timing_record(run_date, task)
-    return local_path(uri) if is_local(uri) else None
+def timing_record_path(cfg: PipelineConfig, run_date: dt.date, task: str) -> str:
+    """Where `task`'s core.timing record of `run_date` goes (a local path or a URI, core.storage)."""
+    return Paths.of(cfg).timing_record(run_date, task)
 
 
 def run_stage(description: str, job: Callable[[PipelineConfig, dt.date, argparse.Namespace], Any],

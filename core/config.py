@@ -138,6 +138,9 @@ class StorageConfig:
     truth_uri: str = ""  # simulator's true click probabilities, never read by the pipeline (default <root>/truth)
     artifacts_uri: str = ""  # models, lookup-table files, registry pointer (default <root>/artifacts)
     reports_uri: str = ""  # Data Docs and run reports (default <root>/reports)
+    # Published versions and the live pointer (default <artifacts>/published): a local or mounted
+    # folder, since the pointer is switched by an atomic rename (serving/registry.py)
+    published_uri: str = ""
 
     def resolved(self) -> "StorageConfig":
         root = self.root if "://" in self.root else os.path.abspath(self.root)
@@ -147,11 +150,13 @@ class StorageConfig:
                 return v if "://" in v else os.path.abspath(v)
             return f"{root.rstrip('/')}/{sub}"
 
+        artifacts = pick(self.artifacts_uri, "artifacts")
+        published = self.published_uri if "://" in self.published_uri else os.path.abspath(self.published_uri)
         return StorageConfig(root=root, landing_uri=pick(self.landing_uri, "landing"),
                              warehouse_uri=pick(self.warehouse_uri, "warehouse"),
-                             truth_uri=pick(self.truth_uri, "truth"),
-                             artifacts_uri=pick(self.artifacts_uri, "artifacts"),
-                             reports_uri=pick(self.reports_uri, "reports"))
+                             truth_uri=pick(self.truth_uri, "truth"), artifacts_uri=artifacts,
+                             reports_uri=pick(self.reports_uri, "reports"),
+                             published_uri=published if self.published_uri else f"{artifacts.rstrip('/')}/published")
 
 
 # Parts of Spark/Hadoop setting names that carry credentials (fs.s3a.access.key, fs.s3a.secret.key,
@@ -514,15 +519,25 @@ def load_config(path: str | os.PathLike | None = None,
                 overrides: Mapping[str, Any] | None = None) -> PipelineConfig:
     """Defaults <- optional file (.toml or .json) <- dotted-key overrides.
 
-    The environment variable CSCNN_CONFIG names a file when `path` is None.
+    The environment variable CSCNN_CONFIG names a file when `path` is None. The file may be on
+    object storage (s3a://...: the config the DAG's build_config task writes beside the run's
+    artifacts; core.storage).
     """
     data: dict[str, Any] = {}
     path = path or os.environ.get("CSCNN_CONFIG") or None
     if path:
         p = Path(path)
-        if not p.is_file():
+        if "://" in str(path) and not str(path).startswith("file://"):
+            from core import storage  # here: core.storage imports this module's users
+
+            try:
+                text = storage.read_text(str(path))
+            except FileNotFoundError:
+                raise ConfigError(f"config file not found: {str(path)!r}") from None
+        elif not p.is_file():
             raise ConfigError(f"config file not found: {str(p)!r}")
-        text = p.read_text()
+        else:
+            text = p.read_text()
         try:
             data = tomllib.loads(text) if p.suffix == ".toml" else json.loads(text)
         except (tomllib.TOMLDecodeError, json.JSONDecodeError) as e:

@@ -26,7 +26,9 @@ from urllib.parse import unquote
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from core.paths import is_local, local_path
+from core.storage import filesystem, path_in_filesystem
+
+__all__ = ["DataFile", "DeltaLogError", "filesystem", "live_files"]
 
 _COMMIT = re.compile(r"^(\d{20})\.json$")
 _CHECKPOINT = re.compile(r"^(\d{20})\.checkpoint(?:\.(\d{10})\.(\d{10}))?\.parquet$")
@@ -44,35 +46,10 @@ class DataFile:
     size: int = 0
 
 
-def _path_in_filesystem(uri: str) -> str:
-    """The path of a local path, file://, s3:// or s3a:// URI inside its pyarrow filesystem."""
-    if is_local(uri):
-        return os.path.abspath(local_path(uri))
-    scheme, rest = uri.split("://", 1)
-    if scheme not in ("s3", "s3a"):
-        raise ValueError(f"{uri!r}: no reader for the {scheme}:// scheme outside Spark (local paths, s3:// and "
-                         "s3a:// are supported)")
-    return rest
-
-
-def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
-    """(pyarrow filesystem, path inside it) of a local path, file://, s3:// or s3a:// URI."""
-    path = _path_in_filesystem(uri)
-    if is_local(uri):
-        return pafs.LocalFileSystem(), path
-    endpoint = os.environ.get("AWS_ENDPOINT_URL")
-    kwargs: dict[str, object] = {"region": os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
-                                 or "us-east-1"}
-    if endpoint:
-        kwargs["endpoint_override"] = endpoint
-        kwargs["scheme"] = "http" if endpoint.startswith("http://") else "https"
-    return pafs.S3FileSystem(**kwargs), path
-
-
 def _join(table_path: str, file_path: str) -> str:
     """A log entry's file as a path in the table's filesystem (relative entries are URL-encoded)."""
     if "://" in file_path:
-        return _path_in_filesystem(file_path)
+        return path_in_filesystem(file_path)
     return f"{table_path.rstrip('/')}/{unquote(file_path)}"
 
 

@@ -10,7 +10,6 @@ import os
 from pathlib import Path
 from typing import IO, Any, Callable, Iterator
 
-from core.paths import is_local, local_path
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
@@ -76,13 +75,6 @@ def write_json(path: str | os.PathLike, data: Any, indent: int | None = 2, sort_
     (str: dates and paths; float: numpy scalars)."""
     with replace_file(path) as f:
         json.dump(data, f, indent=indent, sort_keys=sort_keys, default=default)
-
-
-def write_json_local(uri: str, data: dict[str, Any]) -> None:
-    """Write a small JSON record atomically when `uri` is local; a no-op for remote storage,
-    where the stage's Delta tables are the record."""
-    if is_local(uri):
-        write_json(local_path(uri), data)
 
 
 def state_folder(env_var: str, default: str) -> Path:

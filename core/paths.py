@@ -107,11 +107,11 @@ class Paths:
         return _join(self.runs, str(day))
 
     def ingest_record(self, day: dt.date | str) -> str:
-        """core.records.IngestRecord of day D (spark_jobs/ingest.py; local storage only)."""
+        """core.records.IngestRecord of day D (spark_jobs/ingest.py)."""
         return _join(self.run_dir(day), "ingest.json")
 
     def features_record(self, day: dt.date | str) -> str:
-        """core.records.FeaturesRecord of run date D (spark_jobs/build_window.py; local storage only)."""
+        """core.records.FeaturesRecord of run date D (spark_jobs/build_window.py)."""
         return _join(self.run_dir(day), "features.json")
 
     def run_model_dir(self, day: dt.date | str) -> str:
@@ -144,8 +144,8 @@ class Paths:
 
     @property
     def published(self) -> str:
-        """Immutable published versions v<N>-<D>/ and the `current.json` pointer."""
-        return _join(self.artifacts, "published")
+        """Immutable published versions v<N>-<D>/ and the `current.json` pointer (storage.published_uri)."""
+        return self.storage.published_uri
 
     @property
     def published_current(self) -> str:

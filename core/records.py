@@ -128,11 +128,13 @@ class _Record:
 
 
 def read_record(cls: type[R], path: str) -> R | None:
-    """The record of type `cls` at the local `path`; None when the file does not exist; a RecordError
-    naming the path when it cannot be read or is not the shape its stage writes."""
+    """The record of type `cls` at `path` (a local path or an object storage URI, core.storage);
+    None when the file does not exist; a RecordError naming the path when it cannot be read or is
+    not the shape its stage writes."""
+    from core import storage  # here: core.storage reaches core.config, which some records' users import first
+
     try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
+        text = storage.read_text(path)
     except FileNotFoundError:
         return None
     except (OSError, UnicodeDecodeError) as err:

@@ -36,7 +36,7 @@ import socket
 import time
 from typing import Any, Callable, Iterator, TypeVar
 
-from core.files import write_json
+from core import storage
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -143,9 +143,10 @@ def build_record(task: str, run_date: str, status: str, main_started: float, fin
 
 @contextlib.contextmanager
 def stage_timing(record_path: str | None, task: str, run_date: str) -> Iterator[None]:
-    """Time the stage's main and write its record to the local `record_path` when it ends, also
-    when it fails (status "failed: <exception type>"). None: time nothing (e.g. non-local storage).
-    A record that cannot be written is a warning, never the stage's failure."""
+    """Time the stage's main and write its record to `record_path` (a local path or an object
+    storage URI, core.storage) when it ends, also when it fails (status "failed: <exception
+    type>"). None: time nothing. A record that cannot be written is a warning, never the stage's
+    failure."""
     main_started = time.time()
     status = "ok"
     try:
@@ -158,7 +159,7 @@ def stage_timing(record_path: str | None, task: str, run_date: str) -> Iterator[
             record = build_record(task, run_date, status, main_started, time.time(), dict(_CLOCK.totals),
                                   _proc_start_time(), _launcher_start_time())
             try:
-                write_json(record_path, record, sort_keys=False)
+                storage.write_json(record_path, record, sort_keys=False)
             except OSError as err:
                 log.warning("could not write the timing record %s: %s", record_path, err)
             log.info("%s took %.1f s (start-up %.1f s: %s)", task, record["total_s"], record["startup_s"],

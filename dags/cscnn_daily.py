@@ -293,8 +293,8 @@ def cscnn_daily():
     def build_config(params: dict | None = None, ds: str | None = None) -> str:
         """Resolve the run's config (defaults <- CSCNN_CONFIG <- params) and write it as JSON."""
         from core.config import load_config
-        from core.files import write_text
-        from core.paths import Paths, local_path
+        from core import storage
+        from core.paths import Paths
 
         if not ds:
             raise ValueError("this run has no logical date; trigger it with one "
@@ -302,14 +302,9 @@ def cscnn_daily():
         cfg = load_config(None, params_to_overrides(params or {}))
         # Pin storage to absolute URIs so every stage sees the same folders whatever its CWD.
         cfg = dataclasses.replace(cfg, storage=cfg.storage.resolved())
-        uri = f"{Paths.of(cfg).artifacts.rstrip('/')}/runs/{ds}/config.json"
-        try:
-            path = Path(local_path(uri))
-        except ValueError:
-            raise ValueError(f"storage.artifacts_uri must be a folder every worker mounts, got {uri!r}; "
-                             "stages read the run's config file from it") from None
-        write_text(path, cfg.to_json())  # atomic: a re-run of the date replaces the file whole
-        return str(path)
+        uri = f"{Paths.of(cfg).artifacts.rstrip('/')}/runs/{ds}/config.json"  # local or object storage
+        storage.write_text(uri, cfg.to_json())  # whole: a re-run of the date replaces the file
+        return uri
 
     @task.bash(
         queue=os.environ.get("CSCNN_GPU_QUEUE") or "default",

@@ -18,8 +18,8 @@ inside the link's function, so that parsing the DAG does not load them.
 
 from __future__ import annotations
 
-import json
 import os
+import posixpath
 import signal
 import subprocess
 import sys
@@ -62,22 +62,21 @@ def failed_data_docs_page(ti_key: Any, ds: str | None) -> str | None:
     if not ds or not callable(xcom_pull):
         return None
     try:
+        from core import storage
         from core.config import PipelineConfig
-        from core.paths import Paths, local_path
+        from core.paths import Paths
 
-        with open(xcom_pull(task_ids="build_config")) as f:
-            paths = Paths.of(PipelineConfig.from_json(f.read()))
-        with open(local_path(paths.quality_summary(ds))) as f:
-            suites = json.load(f).get("suites") or {}
-        root = os.path.abspath(local_path(paths.reports))
+        paths = Paths.of(PipelineConfig.from_json(storage.read_text(xcom_pull(task_ids="build_config"))))
+        suites = storage.read_json(paths.quality_summary(ds)).get("suites") or {}
+        root = posixpath.normpath(paths.reports)  # absolute: a local path or an object storage URI
     except Exception:  # a link never fails its task: without the summary it points at the site's index
         return None
     for name in sorted(suites):
         page = suites[name].get("report_path") if isinstance(suites[name], dict) else None
         if suites[name].get("success") is False and page:
-            rel = os.path.relpath(os.path.abspath(page), root)
+            rel = posixpath.relpath(posixpath.normpath(page), root)
             if not rel.startswith(".."):
-                return urllib.parse.quote(rel.replace(os.sep, "/"))
+                return urllib.parse.quote(rel)
     return None
 
 

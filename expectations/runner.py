@@ -11,7 +11,11 @@ Suites, validation definitions and checkpoints are created or replaced by name, 
 date rewrites them instead of failing on duplicates. Expectations built with `expectation(...)`
 carry `meta={"critical": bool}`; only failures of critical ones stop the pipeline.
 
-GX keeps its project on a local filesystem, so `storage.reports_uri` must be a local folder.
+GX keeps its project and Data Docs on a local filesystem. With `storage.reports_uri` on object
+storage they live in this machine's mirror of those folders (core.storage.mirror: what it lacks is
+downloaded when a process first opens the project), and each validation uploads the files it
+changed (core.storage.push). Machines that validate at the same time each rebuild the Data Docs
+index from what they have; the next validation on any of them lists every run it has seen.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import logging
 import os
 import re
 import threading
+import time
 import urllib.parse
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -39,10 +44,11 @@ from great_expectations.data_context.types.base import ProgressBarsConfig
 from great_expectations.expectations.metadata_types import FailureSeverity
 from pyspark.sql import DataFrame as SparkDataFrame
 
+from core import storage
 from core.config import PipelineConfig
 from core.exit_codes import BadDataError
 from core.files import locked
-from core.paths import Paths, is_local, local_path
+from core.paths import Paths, is_local
 from core.timing import timed
 
 log = logging.getLogger(__name__)
@@ -133,7 +139,7 @@ def get_gx_context(cfg: PipelineConfig) -> FileDataContext:
     GX's current project, which GX's factories consult when saving suites and definitions.
     """
     paths = Paths.of(cfg)
-    gx_root, docs_root = _local_dir(paths.gx_project, "gx_project"), _local_dir(paths.data_docs, "data_docs")
+    gx_root, docs_root = _local_dir(paths.gx_project), _local_dir(paths.data_docs)
     key = (gx_root, docs_root)
     with _CONTEXTS_LOCK:
         context = _CONTEXTS.get(key)
@@ -209,10 +215,12 @@ def validate(cfg: PipelineConfig, df: Any, suite: gx.ExpectationSuite, asset_nam
         if small is not None:
             df, source_name, is_spark = small, "pandas", False
     context = get_gx_context(cfg)
-    gx_root = _local_dir(Paths.of(cfg).gx_project, "gx_project")
+    paths = Paths.of(cfg)
+    gx_root, docs_root = _local_dir(paths.gx_project), _local_dir(paths.data_docs)
     was_cached = bool(getattr(df, "is_cached", False))
     # The lock spans the run: UpdateDataDocsAction rewrites the shared index page and stores.
     with _project_lock(gx_root):
+        started = time.time()
         batch_definition = _batch_definition(context, source_name, asset_name)
         suite = context.suites.add_or_update(suite)
         definition_name = f"{suite.name}__{asset_name}"
@@ -232,7 +240,12 @@ def validate(cfg: PipelineConfig, df: Any, suite: gx.ExpectationSuite, asset_nam
                 df.unpersist()  # GX persists the batch; release it unless the caller had cached it
         (identifier, suite_result), = checkpoint_result.run_results.items()
         urls = context.get_docs_sites_urls(resource_identifier=identifier, site_name=SITE_NAME)
-    report_path = _url_to_path(urls[0]["site_url"] if urls else None, identifier)
+        report_path = _url_to_path(urls[0]["site_url"] if urls else None, identifier)
+        if not is_local(paths.data_docs):  # object storage: send this run's files, name the page there
+            # (a second early: file times come from a coarser clock than time.time())
+            storage.push(gx_root, paths.gx_project, started - 1.0)
+            storage.push(docs_root, paths.data_docs, started - 1.0)
+            report_path = storage.join(paths.data_docs, os.path.relpath(report_path, docs_root))
     failed, failed_critical = [], []
     for exp_result in suite_result.results:
         if exp_result.success and not _raised(exp_result):
@@ -370,11 +383,10 @@ def _url_to_path(url: str | None, identifier: Any) -> str:
     return path
 
 
-def _local_dir(uri: str, what: str) -> str:
-    if not is_local(uri):
-        raise ValueError(f"GX needs a local folder for {what}, got {uri!r}; set storage.reports_uri "
-                         "to a local path (Data Docs are static HTML that can be synced elsewhere)")
-    return os.path.abspath(local_path(uri))
+def _local_dir(uri: str) -> str:
+    """GX's folder for `uri`: itself when local, else this machine's mirror of it (core.storage.mirror),
+    whose changes `validate` pushes back after each run."""
+    return os.path.abspath(storage.mirror(uri))
 
 
 def _check_name(what: str, name: str) -> None:

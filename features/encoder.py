@@ -22,6 +22,7 @@ with a published version as ``encoder.npz`` (``save_encoder`` / ``load_encoder_f
 
 from __future__ import annotations
 
+import io
 import os
 from dataclasses import dataclass, field
 from typing import IO, Sequence
@@ -321,7 +322,14 @@ ENCODER_FILE = "encoder.npz"  # the saved encoder's name in a lookup folder and 
 
 
 def save_encoder(encoder: FeatureEncoder, path: str | os.PathLike) -> None:
-    """Write the encoder as one .npz of plain arrays (readable with allow_pickle=False), atomically."""
+    """Write the encoder as one .npz of plain arrays (readable with allow_pickle=False) to the
+    local `path`, atomically (core.storage.write_bytes of encoder_bytes for any URI)."""
+    with replace_file(path, "wb") as f:
+        f.write(encoder_bytes(encoder))
+
+
+def encoder_bytes(encoder: FeatureEncoder) -> bytes:
+    """The .npz file save_encoder writes, as bytes."""
     arrays: dict[str, np.ndarray] = {}
     for name, (values, ids) in encoder.vocab.items():
         arrays[f"vocab_values.{name}"] = np.asarray(values, dtype=np.int64)
@@ -332,8 +340,9 @@ def save_encoder(encoder: FeatureEncoder, path: str | os.PathLike) -> None:
         arrays[f"bin_edges.{name}"] = np.asarray(edges, dtype=np.float64)
     arrays["ad_window_counts.ad_id"] = np.asarray(encoder.ad_window_counts[0], dtype=np.int64)
     arrays["ad_window_counts.impressions"] = np.asarray(encoder.ad_window_counts[1], dtype=np.int64)
-    with replace_file(path, "wb") as f:
-        np.savez(f, **arrays)
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return buf.getvalue()
 
 
 def load_encoder_file(path: str | os.PathLike | IO[bytes]) -> FeatureEncoder:

@@ -37,7 +37,7 @@ import os
 import random
 import time
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 import torch
@@ -342,7 +342,8 @@ def train(cfg: PipelineConfig, spec: FeatureSpec, train_data: Any, valid_data: A
           images: Mapping[int, np.ndarray] | None, out_dir: str | os.PathLike, resume: bool = True,
           init_from: str | os.PathLike | Mapping[str, torch.Tensor] | None = None,
           init_sha256: str | None = None, init_encoder: FeatureEncoder | None = None,
-          encoder: FeatureEncoder | None = None) -> dict[str, Any]:
+          encoder: FeatureEncoder | None = None,
+          on_checkpoint: Callable[[Path], None] | None = None) -> dict[str, Any]:
     """Train the CTR model of ``cfg.model`` on encoded examples; see the module docstring.
 
     ``train_data``: a pandas DataFrame, pyarrow Table or dict of columns in training order, or an
@@ -353,7 +354,8 @@ def train(cfg: PipelineConfig, spec: FeatureSpec, train_data: Any, valid_data: A
     models.warm_start remaps embedding and prior rows by value.
     ``valid_data`` (rows of the window, never the test day) picks the best weights and stops early;
     None: the last step's weights are kept.
-    Writes <out_dir>/model.pt (best weights, rank 0) and <out_dir>/checkpoint.pt; returns validation
+    Writes <out_dir>/model.pt (best weights, rank 0) and <out_dir>/checkpoint.pt, and then calls
+    ``on_checkpoint(path)`` on rank 0 (the stage copies it to object storage); returns validation
     metrics (auc, auc_cold, logloss, mean_pred, observed_ctr, calibration; none without
     ``valid_data``) plus run facts, with ``warm_start`` (models.warm_start.WarmStart.summary) when it
     warm-started."""
@@ -366,7 +368,7 @@ def train(cfg: PipelineConfig, spec: FeatureSpec, train_data: Any, valid_data: A
         torch.use_deterministic_algorithms(True)
     try:
         return _train(cfg, spec, train_data, valid_data, images, out_dir, resume, init_from,
-                      rank, world, device, init_sha256, init_encoder, encoder)
+                      rank, world, device, init_sha256, init_encoder, encoder, on_checkpoint)
     finally:
         if deterministic:
             torch.use_deterministic_algorithms(before[0], warn_only=before[1])
@@ -413,7 +415,7 @@ def _epoch(source: _Source, spec: FeatureSpec, images: Mapping[int, np.ndarray] 
 
 
 def _train(cfg, spec, train_data, valid_data, images, out_dir, resume, init_from, rank, world, device,
-           init_sha256=None, init_encoder=None, encoder=None):
+           init_sha256=None, init_encoder=None, encoder=None, on_checkpoint=None):
     tc, mc = cfg.train, cfg.model
     seed_everything(tc.seed)
     model = CTRModel(spec, mc)
@@ -498,6 +500,8 @@ def _train(cfg, spec, train_data, valid_data, images, out_dir, resume, init_from
                           "scaler": scaler.state_dict(), "step": step, "epoch": epoch, "epoch_step": epoch_step,
                           "early_stop": dataclasses.asdict(early), "best_state": best_state or {},
                           "rng": _rng_state(), "warm_start": warm_result or {}}, ckpt_path)
+            if on_checkpoint is not None:
+                on_checkpoint(ckpt_path)
 
     net.train()
     t0, last_log, seen, loss_acc, loss_n, skipped = time.time(), time.time(), 0, 0.0, 0, 0

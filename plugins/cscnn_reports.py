@@ -12,39 +12,55 @@ symlink resolved) lies inside the folder; any other path is a 404.
 
 The folder is CSCNN_REPORTS_DIR when set, else `storage.reports_uri` of the config named by
 CSCNN_CONFIG (relative paths resolve against the API server's working directory, the repo root
-when started by scripts/airflow_ui.sh). Only local folders can be served.
+when started by scripts/airflow_ui.sh). It may be on object storage (s3a://, core.storage, with
+the credentials and endpoint in the API server's environment): there a path is served when it is
+a plain relative path (no '.', '..' or empty segment, no NUL) to an object under the folder.
 """
 
 from __future__ import annotations
 
 import html
+import mimetypes
 import os
 from pathlib import Path
 
 from fastapi import Depends, FastAPI, HTTPException
-from fastapi.responses import FileResponse, HTMLResponse
+from fastapi.responses import FileResponse, HTMLResponse, Response
 
 from airflow.api_fastapi.core_api.security import requires_authenticated
 from airflow.plugins_manager import AirflowPlugin
 
+from core import storage
 from core.config import load_config
-from core.paths import Paths, local_path
+from core.paths import Paths, is_local, local_path
 
 # Keep in sync with dags/cscnn_links.py (a test checks both).
 REPORTS_URL_PREFIX = "/cscnn-reports"
 
 
-def reports_dir() -> Path:
-    """The local reports folder this API server serves (see the module docstring)."""
-    configured = os.environ.get("CSCNN_REPORTS_DIR", "").strip()
-    if configured:
-        return Path(configured).resolve()
-    uri = Paths.of(load_config()).reports
-    try:
-        return Path(local_path(uri)).resolve()
-    except ValueError:
-        raise HTTPException(status_code=501, detail=f"reports folder {uri!r} is not local; "
-                            "set CSCNN_REPORTS_DIR to a local mirror of it") from None
+def reports_dir() -> Path | str:
+    """The reports folder this API server serves: a local folder, or an object storage URI (see
+    the module docstring)."""
+    uri = os.environ.get("CSCNN_REPORTS_DIR", "").strip() or Paths.of(load_config()).reports
+    return Path(local_path(uri)).resolve() if is_local(uri) else uri.rstrip("/")
+
+
+def resolve_remote_report(root: str, relative: str) -> tuple[str, bytes]:
+    """(URI, bytes) of the object `relative` names under the object storage folder `root` (a
+    folder means its index.html). Anything but a plain relative path to an object is a 404."""
+    not_found = HTTPException(status_code=404, detail=f"no report at {relative!r}")
+    parts = relative.rstrip("/").split("/") if relative.strip("/") else []
+    if "\x00" in relative or relative.startswith("/") or any(p in ("", ".", "..") for p in parts):
+        raise not_found
+    for uri in ([storage.join(root, *parts)] if parts and not relative.endswith("/") else []) + \
+            [storage.join(root, *parts, "index.html")]:
+        try:
+            return uri, storage.read_bytes(uri)
+        except FileNotFoundError:
+            continue
+        except OSError:  # e.g. a key too long for the store
+            raise not_found from None
+    raise not_found
 
 
 def resolve_report_file(root: Path, relative: str) -> Path:
@@ -90,17 +106,24 @@ tr:last-child td{border-bottom:0}
 """
 
 
-def render_index(root: Path) -> str:
+def render_index(root: Path | str) -> str:
     """HTML index of the reports folder: Data Docs link and run reports, newest first (links only;
     no server paths)."""
-    runs_dir = root / "runs"
-    days = sorted((p.name for p in runs_dir.iterdir() if (p / "report.html").is_file()), reverse=True) \
-        if runs_dir.is_dir() else []
+    if isinstance(root, str):  # object storage
+        runs = storage.join(root, "runs")
+        reports = storage.existing([storage.join(runs, d, "report.html") for d in storage.children(runs)])
+        days = sorted((u.split("/")[-2] for u in reports), reverse=True)
+        has_docs = storage.exists(storage.join(root, "data_docs", "index.html"))
+    else:
+        runs_dir = root / "runs"
+        days = sorted((p.name for p in runs_dir.iterdir() if (p / "report.html").is_file()), reverse=True) \
+            if runs_dir.is_dir() else []
+        has_docs = (root / "data_docs" / "index.html").is_file()
     rows = "".join(f'<tr><td><a href="runs/{html.escape(d)}/report.html">{html.escape(d)}</a></td>'
                    f"<td>run report</td></tr>" for d in days)
     docs = ('<a href="data_docs/index.html">Great Expectations Data Docs</a> '
             '<span class="muted">(every validation result, newest first)</span>'
-            if (root / "data_docs" / "index.html").is_file() else '<span class="muted">No Data Docs yet.</span>')
+            if has_docs else '<span class="muted">No Data Docs yet.</span>')
     runs = (f"<table><tr><th>logical date</th><th>page</th></tr>{rows}</table>" if rows
             else '<p class="muted">No run reports yet.</p>')
     return (f"<!doctype html><html lang='en'><head><meta charset='utf-8'>"
@@ -124,9 +147,13 @@ def index() -> str:
 
 
 @app.get("/{relative:path}")
-def report_file(relative: str) -> FileResponse:
+def report_file(relative: str) -> Response:
     """A file of the reports folder (HTML, CSS, images of the Data Docs and run reports)."""
-    return FileResponse(resolve_report_file(reports_dir(), relative))
+    root = reports_dir()
+    if isinstance(root, str):
+        uri, data = resolve_remote_report(root, relative)
+        return Response(data, media_type=mimetypes.guess_type(uri)[0] or "application/octet-stream")
+    return FileResponse(resolve_report_file(root, relative))
 
 
 class CscnnReportsPlugin(AirflowPlugin):

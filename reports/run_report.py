@@ -26,7 +26,8 @@ its `Paths` method, the one the writing stage uses):
   Paths.validation_record(*)   other dates, for the AUC-per-day chart
 
 An absent record means its stage did not run for D; a malformed one is shown as unreadable, naming
-its path. The page is one self-contained file: inline CSS, inline SVG charts, PNG panels as data
+its path. Every folder may be local or on object storage (core.storage). The page is one
+self-contained file: inline CSS, inline SVG charts, PNG panels as data
 URIs; every text taken from an input is escaped.
 """
 
@@ -40,15 +41,16 @@ import json
 import logging
 import math
 import os
+import posixpath
 import sys
 import time
 import urllib.parse
 from dataclasses import dataclass
 from typing import Any, Generic, Sequence, TypeVar
 
+from core import storage
 from core.config import ConfigError, PipelineConfig
-from core.files import write_bytes
-from core.paths import Paths, local_path
+from core.paths import Paths
 from core.records import (QUARANTINE_TABLES, AttentionRecord, CalibrationRecord, CurrentPointer, FeaturesRecord,
                           GateVerdict, IngestRecord, LookupManifest, ModelManifest, QualitySummary, RecordError,
                           TimingRecord, ValidationRecord, read_record)
@@ -91,7 +93,7 @@ details details>summary{font-size:13px;font-weight:normal}
 
 
 class ReportError(ValueError):
-    """The report cannot be written (bad date, unreadable config, non-local storage)."""
+    """The report cannot be written (bad date, unreadable config)."""
 
 
 # --------------------------------------------------------------------------- inputs
@@ -142,14 +144,6 @@ class RunInputs:
     timings: tuple[Input[TimingRecord], ...] = ()  # one per task that ran, in the order they started
 
 
-def _local(uri: str, what: str) -> str:
-    try:
-        return os.path.abspath(local_path(uri))
-    except ValueError:
-        raise ReportError(f"the run report reads and writes local folders; storage.{what} is {uri!r}. "
-                          "Set it to a local path (or a local mirror of it)") from None
-
-
 def parse_ds(ds: str | None) -> str:
     """The run date as YYYY-MM-DD; a ReportError naming the value otherwise."""
     try:
@@ -161,8 +155,7 @@ def parse_ds(ds: str | None) -> str:
 def load_run_config(config_path: str) -> PipelineConfig:
     """The run's resolved PipelineConfig JSON (written by the DAG's build_config task)."""
     try:
-        with open(config_path) as f:
-            text = f.read()
+        text = storage.read_text(config_path)
     except OSError as err:
         raise ReportError(f"cannot read the run's config {config_path!r}: {err}") from None
     try:
@@ -175,29 +168,25 @@ def gather(cfg: PipelineConfig, ds: str, config_path: str = "") -> RunInputs:
     """Locate and read every input of run date `ds` (see the module docstring)."""
     paths = Paths.of(cfg)
 
-    def artifact(uri: str) -> str:
-        return _local(uri, "artifacts_uri")
-
-    published = artifact(paths.published)
-    folders = tuple(sorted(n for n in os.listdir(published) if n.endswith(f"-{ds}"))) \
-        if os.path.isdir(published) else ()
-    timings_dir = artifact(paths.timings_dir(ds))
-    timings = [load(TimingRecord, os.path.join(timings_dir, n)) for n in sorted(os.listdir(timings_dir))
-               if n.endswith(".json")] if os.path.isdir(timings_dir) else []
+    published = paths.published
+    folders = tuple(n for n in storage.children(published) if n.endswith(f"-{ds}"))
+    timings_dir = paths.timings_dir(ds)
+    timings = [load(TimingRecord, storage.join(timings_dir, n)) for n in storage.children(timings_dir)
+               if n.endswith(".json")]
     timings.sort(key=lambda t: (t.record is None, t.record.started_at if t.record else t.path))
     return RunInputs(
         cfg=cfg, ds=ds, config_path=config_path, paths=paths,
-        report_path=_local(paths.run_report(ds), "reports_uri"), reports_dir=_local(paths.reports, "reports_uri"),
+        report_path=paths.run_report(ds), reports_dir=paths.reports,
         published_dir=published,
-        ingest=load(IngestRecord, artifact(paths.ingest_record(ds))),
-        quality=load(QualitySummary, _local(paths.quality_summary(ds), "reports_uri")),
-        features=load(FeaturesRecord, artifact(paths.features_record(ds))),
-        model_manifest=load(ModelManifest, artifact(paths.model_manifest(ds))),
-        lookup_manifest=load(LookupManifest, artifact(paths.lookup_manifest(ds))),
-        validation=load(ValidationRecord, artifact(paths.validation_record(ds))),
-        calibration=load(CalibrationRecord, artifact(paths.calibration_record(ds))),
-        attention=load(AttentionRecord, artifact(paths.attention_record(ds))),
-        current=load(CurrentPointer, artifact(paths.published_current)),
+        ingest=load(IngestRecord, paths.ingest_record(ds)),
+        quality=load(QualitySummary, paths.quality_summary(ds)),
+        features=load(FeaturesRecord, paths.features_record(ds)),
+        model_manifest=load(ModelManifest, paths.model_manifest(ds)),
+        lookup_manifest=load(LookupManifest, paths.lookup_manifest(ds)),
+        validation=load(ValidationRecord, paths.validation_record(ds)),
+        calibration=load(CalibrationRecord, paths.calibration_record(ds)),
+        attention=load(AttentionRecord, paths.attention_record(ds)),
+        current=load(CurrentPointer, paths.published_current),
         published_folders=folders,
         timings=tuple(timings),
     )
@@ -322,8 +311,8 @@ def _report_dir(inp: RunInputs) -> str:
 
 
 def _docs_index_link(inp: RunInputs) -> str:
-    index = _local(inp.paths.data_docs_index, "reports_uri")
-    return _data_docs_link(_report_dir(inp), inp.reports_dir, index) if os.path.isfile(index) else ""
+    index = inp.paths.data_docs_index
+    return _data_docs_link(_report_dir(inp), inp.reports_dir, index) if storage.exists(index) else ""
 
 
 def stops(inp: RunInputs, statuses: list[StageStatus]) -> list[Stop]:
@@ -491,11 +480,11 @@ def _data_docs_link(report_dir: str, reports_dir: str, page: str | None) -> str:
     """A relative link from the report's folder to a Data Docs page served by the plugin."""
     if not page:
         return '<span class="muted">no page</span>'
-    target = os.path.abspath(page)
-    root = os.path.abspath(reports_dir)
-    if os.path.commonpath([target, root]) != root:
+    # Absolute local paths or URIs (storage.* is resolved); compared and related as posix paths.
+    target, root = posixpath.normpath(page), posixpath.normpath(reports_dir)
+    if posixpath.commonpath([target, root]) != root:
         return f'<code>{e(page)}</code> <span class="muted">(outside the served reports folder)</span>'
-    rel = os.path.relpath(target, report_dir).replace(os.sep, "/")
+    rel = posixpath.relpath(target, posixpath.normpath(report_dir))
     return f'<a href="{e(urllib.parse.quote(rel))}">Data Docs</a>'
 
 
@@ -579,9 +568,8 @@ class History:
 def auc_history(paths: Paths, upto: str, limit: int = HISTORY_DAYS) -> History:
     """The AUC, cold-ad AUC and live model's AUC of run dates <= `upto` (the last `limit`), from
     their validation records."""
-    runs = _local(paths.runs, "artifacts_uri")
     dates = []
-    for name in os.listdir(runs) if os.path.isdir(runs) else []:
+    for name in storage.children(paths.runs):
         try:
             day = dt.date.fromisoformat(name).isoformat()
         except ValueError:
@@ -590,7 +578,7 @@ def auc_history(paths: Paths, upto: str, limit: int = HISTORY_DAYS) -> History:
             dates.append(day)
     points, unreadable = [], []
     for day in sorted(dates)[-limit:]:
-        rec = load(ValidationRecord, _local(paths.validation_record(day), "artifacts_uri"))
+        rec = load(ValidationRecord, paths.validation_record(day))
         if rec.error:
             unreadable.append(rec.error)
         if rec.record is not None:
@@ -686,8 +674,7 @@ def section_calibration(inp: RunInputs) -> str:
 
 
 def _png_data_uri(path: str) -> str:
-    with open(path, "rb") as f:
-        return "data:image/png;base64," + base64.b64encode(f.read()).decode("ascii")
+    return "data:image/png;base64," + base64.b64encode(storage.read_bytes(path)).decode("ascii")
 
 
 def section_attention(inp: RunInputs) -> str:
@@ -700,12 +687,12 @@ def section_attention(inp: RunInputs) -> str:
         return _section(title, "attention", f"<p class='note'>Nothing to draw: {e(str(att.unavailable))}.</p>")
     figures = []
     for p in att.panels:
-        png = os.path.join(os.path.dirname(rec.path), p.png)
+        png = posixpath.join(posixpath.dirname(rec.path), p.png)
         label = f"category idx {p.category_idx}" + (f" (category_id {p.category_id})" if p.category_id is not None
                                                     else "")
         caption = (f"{label}, {p.holdout_impressions:,} holdout impressions: ads {', '.join(map(str, p.ad_ids))}; "
                    f"M_s in [{p.map_min:.3f}, {p.map_max:.3f}], scaled per image.")
-        if not os.path.isfile(png):
+        if not storage.exists(png):
             figures.append(f"<p class='fail note'>{e(label)}: panel <code>{e(p.png)}</code> is missing.</p>")
             continue
         figures.append(f'<figure><img class="attn" data-category="{p.category_idx}" alt="{e(label)} attention '
@@ -748,7 +735,7 @@ def render(config_path: str, ds: str | None) -> str:
     cfg = load_run_config(config_path)
     inp = gather(cfg, day, config_path)
     page = render_html(inp)
-    write_bytes(inp.report_path, page.encode("utf-8"))  # atomic: the plugin never serves half a page
+    storage.write_bytes(inp.report_path, page.encode("utf-8"))  # whole: the plugin never serves half a page
     log.info("run report %s written in %.1f s", inp.report_path, time.monotonic() - started)
     return inp.report_path
 

@@ -180,7 +180,13 @@ def registry_lock(cfg: PipelineConfig) -> Iterator[None]:
 
 def published_root(cfg: PipelineConfig) -> Path:
     """The local folder of published versions (the pointer needs a local filesystem; see module doc)."""
-    return Path(local_path(Paths.of(cfg).published))
+    uri = Paths.of(cfg).published
+    try:
+        return Path(local_path(uri))
+    except ValueError:
+        raise PublishError(f"storage.published_uri is {uri!r}: published versions need a local or mounted folder "
+                           "(the live pointer is switched by an atomic rename); set storage.published_uri to "
+                           "one, the other storage.* may stay on object storage") from None
 
 
 def version_dir(cfg: PipelineConfig, entry: dict[str, Any]) -> Path:
@@ -193,7 +199,7 @@ def version_dir(cfg: PipelineConfig, entry: dict[str, Any]) -> Path:
 
 def read_current(cfg: PipelineConfig) -> dict[str, Any] | None:
     """The live version's pointer entry, or None when nothing is published."""
-    path = Path(local_path(Paths.of(cfg).published_current))
+    path = published_root(cfg) / CURRENT_FILE
     try:
         return json.loads(path.read_text())
     except FileNotFoundError:
@@ -209,7 +215,7 @@ def switch_current(cfg: PipelineConfig, entry: dict[str, Any]) -> None:
         raise PublishError(f"cannot point current at {entry['dir']!r}: no such version folder in {root}")
     tmp = root / f"{CURRENT_FILE}.tmp"
     _write_durable(tmp, json.dumps(entry, sort_keys=True).encode())
-    os.replace(tmp, local_path(Paths.of(cfg).published_current))
+    os.replace(tmp, root / CURRENT_FILE)
     _fsync_dir(root)
 
 

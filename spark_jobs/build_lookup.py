@@ -27,24 +27,25 @@ reported without loading it (tests/test_cli_errors.py).
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import io
 import json
 import logging
-import shutil
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import numpy as np
 from PIL import Image
 from pyspark.sql import Window
 from pyspark.sql import functions as F
 
+from core import storage
 from core.cli import run_cli, run_stage
 from core.config import PipelineConfig
-from core.paths import Paths, local_path
+from core.paths import Paths
 from core.spark import get_spark
 from core.timing import phase
 from features.encoder import ENCODER_FILE, save_encoder
@@ -96,11 +97,12 @@ def candidates_uri(cfg: PipelineConfig) -> str:
     return Paths.of(cfg).table(CANDIDATES_TABLE)
 
 
-def model_paths(cfg: PipelineConfig, run_date: dt.date) -> tuple[Path, Path]:
-    """(model.pt, its manifest.json) of run date D's trained model."""
-    paths = Paths.of(cfg)
-    return (Path(local_path(paths.run_model_dir(run_date))) / MODEL_FILE,
-            Path(local_path(paths.model_manifest(run_date))))
+@contextlib.contextmanager
+def model_files(cfg: PipelineConfig, run_date: dt.date) -> Iterator[tuple[Path, Path]]:
+    """(model.pt, its manifest.json) of run date D's trained model as local files for the block
+    (downloaded when the artifacts are on object storage); either may not exist."""
+    with storage.reading_files(Paths.of(cfg).run_model_dir(run_date), (MODEL_FILE, "manifest.json")) as folder:
+        yield folder / MODEL_FILE, folder / "manifest.json"
 
 
 def model_version(model_path: Path, manifest_path: Path, run_date: dt.date, model_sha256: str) -> str:
@@ -178,15 +180,16 @@ def run(cfg: PipelineConfig, spark: "SparkSession", run_date: dt.date) -> dict[s
     started = time.monotonic()
     ic = cfg.inference
     paths = Paths.of(cfg)
-    model_path, manifest_path = model_paths(cfg, run_date)
-    if not model_path.is_file():
-        raise BuildLookupError(f"no trained model for {run_date} at {model_path}; run the train stage first")
-    model = load_model(model_path)
+    with model_files(cfg, run_date) as (model_path, manifest_path):
+        if not model_path.is_file():
+            raise BuildLookupError(f"no trained model for {run_date} at "
+                                   f"{storage.join(paths.run_model_dir(run_date), MODEL_FILE)}; run the train stage first")
+        model = load_model(model_path)
+        model_sha = sha256_file(model_path)
+        version = model_version(model_path, manifest_path, run_date, model_sha)
     if model.tower is None:
         raise BuildLookupError(f"the model of {run_date} is variant {model.cfg.variant!r}, which has no visual "
                                "tower; a lookup table needs a visual variant (cnn_fixed, cnn_finetune, cbam, cscnn)")
-    model_sha = sha256_file(model_path)
-    version = model_version(model_path, manifest_path, run_date, model_sha)
     encoder = load_encoder(cfg, spark, run_date)
 
     day = f"run_date = DATE'{run_date.isoformat()}'"
@@ -225,22 +228,21 @@ def run(cfg: PipelineConfig, spark: "SparkSession", run_date: dt.date) -> dict[s
                                f"{int((~np.isfinite(x_v)).any(axis=1).sum())} ads; the model is broken")
     reduction = make_reduction(x_v, ic.reduction, ic.pca_dims)
 
-    lookup_dir = Path(local_path(paths.run_lookup_dir(run_date)))
-    if lookup_dir.exists():  # a re-run replaces the date's folder whole (no stale files of another reduction)
-        shutil.rmtree(lookup_dir)
-    lookup_dir.mkdir(parents=True)
-    save_encoder(encoder, lookup_dir / ENCODER_FILE)
-    order = np.argsort(ad_ids, kind="stable")  # the serving files' row order (sorted ad ids)
-    np.save(lookup_dir / CATEGORY_IDS_FILE, np.where(cat_valid, raw_cat, -1)[order].astype(np.int64),
-            allow_pickle=False)
     window_impressions = int(cand_imps.sum())
     covered_impressions = int(cand_imps[keep].sum())
-    manifest = write_lookup_files(
-        lookup_dir, ad_ids, category_idx, x_v, reduction, run_date=run_date.isoformat(), model_version=version,
-        model_sha256=model_sha, extra_files={ENCODER_FILE: str(lookup_dir / ENCODER_FILE),
-                                              CATEGORY_IDS_FILE: str(lookup_dir / CATEGORY_IDS_FILE)},
-        extra={"candidates": int(len(cand_ads)), "budget_ads": ic.budget_ads, "budget_bytes": ic.budget_bytes,
-               "window_impression_share": covered_impressions / window_impressions if window_impressions else None})
+    # A re-run replaces the date's folder whole (no stale files of another reduction).
+    with storage.writing_folder(paths.run_lookup_dir(run_date)) as lookup_dir:
+        save_encoder(encoder, lookup_dir / ENCODER_FILE)
+        order = np.argsort(ad_ids, kind="stable")  # the serving files' row order (sorted ad ids)
+        np.save(lookup_dir / CATEGORY_IDS_FILE, np.where(cat_valid, raw_cat, -1)[order].astype(np.int64),
+                allow_pickle=False)
+        manifest = write_lookup_files(
+            lookup_dir, ad_ids, category_idx, x_v, reduction, run_date=run_date.isoformat(), model_version=version,
+            model_sha256=model_sha, extra_files={ENCODER_FILE: str(lookup_dir / ENCODER_FILE),
+                                                  CATEGORY_IDS_FILE: str(lookup_dir / CATEGORY_IDS_FILE)},
+            extra={"candidates": int(len(cand_ads)), "budget_ads": ic.budget_ads, "budget_bytes": ic.budget_bytes,
+                   "window_impression_share": covered_impressions / window_impressions if window_impressions
+                   else None})
 
     stored = reduction.encode(x_v)  # (n, dims), the rows the serving file holds
     rows = [(run_date, int(a), int(c) if v else None, int(ci), [float(x) for x in row])

@@ -68,11 +68,11 @@ from typing import Any
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+from core import storage
 from core.cli import UsageError, run_cli, run_stage
 from core.config import FeaturesConfig, PipelineConfig
 from core.delta import latest_version, read_delta, replace_where
 from core.exit_codes import BadDataError
-from core.files import write_json_local
 from core.paths import Paths
 from core.spark import get_spark
 from features.encoder import VOCAB_FIELDS
@@ -301,7 +301,7 @@ def run(cfg: PipelineConfig, spark: SparkSession, run_date: dt.date,
         "run_date date, window_start date, window_end date, window_days array<date>, short_window boolean, "
         "bronze_versions map<string,bigint>, feature_spec string, metadata string, config string")
     replace_where(runs_df, paths.table(RUNS_TABLE), ["run_date"], day)
-    write_json_local(paths.features_record(run_date), metadata)  # for the run report, no Spark
+    storage.write_json(paths.features_record(run_date), metadata)  # for the run report, no Spark
     log.info("features %s: done in %.1f s; train %d rows (label rate %.4f, %.2f per group), holdout %d rows",
              run_date, time.monotonic() - started, metadata["rows"]["train"], metadata["label_rate"]["train"],
              metadata["mean_impressions_per_group"]["train"], metadata["rows"]["holdout"])

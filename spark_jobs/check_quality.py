@@ -34,11 +34,11 @@ from pyspark.errors import AnalysisException
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+from core import storage
 from core.cli import run_cli, run_stage
 from core.config import PipelineConfig
 from core.delta import read_required
-from core.files import write_json
-from core.paths import Paths, local_path
+from core.paths import Paths
 from core.records import QUARANTINE_TABLES
 from core.spark import get_spark
 from core.timing import phase
@@ -120,10 +120,10 @@ def verdict_reason(results: list[QualityResult]) -> str:
 
 
 def write_summary(cfg: PipelineConfig, day: dt.date, summary: dict[str, Any], suffix: str = "") -> str:
-    """Write the day's summary JSON atomically to <reports>/quality/<D><suffix>.json; return its path."""
-    path = local_path(Paths.of(cfg).quality_summary(day, suffix))
-    write_json(path, summary)
-    return path
+    """Write the day's summary JSON whole to <reports>/quality/<D><suffix>.json; return its URI."""
+    uri = Paths.of(cfg).quality_summary(day, suffix)
+    storage.write_json(uri, summary)
+    return uri
 
 
 def run(cfg: PipelineConfig, spark: SparkSession, day: dt.date) -> dict[str, Any]:

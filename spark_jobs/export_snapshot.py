@@ -15,14 +15,13 @@ possibly on a GPU worker without Spark) reads this snapshot with pyarrow instead
 
 The examples are not copied: the trainer reads the live parquet files of the run date's examples
 table (split=train, split=holdout) named by its Delta log (features.examples.read_example_files).
-The snapshot is derived data: re-exporting replaces it.
+The snapshot is derived data: re-exporting replaces it. <artifacts> may be a local folder or
+object storage (core.storage).
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import os
-import shutil
 import sys
 from typing import Any
 
@@ -31,11 +30,11 @@ from pyspark.sql import functions as F
 
 from core.cli import run_cli, run_stage
 from core.config import PipelineConfig
-from core.files import write_json, write_text
-from core.paths import Paths, is_local, local_path
+from core import storage
+from core.paths import Paths
 from core.spark import get_spark
 from features.examples import SPLITS
-from features.encoder import ENCODER_FILE, save_encoder
+from features.encoder import ENCODER_FILE, encoder_bytes
 from features.tables import examples_uri, load_encoder, load_feature_spec
 
 
@@ -43,8 +42,7 @@ def export_training_snapshot(cfg: PipelineConfig, spark: SparkSession, run_date:
     """Write the snapshot of `run_date` (see module docstring); returns its row counts."""
     paths = Paths.of(cfg)
     out = paths.snapshot(run_date)
-    if is_local(out) and os.path.exists(local_path(out)):
-        shutil.rmtree(local_path(out))
+    storage.remove_tree(out)
     uri = examples_uri(cfg, run_date)
     examples_df = spark.read.format("delta").load(uri)
     counts: dict[str, Any] = {r["split"]: int(r["count"]) for r in examples_df.groupBy("split").count().collect()}
@@ -59,13 +57,9 @@ def export_training_snapshot(cfg: PipelineConfig, spark: SparkSession, run_date:
     counts["images"] = images_df.count()
     counts["examples"] = uri
     spec = load_feature_spec(cfg, spark, run_date)
-    if is_local(out):
-        write_text(os.path.join(local_path(out), "feature_spec.json"), spec.to_json())
-        save_encoder(load_encoder(cfg, spark, run_date), os.path.join(local_path(out), ENCODER_FILE))
-        write_json(os.path.join(local_path(out), "_SUCCESS"), counts, indent=None, sort_keys=False)
-    else:
-        spark.createDataFrame([(spec.to_json(),)], "spec string").coalesce(1).write.mode("overwrite").text(
-            f"{out}/feature_spec")
+    storage.write_text(storage.join(out, "feature_spec.json"), spec.to_json())
+    storage.write_bytes(storage.join(out, ENCODER_FILE), encoder_bytes(load_encoder(cfg, spark, run_date)))
+    storage.write_json(storage.join(out, "_SUCCESS"), counts, indent=None, sort_keys=False)  # last: complete
     return counts
 
 

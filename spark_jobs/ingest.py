@@ -46,13 +46,12 @@ from pyspark.errors import AnalysisException
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
-from core import contract
+from core import contract, storage
 from core.cli import (config_from_args, date_arg, parse_date, run_cli, setup_logging, stage_parser,
                       timing_record_path)
 from core.config import PipelineConfig
 from core.delta import delta_exists, latest_version, merge_into, replace_where
 from core.exit_codes import BAD_DATA, BadDataError
-from core.files import write_json_local
 from core.paths import Paths, is_local, local_path
 from core.spark import get_spark
 from core.timing import stage_timing, timed
@@ -210,26 +209,10 @@ def to_quarantine(df: "DataFrame", source: str, key: str, fields: tuple[contract
 # --------------------------------------------------------------------------- images
 
 
-def _hadoop_fs(spark: "SparkSession", uri: str):
-    context = getattr(spark, "sparkContext", None)
-    if context is None or not hasattr(context, "_jvm"):
-        raise ValueError(f"{uri!r} is not on a local filesystem, and a Spark Connect session cannot reach "
-                         "Hadoop's FileSystem to list it; run the stage with spark.remote = \"\" (a Spark of its "
-                         "own) or under spark-submit for a non-local landing area")
-    path = context._jvm.org.apache.hadoop.fs.Path(uri)
-    return path.getFileSystem(context._jsc.hadoopConfiguration()), path
-
-
-def existing_files(spark: "SparkSession", uris: list[str]) -> set[str]:
-    """Which of `uris` exist (a local stat each; otherwise through Hadoop's FileSystem, for s3a://)."""
-    if all(is_local(u) for u in uris):  # one stat per file, without a JVM round trip each
-        return {u for u in uris if os.path.isfile(local_path(u))}
-    found = set()
-    for uri in uris:
-        fs, path = _hadoop_fs(spark, uri)
-        if fs.exists(path) and fs.getFileStatus(path).isFile():
-            found.add(uri)
-    return found
+def existing_files(uris: list[str]) -> set[str]:
+    """Which of `uris` are files: a local stat each, or one listing per folder on object storage
+    (core.storage.existing), from this process (a Spark Connect client has no Hadoop FileSystem)."""
+    return storage.existing(uris)
 
 
 def _image_uri_abs(landing: str, rel: str) -> str:
@@ -352,7 +335,7 @@ def read_new_images(spark: "SparkSession", landing: str, candidates_df: "DataFra
     if is_local(landing):
         return read_local_images(spark, local_path(landing), rel_uris)
     abs_of = {_image_uri_abs(landing, u): u for u in rel_uris}
-    present = existing_files(spark, list(abs_of))
+    present = existing_files(list(abs_of))
     missing_rows = [(abs_of[a], False, False, False, None, None, None, None) for a in abs_of if a not in present]
     missing_df = spark.createDataFrame(missing_rows, IMAGE_STATUS_SCHEMA)
     if not present:
@@ -399,7 +382,7 @@ def _replace_partitions(df: "DataFrame", uri: str, days: list[dt.date]) -> None:
 def _require_complete(spark: "SparkSession", paths: Paths, days: list[dt.date]) -> None:
     """Fail, naming the days, unless every day's landing drop carries its _SUCCESS marker."""
     markers = {day: paths.landing_success(day) for day in days}
-    present = existing_files(spark, list(markers.values()))
+    present = existing_files(list(markers.values()))
     missing = [day for day, marker in markers.items() if marker not in present]
     if not missing:
         return
@@ -572,7 +555,7 @@ def _commit(spark: "SparkSession", paths: Paths, batch: _Batch) -> list[dict[str
                                      for r in records], "dt date, record string")
     _replace_partitions(runs_df, paths.ingest_runs, days)
     for record in records:
-        write_json_local(paths.ingest_record(record["dt"]), record)
+        storage.write_json(paths.ingest_record(record["dt"]), record)
         log.info("ingested %s: impressions %d = bronze %d + quarantine %d; ads %d = %d + %d", record["dt"],
                  record["landing_impressions"], record["bronze_impressions"], record["quarantined_impressions"],
                  record["landing_ads"], record["bronze_ads"], record["quarantined_ads"])

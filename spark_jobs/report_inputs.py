@@ -27,17 +27,16 @@ from __future__ import annotations
 import datetime as dt
 import io
 import logging
-import os
-import shutil
+import posixpath
 from dataclasses import asdict, dataclass
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 from PIL import Image
 
+from core import storage
 from core.config import PipelineConfig
-from core.files import write_bytes, write_json
-from core.paths import Paths, local_path
+from core.paths import Paths
 from core.records import AttentionPanel, AttentionRecord, CalibrationBin, CalibrationRecord
 
 log = logging.getLogger(__name__)
@@ -277,12 +276,12 @@ def attention_record(cfg: PipelineConfig, run_date: dt.date, model: Any, ad_ids:
     drawn = category_panels(model, {c: [(a, images[a]) for a in ads] for c, (ads, _) in chosen.items()}, keys_of)
     panels = []
     for p in drawn:
-        path = local_path(paths.attention_panel(run_date, p.category_idx))
-        write_bytes(path, p.png)
+        path = paths.attention_panel(run_date, p.category_idx)
+        storage.write_bytes(path, p.png)
         panels.append(AttentionPanel(
             category_idx=p.category_idx, category_id=category_ids.get(p.category_idx), ad_ids=p.ad_ids,
             holdout_impressions=chosen[p.category_idx][1], map_min=p.map_min, map_max=p.map_max,
-            png=os.path.relpath(path, os.path.dirname(local_path(paths.attention_record(run_date))))))
+            png=posixpath.relpath(path, posixpath.dirname(paths.attention_record(run_date)))))
     panels.sort(key=lambda p: -p.holdout_impressions)
     return AttentionRecord(run_date.isoformat(), layer, panels)
 
@@ -296,15 +295,14 @@ def write_report_data(cfg: PipelineConfig, run_date: dt.date, model: Any, holdou
     model's pCTR of each row, `images` the decoded bronze images by ad id.
     """
     paths = Paths.of(cfg)
-    folder = local_path(paths.run_report_data(run_date))
-    shutil.rmtree(folder, ignore_errors=True)  # a re-run of the date replaces its panels whole
+    storage.remove_tree(paths.run_report_data(run_date))  # a re-run of the date replaces its panels whole
     labels = np.asarray(holdout["label"].to_numpy(), dtype=np.float64)
     calibration = CalibrationRecord(run_date.isoformat(), int(len(labels)), calibration_bins(labels, preds))
-    write_json(local_path(paths.calibration_record(run_date)), asdict(calibration), default=float)
+    storage.write_json(paths.calibration_record(run_date), asdict(calibration), default=float)
     key_idx = {f: holdout[f"f_{f}"].to_numpy() for f in getattr(model, "key_fields", ())}
     attention = attention_record(cfg, run_date, model, holdout["ad_id"].to_numpy(),
                                  holdout["category_idx"].to_numpy(), images, category_ids, key_idx)
-    write_json(local_path(paths.attention_record(run_date)), asdict(attention), default=float)
+    storage.write_json(paths.attention_record(run_date), asdict(attention), default=float)
     log.info("report data: %d calibration bins over %d holdout rows, %d attention panel(s)%s",
              len(calibration.bins), calibration.rows, len(attention.panels),
              f" ({attention.unavailable})" if attention.unavailable else "")

@@ -37,10 +37,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from core import storage
 from core.cli import config_from_args, parse_date, run_cli, setup_logging, stage_parser, timing_record_path
 from core.config import PipelineConfig
 from core.files import sha256_file, write_json
-from core.paths import Paths, local_path
+from core.paths import Paths, is_local
 from core.timing import phase, stage_timing
 from features.encoder import ENCODER_FILE, FeatureEncoder, load_encoder_file
 from features.example_stream import ExampleStream
@@ -62,22 +63,27 @@ def decode_images(image_bytes: list[bytes], ad_ids: list[int]) -> dict[int, np.n
 
 
 def open_snapshot(cfg: PipelineConfig, run_date: dt.date) -> tuple[str, str, FeatureSpec, FeatureEncoder | None]:
-    """(snapshot folder, examples table URI, feature spec, the run's encoder) of the run date's
-    snapshot; the encoder is None in a snapshot exported before snapshots carried it."""
-    snap = local_path(Paths.of(cfg).snapshot(run_date))
-    if not os.path.exists(os.path.join(snap, "_SUCCESS")):
+    """(snapshot folder URI, examples table URI, feature spec, the run's encoder) of the run date's
+    snapshot, on a local folder or object storage (core.storage); the encoder is None in a snapshot
+    exported before snapshots carried it."""
+    snap = Paths.of(cfg).snapshot(run_date)
+    if not storage.exists(storage.join(snap, "_SUCCESS")):
         raise FileNotFoundError(f"no complete training snapshot for {run_date} at {snap}; "
                                 f"run the build_window and export_training_snapshot stages for that date first")
-    with open(os.path.join(snap, "_SUCCESS")) as f:
-        examples = json.load(f).get("examples")
+    examples = storage.read_json(storage.join(snap, "_SUCCESS")).get("examples")
     if not examples:
         raise FileNotFoundError(f"the training snapshot at {snap} names no examples table; re-run the "
                                 f"export_training_snapshot stage (spark_jobs/export_snapshot.py) for {run_date}")
-    with open(os.path.join(snap, "feature_spec.json")) as f:
-        spec = FeatureSpec.from_json(f.read())
-    encoder_path = os.path.join(snap, ENCODER_FILE)
-    encoder = load_encoder_file(encoder_path) if os.path.exists(encoder_path) else None
+    spec = FeatureSpec.from_json(storage.read_text(storage.join(snap, "feature_spec.json")))
+    encoder_uri = storage.join(snap, ENCODER_FILE)
+    encoder = load_encoder_file(io.BytesIO(storage.read_bytes(encoder_uri))) if storage.exists(encoder_uri) else None
     return snap, examples, spec, encoder
+
+
+def read_snapshot_images(snap: str) -> pa.Table:
+    """The snapshot's ad_id and image_bytes columns (its images/*.parquet, written by Spark)."""
+    fs, path = storage.filesystem(storage.join(snap, "images"))
+    return pq.read_table(path, columns=["ad_id", "image_bytes"], filesystem=fs)
 
 
 def read_snapshot(cfg: PipelineConfig, run_date: dt.date, holdout: bool = True
@@ -88,7 +94,7 @@ def read_snapshot(cfg: PipelineConfig, run_date: dt.date, holdout: bool = True
     snap, examples, spec, encoder = open_snapshot(cfg, run_date)
     train = read_example_files(examples, "train")
     holdout_tbl = read_example_files(examples, "holdout") if holdout else None
-    img = pq.read_table(os.path.join(snap, "images"))
+    img = read_snapshot_images(snap)
     images = decode_images(img.column("image_bytes").to_pylist(), img.column("ad_id").to_pylist())
     return spec, train, holdout_tbl, images, encoder
 
@@ -147,11 +153,9 @@ def run(cfg: PipelineConfig, run_date: dt.date) -> dict[str, Any]:
     t0 = time.time()
     snap, examples, spec, encoder = open_snapshot(cfg, run_date)
     train_rows, valid_tbl = validation_rows(cfg, examples)
-    img = pq.read_table(os.path.join(snap, "images"), columns=["ad_id", "image_bytes"])
+    img = read_snapshot_images(snap)
     images = EncodedImages(img.column("ad_id"), img.column("image_bytes"))
     del img
-    out_dir = local_path(Paths.of(cfg).run_model_dir(run_date))
-    os.makedirs(out_dir, exist_ok=True)
     live = live_model(cfg) if cfg.train.warm_start else None
     init_from = None if live is None else str(live.model)
     init_encoder = None if live is None or live.encoder is None else load_checked_encoder(live.encoder,
@@ -160,19 +164,25 @@ def run(cfg: PipelineConfig, run_date: dt.date) -> dict[str, Any]:
     log.info("training %s on the window's %d examples less %d validation rows, streamed in chunks of %d rows "
              "(%d images), warm start from %s", cfg.model.variant, train_rows.num_rows, n_valid,
              cfg.train.chunk_rows, len(images), init_from or "scratch")
-    metrics = train(cfg, spec, train_rows, valid_tbl, images, out_dir, resume=True, init_from=init_from,
-                    init_sha256=None if live is None else live.model_sha256, init_encoder=init_encoder,
-                    encoder=encoder)
-    warm = metrics.pop("warm_start", None)
-    metrics["validation_impressions"] = n_valid
-    if int(os.environ.get("RANK", "0")) == 0:
-        model_path = os.path.join(out_dir, "model.pt")
-        manifest = {"run_date": run_date.isoformat(), "variant": cfg.model.variant,
-                    "feature_spec": json.loads(spec.to_json()), "model_config": cfg.to_dict()["model"],
-                    "files": {"model.pt": sha256_file(model_path)}, "warm_start_from": init_from,
-                    "warm_start": warm,
-                    "config_hash": cfg.config_hash(), "metrics": metrics, "seconds": round(time.time() - t0, 1)}
-        write_json(local_path(Paths.of(cfg).model_manifest(run_date)), manifest, sort_keys=False, default=float)
+    rank0 = int(os.environ.get("RANK", "0")) == 0
+    model_dir = Paths.of(cfg).run_model_dir(run_date)
+    with storage.writing_folder(model_dir, fresh=False, upload=rank0) as out_dir:
+        def copy_checkpoint(path: Path) -> None:  # a retry on another machine resumes from it
+            storage.write_bytes(storage.join(model_dir, path.name), path.read_bytes())
+
+        metrics = train(cfg, spec, train_rows, valid_tbl, images, out_dir, resume=True, init_from=init_from,
+                        init_sha256=None if live is None else live.model_sha256, init_encoder=init_encoder,
+                        encoder=encoder, on_checkpoint=None if is_local(model_dir) else copy_checkpoint)
+        warm = metrics.pop("warm_start", None)
+        metrics["validation_impressions"] = n_valid
+        if rank0:
+            manifest = {"run_date": run_date.isoformat(), "variant": cfg.model.variant,
+                        "feature_spec": json.loads(spec.to_json()), "model_config": cfg.to_dict()["model"],
+                        "files": {"model.pt": sha256_file(out_dir / "model.pt")}, "warm_start_from": init_from,
+                        "warm_start": warm, "config_hash": cfg.config_hash(), "metrics": metrics,
+                        "seconds": round(time.time() - t0, 1)}
+            write_json(out_dir / "manifest.json", manifest, sort_keys=False, default=float)
+    if rank0:
         print(json.dumps({"run_date": run_date.isoformat(), "metrics": metrics}, default=float))
     return metrics
 

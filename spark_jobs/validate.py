@@ -38,32 +38,30 @@ reported without loading them (tests/test_cli_errors.py).
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 import math
-import os
 import sys
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
 from pyspark.sql import functions as F
 
+from core import storage
 from core.cli import run_cli, run_stage
 from core.config import PipelineConfig
-from core.paths import Paths, local_path
+from core.paths import Paths
 from core.spark import get_spark
 from core.timing import phase
 from features.encoder import ENCODER_FILE, load_encoder_file
 from features.spec import MULTI_FIELDS, SINGLE_FIELDS
 from features.tables import AD_COUNTS_TABLE, load_examples
-from serving.lookup import coverage_curve, sha256_file
+from serving.lookup import MANIFEST_FILE, coverage_curve, sha256_file
 from serving.registry import read_current, verify_version, version_dir
 from serving.requests import EncodedRequests
-from spark_jobs.build_lookup import candidates_uri, model_paths, read_images, stack_images
+from spark_jobs.build_lookup import candidates_uri, model_files, read_images, stack_images
 from spark_jobs.feature_transforms import with_catalog
 from spark_jobs.report_inputs import category_ids_of, write_report_data
 
@@ -237,78 +235,74 @@ def run(cfg: PipelineConfig, spark: "SparkSession", run_date: dt.date) -> dict[s
     started = time.monotonic()
     gc, bs = cfg.gates, cfg.inference.batch_size
     paths = Paths.of(cfg)
-    model_path, _ = model_paths(cfg, run_date)
-    lookup_dir = Path(local_path(paths.run_lookup_dir(run_date)))
-    model = load_model(model_path)
-    # Verifies the files as serving will. The score-match gate compares the table path with the CNN
-    # in the model's own arithmetic (fp32); reduced serving precisions are checked against fp32 below.
-    predictor = Predictor.load(model_path, lookup_dir, precision="fp32")
-    holdout = load_examples(cfg, spark, run_date, "holdout")
-    if holdout.empty:
-        raise RuntimeError(f"the holdout of {run_date} has no rows; nothing to validate against (no record written)")
-    images = read_images(spark, paths, holdout["ad_id"].to_numpy())
+    with model_files(cfg, run_date) as (model_path, _), \
+            storage.reading_folder(paths.run_lookup_dir(run_date)) as lookup_dir:
+        model = load_model(model_path)
+        # Verifies the files as serving will. The score-match gate compares the table path with the CNN
+        # in the model's own arithmetic (fp32); reduced serving precisions are checked against fp32 below.
+        predictor = Predictor.load(model_path, lookup_dir, precision="fp32")
+        holdout = load_examples(cfg, spark, run_date, "holdout")
+        if holdout.empty:
+            raise RuntimeError(f"the holdout of {run_date} has no rows; nothing to validate against (no record written)")
+        images = read_images(spark, paths, holdout["ad_id"].to_numpy())
 
-    full, reference = reference_scores(model, holdout, images, predictor.table.reduction, bs)
-    metrics = compute_metrics(holdout["label"].to_numpy(), full, holdout["is_cold"].to_numpy())
-    # The report's calibration and attention panels, from this model on this holdout (report only renders).
-    write_report_data(cfg, run_date, model, holdout, images, full, category_ids_of(str(lookup_dir / ENCODER_FILE)))
-    requests = holdout_requests(model.spec, holdout)
-    serving, in_table = serving_scores(predictor, requests)
-    table_metrics = compute_metrics(holdout["label"].to_numpy(), serving)
-    precision_check = check_precisions(predictor, requests, serving, in_table)
+        full, reference = reference_scores(model, holdout, images, predictor.table.reduction, bs)
+        metrics = compute_metrics(holdout["label"].to_numpy(), full, holdout["is_cold"].to_numpy())
+        # The report's calibration and attention panels, from this model on this holdout (report only renders).
+        write_report_data(cfg, run_date, model, holdout, images, full, category_ids_of(str(lookup_dir / ENCODER_FILE)))
+        requests = holdout_requests(model.spec, holdout)
+        serving, in_table = serving_scores(predictor, requests)
+        table_metrics = compute_metrics(holdout["label"].to_numpy(), serving)
+        precision_check = check_precisions(predictor, requests, serving, in_table)
 
-    live = read_current(cfg)
-    live_auc = live_model_auc(cfg, spark, run_date, live, bs) if live is not None else None
-    live_name = f"v{live['version']} ({live['run_date']})" if live else None
+        live = read_current(cfg)
+        live_auc = live_model_auc(cfg, spark, run_date, live, bs) if live is not None else None
+        live_name = f"v{live['version']} ({live['run_date']})" if live else None
 
-    reduction = predictor.table.reduction.method
-    if reduction == "none":  # float32 rows: compare with the full CNN model itself
-        reference = full
-    drift = float(np.max(np.abs(serving[in_table] - full[in_table]))) if in_table.any() else float("nan")
-    match_note = (f"reduction {reduction}: serving vs full-model scores on covered ads; "
-                  if reduction == "none" else
-                  f"reduction {reduction}: serving vs model on the table's dequantised x_v; quantisation moves "
-                  f"scores by up to {drift:.2e} vs the CNN; ") + f"table-path AUC {table_metrics['auc']:.5f}"
-    table_df = (spark.read.format("delta").load(candidates_uri(cfg))
-                .where(f"run_date = DATE'{run_date.isoformat()}'"))
-    with phase("imports"):
-        from expectations.lookup import build_lookup_suite, project_lookup
-        from expectations.runner import validate
-    gx = validate(cfg, project_lookup(table_df), build_lookup_suite(predictor.table.manifest["dims"], gc.norm_min,
-                                                                     gc.norm_max), "lookup_table", run_date.isoformat())
-    verdicts = [
-        gate_auc_floor(metrics["auc"], gc.auc_floor),
-        gate_auc_vs_live(metrics["auc"], live_auc, gc.live_tolerance, live_name),
-        gate_score_match(serving, reference, in_table, gc.score_match_tol, match_note),
-        gate_coverage(in_table, gc.coverage_min),
-        Verdict("lookup_quality", not gx.failed_critical, float(len(gx.failed_critical)), 0.0,
-                ("; ".join(gx.failed_critical) + "; " if gx.failed_critical else "") + f"report {gx.report_path}"),
-    ]
-    counts = (spark.read.format("delta").load(paths.table(AD_COUNTS_TABLE))
-              .where(f"run_date = DATE'{run_date.isoformat()}'").select("ad_id", "impressions").toArrow())
-    impressions_of = dict(zip(counts.column("ad_id").to_pylist(), counts.column("impressions").to_pylist()))
-    table_ads = np.asarray(predictor.table.ad_ids)
-    window_imps = np.array([impressions_of.get(a, 0) for a in table_ads.tolist()], dtype=np.int64)
-    record = {
-        "run_date": run_date.isoformat(), "passed": all(v.passed for v in verdicts),
-        "coverage_curve": holdout_coverage_curve(table_ads, window_imps, holdout["ad_id"].to_numpy()),
-        "gates": [asdict(v) for v in verdicts],
-        "metrics": {**{k: _num(v) if isinstance(v, float) else v for k, v in metrics.items()},
-                    "table_auc": _num(table_metrics["auc"]), "coverage": verdicts[3].value,
-                    "live_auc": _num(live_auc) if live_auc is not None else None},
-        "precision_check": precision_check,
-        "serving_precisions": ["fp32", *(p for p, c in precision_check.items() if c["passed"])],
-        "live_version": live, "model_sha256": sha256_file(model_path),
-        "lookup_manifest_sha256": sha256_file(local_path(paths.lookup_manifest(run_date))),
-        "model_version": predictor.table.manifest.get("model_version"), "config_hash": cfg.config_hash(),
-        "data_docs": gx.report_path, "validated_at": dt.datetime.now(dt.timezone.utc).isoformat(),
-        "seconds": time.monotonic() - started,
-    }
-    out = Path(local_path(paths.validation_record(run_date)))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(record, indent=2, sort_keys=True))
-    os.replace(tmp, out)
+        reduction = predictor.table.reduction.method
+        if reduction == "none":  # float32 rows: compare with the full CNN model itself
+            reference = full
+        drift = float(np.max(np.abs(serving[in_table] - full[in_table]))) if in_table.any() else float("nan")
+        match_note = (f"reduction {reduction}: serving vs full-model scores on covered ads; "
+                      if reduction == "none" else
+                      f"reduction {reduction}: serving vs model on the table's dequantised x_v; quantisation moves "
+                      f"scores by up to {drift:.2e} vs the CNN; ") + f"table-path AUC {table_metrics['auc']:.5f}"
+        table_df = (spark.read.format("delta").load(candidates_uri(cfg))
+                    .where(f"run_date = DATE'{run_date.isoformat()}'"))
+        with phase("imports"):
+            from expectations.lookup import build_lookup_suite, project_lookup
+            from expectations.runner import validate
+        gx = validate(cfg, project_lookup(table_df), build_lookup_suite(predictor.table.manifest["dims"], gc.norm_min,
+                                                                         gc.norm_max), "lookup_table", run_date.isoformat())
+        verdicts = [
+            gate_auc_floor(metrics["auc"], gc.auc_floor),
+            gate_auc_vs_live(metrics["auc"], live_auc, gc.live_tolerance, live_name),
+            gate_score_match(serving, reference, in_table, gc.score_match_tol, match_note),
+            gate_coverage(in_table, gc.coverage_min),
+            Verdict("lookup_quality", not gx.failed_critical, float(len(gx.failed_critical)), 0.0,
+                    ("; ".join(gx.failed_critical) + "; " if gx.failed_critical else "") + f"report {gx.report_path}"),
+        ]
+        counts = (spark.read.format("delta").load(paths.table(AD_COUNTS_TABLE))
+                  .where(f"run_date = DATE'{run_date.isoformat()}'").select("ad_id", "impressions").toArrow())
+        impressions_of = dict(zip(counts.column("ad_id").to_pylist(), counts.column("impressions").to_pylist()))
+        table_ads = np.asarray(predictor.table.ad_ids)
+        window_imps = np.array([impressions_of.get(a, 0) for a in table_ads.tolist()], dtype=np.int64)
+        record = {
+            "run_date": run_date.isoformat(), "passed": all(v.passed for v in verdicts),
+            "coverage_curve": holdout_coverage_curve(table_ads, window_imps, holdout["ad_id"].to_numpy()),
+            "gates": [asdict(v) for v in verdicts],
+            "metrics": {**{k: _num(v) if isinstance(v, float) else v for k, v in metrics.items()},
+                        "table_auc": _num(table_metrics["auc"]), "coverage": verdicts[3].value,
+                        "live_auc": _num(live_auc) if live_auc is not None else None},
+            "precision_check": precision_check,
+            "serving_precisions": ["fp32", *(p for p, c in precision_check.items() if c["passed"])],
+            "live_version": live, "model_sha256": sha256_file(model_path),
+            "lookup_manifest_sha256": sha256_file(lookup_dir / MANIFEST_FILE),
+            "model_version": predictor.table.manifest.get("model_version"), "config_hash": cfg.config_hash(),
+            "data_docs": gx.report_path, "validated_at": dt.datetime.now(dt.timezone.utc).isoformat(),
+            "seconds": time.monotonic() - started,
+        }
+    storage.write_json(paths.validation_record(run_date), record)
     for v in verdicts:
         log.info("gate %-15s %s value=%s threshold=%s %s", v.name, "PASS" if v.passed else "FAIL", v.value,
                  v.threshold, v.note)
@@ -318,7 +312,7 @@ def run(cfg: PipelineConfig, spark: "SparkSession", run_date: dt.date) -> dict[s
     failed = [v for v in verdicts if not v.passed]
     if failed:
         lines = "\n".join(f"  {v.name}: value {v.value} vs threshold {v.threshold} {v.note}" for v in failed)
-        raise GateFailed(f"{len(failed)} gate(s) failed for {run_date} (record {out}):\n{lines}")
+        raise GateFailed(f"{len(failed)} gate(s) failed for {run_date} (record {paths.validation_record(run_date)}):\n{lines}")
     return record
 
 

@@ -10,6 +10,7 @@ AWS_ENDPOINT_URL. The credentials are only ever in the environment (`env`).
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -68,6 +69,16 @@ def with_s3_warehouse(config_text: str, url: str, prefix: str) -> str:
     text = config_text.replace("[storage]\n", f'[storage]\nwarehouse_uri = "s3a://{BUCKET}/{prefix}"\n', 1)
     text = text.replace("[spark]\n", f'[spark]\npackages = ["{HADOOP_AWS}"]\n', 1)
     return text + "\n[spark.extra_conf]\n" + "".join(f'"{k}" = "{v}"\n' for k, v in s3a_conf(url).items())
+
+
+def with_s3_root(config_text: str, url: str, prefix: str, published: str) -> str:
+    """A config's text with storage.root at s3a://BUCKET/<prefix> (every area on the bucket) but
+    the published versions in the local folder `published`, and the s3a settings added."""
+    text = with_s3_warehouse(config_text, url, f"{prefix}/warehouse")
+    text, n = re.subn(r'(?m)^root = ".*"$', f'root = "s3a://{BUCKET}/{prefix}"\npublished_uri = "{published}"', text,
+                      count=1)
+    assert n == 1, "the config has no storage.root line"
+    return text
 
 
 def keys(url: str, prefix: str = "") -> list[str]:

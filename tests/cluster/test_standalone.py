@@ -1,36 +1,39 @@
-"""The daily stages on a real Spark standalone cluster, with the warehouse on a real S3 server,
-give the outputs they give on `local[*]` with a local warehouse.
+"""The daily stages on a real Spark standalone cluster, with the storage root on a real S3 server,
+give the outputs they give on `local[*]` with local storage.
 
 The cluster is core/standalone.py's: a master and a worker started from the Spark pyspark ships,
 on 127.0.0.1, with each application's executors in JVMs of their own. The S3 server is moto's
 (tests/s3_server.py), reached through s3a by Spark and through pyarrow by the trainer, with the
 credentials in the stages' environment only. A tiny world's day D runs twice, in two storage
-roots: once with the tiny config's `local[2]` and a local warehouse, once with `spark.master` set
-to the cluster's URL and `storage.warehouse_uri` on the bucket. The world's days and the history
-before D are made once; the second root gets a copy of the landing area, and its warehouse (the
-bronze tables of the history) is uploaded to the bucket. Each stage is the command the DAG's task
-runs, in the DAG's order (tests/day_stages.py). Then the examples table, the vocabularies, the
-stable-id registry, the bins, the lookup table and the model's scores on day D must match, and no
-warehouse folder may appear on the local disk.
+roots: once with the tiny config's `local[2]` and local folders, once with `spark.master` set to
+the cluster's URL and `storage.root` on the bucket: landing, warehouse, artifacts (snapshot, model,
+checkpoint, lookup files, records, timings) and reports (quality summaries, Data Docs, report data)
+all there; only the published versions stay in a local folder (`storage.published_uri`: the live
+pointer needs an atomic rename). The world's days and the history before D are made once, locally;
+the landing area and the warehouse (the bronze tables of the history) are uploaded to the bucket.
+Each stage is the command the DAG's task runs, in the DAG's order (tests/day_stages.py). Then the
+examples table, the vocabularies, the stable-id registry, the bins, the lookup table, the model's
+scores on day D and the gates' verdicts must match, and nothing but the published versions may
+appear on the local disk.
 """
 
 from __future__ import annotations
 
-import os
-import shutil
+import dataclasses
 from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from core import spark_server, standalone
+from core import spark_server, standalone, storage
 from core.config import load_config
 from core.delta_log import filesystem, live_files
 from core.paths import Paths, local_path
 from features.examples import SPLITS, examples_location, read_example_files
 from features.tables import BINS_TABLE, EXAMPLES_TABLE, ID_REGISTRY_TABLE, VOCAB_TABLE
 from models.train import load_model, predict
+from reports.run_report import render
 from spark_jobs.train_model import read_snapshot
 from tests import s3_server
 from tests.dags.tiny_world import CONFIG
@@ -38,18 +41,19 @@ from tests.day_stages import DAY, STAGE_TIMEOUT_S, history, run_day
 from tests.s3_server import s3_endpoint  # noqa: F401 (a fixture)
 
 pytestmark = pytest.mark.slow
-PREFIX = "prefix/warehouse"
+PREFIX = "prefix"
 
 
 def _config(root: Path, master: str, s3_url: str | None = None) -> Path:
     """The tiny world's config with its storage under `root`, `master` as spark.master and, with
-    `s3_url`, its warehouse on the S3 server."""
+    `s3_url`, its storage root on the S3 server (published versions in `root`/published)."""
     config_file = root / "run.toml"
     config_file.parent.mkdir(parents=True, exist_ok=True)
     text = CONFIG.format(root=root / "var")
     assert 'master = "local[2]"' in text
     text = text.replace('master = "local[2]"', f'master = "{master}"')
-    config_file.write_text(text if s3_url is None else s3_server.with_s3_warehouse(text, s3_url, PREFIX))
+    text = text.replace("[train]\n", "[train]\ncheckpoint_every = 2\n", 1)  # checkpoints to copy to the bucket
+    config_file.write_text(text if s3_url is None else s3_server.with_s3_root(text, s3_url, PREFIX, root / "published"))
     return config_file
 
 
@@ -77,15 +81,17 @@ def test_the_daily_stages_on_a_cluster_and_s3_match_local(cluster, s3_endpoint, 
     local_file = _config(tmp_path / "local", "local[2]")
     cluster_file = _config(tmp_path / "cluster", cluster.url, s3_endpoint)
     local_cfg, cluster_cfg = load_config(local_file), load_config(cluster_file)
-    assert cluster_cfg.storage.resolved().warehouse_uri == f"s3a://{s3_server.BUCKET}/{PREFIX}"
-    # One history for both: landing days copied, the bronze tables uploaded, before day D runs anywhere.
+    remote_storage = cluster_cfg.storage.resolved()
+    assert remote_storage.warehouse_uri == f"s3a://{s3_server.BUCKET}/{PREFIX}/warehouse"
+    assert remote_storage.artifacts_uri == f"s3a://{s3_server.BUCKET}/{PREFIX}/artifacts"
+    # One history for both: the landing days and the bronze tables uploaded, before day D runs anywhere.
     history(local_file)
-    local_warehouse = local_path(local_cfg.storage.resolved().warehouse_uri)
-    shutil.copytree(local_cfg.storage.root, cluster_cfg.storage.root,
-                    ignore=lambda folder, names: [n for n in names if os.path.join(folder, n) == local_warehouse])
-    assert s3_server.upload_folder(s3_endpoint, local_warehouse, PREFIX) > 0
+    local_storage = local_cfg.storage.resolved()
+    for area in ("landing", "warehouse"):
+        assert s3_server.upload_folder(s3_endpoint, local_path(getattr(local_storage, f"{area}_uri")),
+                                       f"{PREFIX}/{area}") > 0
     run_day(local_file)
-    env = s3_server.env(s3_endpoint)
+    env = {**s3_server.env(s3_endpoint), "CSCNN_SCRATCH_DIR": str(tmp_path / "scratch")}
     try:
         run_day(cluster_file, env)
     finally:  # the stages' Spark Connect server for the cluster: its master and endpoint go away with the module
@@ -95,12 +101,24 @@ def test_the_daily_stages_on_a_cluster_and_s3_match_local(cluster, s3_endpoint, 
     # The stages' Spark ran on the cluster: its worker started executors (JVMs of their own) for it.
     apps = sorted((cluster.folder / "work").glob("app-*"))
     assert apps and all((app / "0" / "stderr").exists() for app in apps), apps
-    # The day's tables are objects in the bucket, and no warehouse folder was made on the local disk.
+    # The day's tables and files are objects in the bucket; on the local disk there is nothing but
+    # the published version, and no stage left a scratch folder behind (the Data Docs mirror stays).
     keys = s3_server.keys(s3_endpoint, PREFIX)
     for table in ("bronze/impressions", "features/day_rows", f"features/examples/{DAY}", "features/vocab",
                   "lookup_table"):
-        assert any(k.startswith(f"{PREFIX}/{table}/_delta_log/") for k in keys), table
-    assert not any(Path(cluster_cfg.storage.root).rglob("_delta_log"))
+        assert any(k.startswith(f"{PREFIX}/warehouse/{table}/_delta_log/") for k in keys), table
+    run_files = {k.split(f"/runs/{DAY}/", 1)[1] for k in keys if k.startswith(f"{PREFIX}/artifacts/runs/{DAY}/")}
+    for name in ("ingest.json", "features.json", "snapshot/_SUCCESS",
+                 "snapshot/feature_spec.json", "snapshot/encoder.npz", "model/model.pt", "model/checkpoint.pt",
+                 "model/manifest.json", "lookup/manifest.json", "validation.json", "report_data/calibration.json",
+                 "report_data/attention.json", "timings/train_model.json", "timings/publish.json"):
+        assert name in run_files, (name, sorted(run_files))
+    assert any(k.startswith(f"{PREFIX}/reports/data_docs/validations/") and k.endswith(".html") for k in keys)
+    assert f"{PREFIX}/reports/quality/{DAY}.json" in keys
+    cluster_root = Path(tmp_path / "cluster")
+    assert sorted(p.name for p in cluster_root.iterdir()) == ["published", "run.toml"]
+    assert sorted(p.name for p in (cluster_root / "published").iterdir() if p.name.startswith("v")) == [f"v1-{DAY}"]
+    assert [p.name for p in (tmp_path / "scratch").iterdir()] == ["mirror"]
 
     local, remote = Paths.of(local_cfg), Paths.of(cluster_cfg)
     for k, v in env.items():  # this process reads the bucket too, with pyarrow
@@ -113,9 +131,23 @@ def test_the_daily_stages_on_a_cluster_and_s3_match_local(cluster, s3_endpoint, 
     for name in (VOCAB_TABLE, ID_REGISTRY_TABLE, BINS_TABLE, "lookup_table"):
         x, y = (_delta_rows(p.lookup_table if name == "lookup_table" else p.table(name)) for p in (local, remote))
         assert x and x == y, name
-    # The trained models score day D alike.
+    # The trained models score day D alike, and the gates gave the same verdicts.
     _, _, holdout, images, _ = read_snapshot(local_cfg, DAY)
-    scores = [predict(load_model(os.path.join(local_path(p.run_model_dir(DAY)), "model.pt")), holdout, images)
-              for p in (local, remote)]
+    scores = []
+    for p in (local, remote):
+        with storage.reading_files(p.run_model_dir(DAY), ("model.pt",)) as folder:
+            scores.append(predict(load_model(folder / "model.pt"), holdout, images))
     assert holdout.num_rows > 0 and np.abs(scores[0] - scores[1]).max() <= 1e-6
+    verdicts = [[(g["name"], g["passed"]) for g in storage.read_json(p.validation_record(DAY))["gates"]]
+                for p in (local, remote)]
+    assert verdicts[0] and verdicts[0] == verdicts[1]
+
+    # The run report (the DAG's render_report), from the run's config and records in the bucket, to the bucket.
+    config_uri = storage.join(remote.run_dir(DAY), "config.json")
+    storage.write_text(config_uri, dataclasses.replace(cluster_cfg, storage=remote.storage).to_json())
+    assert render(config_uri, str(DAY)) == remote.run_report(DAY)
+    page = storage.read_text(remote.run_report(DAY))
+    assert f'<div class="headline pass">Published v1-{DAY} for {DAY}' in page
+    assert "data:image/png;base64," in page and ">Data Docs</a>" in page  # attention panels, links into the bucket's docs
+    assert "unreadable:" not in page and "outside the served reports folder" not in page
 

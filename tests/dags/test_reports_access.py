@@ -15,6 +15,7 @@ from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
 
 from tests.dags.test_reports_ui import plugin  # noqa: F401  (the plugin module, loaded from plugins/)
+from tests.s3_server import s3_endpoint  # noqa: F401 (a fixture)
 
 SECRET = "OUTSIDE-THE-REPORTS-FOLDER"
 
@@ -92,3 +93,39 @@ def test_a_bad_path_is_a_404_that_reads_nothing_outside(plugin, reports, token, 
     assert answer.status_code == 404, (path, answer.status_code, answer.text[:200])
     assert SECRET not in answer.text and "root:" not in answer.text
     assert str(reports) not in answer.text  # nor where the folder is
+
+
+@pytest.fixture
+def s3_reports(request, monkeypatch):
+    """The same good files in a reports folder on a real S3 server (moto's), and a secret beside it."""
+    from tests import s3_server
+
+    url = request.getfixturevalue("s3_endpoint")
+    client = s3_server.client(url)
+    for key, body in {"reports/runs/2026-02-03/report.html": "<html>report 2026-02-03</html>",
+                      "reports/data_docs/index.html": "<html>docs</html>",
+                      "reports/data_docs/static/styles/style.css": "body{}",
+                      "outside/secret.html": SECRET, "reports-evil/index.html": SECRET}.items():
+        client.put_object(Bucket=s3_server.BUCKET, Key=key, Body=body.encode())
+    for k, v in s3_server.env(url).items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setenv("CSCNN_REPORTS_DIR", f"s3a://{s3_server.BUCKET}/reports")
+
+
+@pytest.mark.slow
+def test_a_reports_folder_on_object_storage_is_served_inside_it_only(plugin, s3_reports, token):
+    client = TestClient(plugin.app, headers={"Authorization": f"Bearer {token}"}, raise_server_exceptions=False)
+    assert client.get("/runs/2026-02-03/report.html").text == "<html>report 2026-02-03</html>"
+    assert client.get("/data_docs").text == client.get("/data_docs/").text == "<html>docs</html>"
+    css = client.get("/data_docs/static/styles/style.css")
+    assert css.text == "body{}" and css.headers["content-type"].startswith("text/css")
+    index = client.get("/")
+    assert index.status_code == 200 and 'href="runs/2026-02-03/report.html"' in index.text
+    assert 'href="data_docs/index.html"' in index.text
+    for path in ("/runs/%2e%2e/%2e%2e/outside/secret.html", "/..%2foutside%2fsecret.html", "/%2E%2E/reports-evil",
+                 "/runs/%2e/2026-02-03/report.html", "/runs//2026-02-03/report.html", "/runs/%00", "/%2Freports",
+                 "/runs/2026-02-02/report.html", "/runs/" + "a" * 5000):
+        answer = client.get(path)
+        assert answer.status_code == 404, (path, answer.status_code, answer.text[:200])
+        assert SECRET not in answer.text and "s3a://" not in answer.text
+    assert TestClient(plugin.app, raise_server_exceptions=False).get("/data_docs").status_code == 401

@@ -26,7 +26,8 @@ from PIL import Image
 
 from core import timing
 from core.config import load_config
-from core.files import write_json, write_json_local
+from core import storage
+from core.files import write_json
 from core.paths import Paths, local_path
 from models.ctr import CTRModel
 from models.synthetic import make_examples, make_spec
@@ -180,7 +181,7 @@ def fabricate_inputs(cfg, passed_quality: bool = True) -> dict[str, str]:
     paths = Paths.of(cfg)
     reports = paths.reports
     docs_page = os.path.join(reports, "data_docs", "validations", "bronze_impressions", DAY, "page 1.html")
-    write_json_local(paths.ingest_record(DAY), {
+    storage.write_json(paths.ingest_record(DAY), {
         "dt": DAY, "landing_impressions": 2000, "bronze_impressions": 1900, "quarantined_impressions": 100,
         "landing_ads": 300, "bronze_ads": 297, "quarantined_ads": 3, "new_images": 30,
         "reasons": {"impressions": {"null_required": 60, "unknown_ad": 40}, "ads": {"negative_price": 3}},
@@ -207,7 +208,7 @@ def fabricate_inputs(cfg, passed_quality: bool = True) -> dict[str, str]:
                            "report_path": os.path.join(reports, "data_docs", "ads.html"), "statistics": {}},
         },
         "summary_path": summary_path})
-    write_json_local(paths.features_record(DAY), {
+    storage.write_json(paths.features_record(DAY), {
         "run_date": DAY, "window_start": "2026-01-04", "window_end": "2026-02-04",
         "window_days": ["2026-02-03", "2026-02-04"], "missing_days": ["2026-02-02"],
         "excluded_days": [{"date": "2026-02-01", "reason": "check_bronze_quality failed"}],
