@@ -330,6 +330,9 @@ class TrainConfig:
     # Rows the trainer reads from the examples table at a time (features.example_stream): with the
     # prefetched ones, its memory for training data, independent of the window's size.
     chunk_rows: int = 65_536
+    # Decoded ad images kept between chunks and epochs (least recently used dropped first), so an
+    # ad's PNG is decoded once while they fit; bounds that memory whatever the number of ads.
+    image_cache_mb: int = 512
     device: str = "auto"  # auto, cpu, cuda
     amp: bool = True  # mixed precision on CUDA
     num_workers: int = 0
@@ -353,6 +356,7 @@ class TrainConfig:
         _check(self.validation_max_rows >= 0, "train.validation_max_rows", self.validation_max_rows,
                "an integer >= 0 (0: no cap)")
         _check(self.chunk_rows >= 1, "train.chunk_rows", self.chunk_rows, "an integer >= 1")
+        _check(self.image_cache_mb >= 0, "train.image_cache_mb", self.image_cache_mb, "an integer >= 0 (0: no cache)")
         _check(self.device in ("auto", "cpu", "cuda"), "train.device", self.device, "auto, cpu, cuda")
 
 

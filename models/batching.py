@@ -14,8 +14,10 @@ model normalises them on its device with ``preprocess_images``.
 
 from __future__ import annotations
 
+import collections
 import io
 import logging
+import threading
 from dataclasses import dataclass, field, fields
 from typing import Any, Iterable, Iterator, Mapping
 
@@ -216,9 +218,13 @@ class ImageTable:
 class EncodedImages(Mapping[int, np.ndarray]):
     """Ad images kept as their encoded PNG/JPEG bytes (one Arrow binary array), each decoded to
     uint8 (H, W, 3) when asked for: the trainer's image lookup holds bytes, not pixels, and the
-    pixels of one chunk's ads at a time (ImageTable)."""
+    pixels of one chunk's ads at a time (ImageTable).
 
-    def __init__(self, ad_id: Any, image_bytes: Any) -> None:
+    With `cache_bytes`, decoded images are also kept, least recently used dropped first once
+    their pixels exceed it, so an ad seen in many chunks and epochs is decoded once while they
+    fit. The cached arrays are read-only (every caller gets the same one). Thread-safe."""
+
+    def __init__(self, ad_id: Any, image_bytes: Any, cache_bytes: int = 0) -> None:
         arrow = isinstance(ad_id, (pa.Array, pa.ChunkedArray))
         ids = np.asarray(ad_id.to_numpy(zero_copy_only=False) if arrow else ad_id, np.int64)
         order = np.argsort(ids, kind="stable")
@@ -228,13 +234,32 @@ class EncodedImages(Mapping[int, np.ndarray]):
             raise ValueError(f"ad {int(dup)} has more than one image")
         data = image_bytes if isinstance(image_bytes, (pa.Array, pa.ChunkedArray)) else pa.array(image_bytes, pa.binary())
         self._bytes = data.take(pa.array(order))
+        self._cache: collections.OrderedDict[int, np.ndarray] = collections.OrderedDict()
+        self._cache_budget, self._cached_bytes = int(cache_bytes), 0
+        self._lock = threading.Lock()
+        self.decoded = 0  # images decoded so far (cache misses)
 
     def __getitem__(self, ad_id: int) -> np.ndarray:
         i = int(np.searchsorted(self._ids, ad_id))
         if i == len(self._ids) or self._ids[i] != ad_id:
             raise KeyError(ad_id)
+        key = int(self._ids[i])
+        with self._lock:
+            hit = self._cache.get(key)
+            if hit is not None:
+                self._cache.move_to_end(key)
+                return hit
         with Image.open(io.BytesIO(self._bytes[i].as_py())) as im:
-            return np.asarray(im.convert("RGB"), dtype=np.uint8)
+            pixels = np.asarray(im.convert("RGB"), dtype=np.uint8)
+        with self._lock:
+            self.decoded += 1
+            if self._cache_budget and pixels.nbytes <= self._cache_budget and key not in self._cache:
+                pixels.flags.writeable = False
+                self._cache[key] = pixels
+                self._cached_bytes += pixels.nbytes
+                while self._cached_bytes > self._cache_budget:
+                    self._cached_bytes -= self._cache.popitem(last=False)[1].nbytes
+        return pixels
 
     def __len__(self) -> int:
         return len(self._ids)

@@ -154,7 +154,7 @@ def run(cfg: PipelineConfig, run_date: dt.date) -> dict[str, Any]:
     snap, examples, spec, encoder = open_snapshot(cfg, run_date)
     train_rows, valid_tbl = validation_rows(cfg, examples)
     img = read_snapshot_images(snap)
-    images = EncodedImages(img.column("ad_id"), img.column("image_bytes"))
+    images = EncodedImages(img.column("ad_id"), img.column("image_bytes"), cfg.train.image_cache_mb << 20)
     del img
     live = live_model(cfg) if cfg.train.warm_start else None
     init_from = None if live is None else str(live.model)

@@ -153,6 +153,23 @@ def test_encoded_images_give_back_the_pixels_and_name_what_is_wrong(examples):
         EncodedImages(np.array([7, 7]), [b"a", b"b"])
 
 
+def test_decoded_images_are_cached_least_recently_used_first_within_the_budget():
+    pixels = {a: np.full((4, 4, 3), a, np.uint8) for a in (1, 2, 3)}  # 48 bytes each
+    images = EncodedImages(np.array(list(pixels)), [_png(p) for p in pixels.values()], cache_bytes=100)
+    assert all(np.array_equal(images[a], p) for a, p in pixels.items()) and images.decoded == 3
+    assert images[3] is images[3] and images.decoded == 3  # cached (1 was dropped for 3)
+    assert not images[3].flags.writeable  # shared: nobody may change it in place
+    _ = images[2]  # 2 is now the most recent, 3 the least
+    _ = images[1]  # decoded again; 3 is dropped
+    assert images.decoded == 4
+    _ = images[2]
+    assert images.decoded == 4
+    _ = images[3]
+    assert images.decoded == 5
+    uncached = EncodedImages(np.array(list(pixels)), [_png(p) for p in pixels.values()])
+    assert uncached[1] is not uncached[1] and uncached.decoded == 2
+
+
 @pytest.mark.parametrize("variant", ["cscnn", "cnn_fixed"])
 def test_streamed_training_trains_the_weights_of_in_memory_training(examples, tmp_path, variant):
     uri, spec, images, encoded = examples
