@@ -103,21 +103,24 @@ def train_in_memory(cfg, run_date: dt.date) -> dict:
 
 
 # The in-memory training of an earlier checkout (--before): its own read_snapshot, validation_split
-# and train, from the same snapshot; the config without the keys that checkout does not know.
+# and train, from the same snapshot; the config without the sections and keys that checkout does
+# not know (its PipelineConfig's defaults name them).
 _BEFORE = """
 import datetime as dt, json, sys
 from core.config import PipelineConfig, build
 from features.examples import validation_split
 from models.train import train
 from spark_jobs.train_model import read_snapshot
-date, cfg = dt.date.fromisoformat(sys.argv[1]), build(PipelineConfig, json.loads(sys.argv[2]), "")
+known, data = PipelineConfig().to_dict(), json.loads(sys.argv[2])
+data = {s: {k: v for k, v in sec.items() if k in known[s]} if isinstance(known[s], dict) else sec
+        for s, sec in data.items() if s in known}
+date, cfg = dt.date.fromisoformat(sys.argv[1]), build(PipelineConfig, data, "")
 spec, window, _, images, encoder = read_snapshot(cfg, date, holdout=False)
 fit, valid = validation_split(window, cfg.train.validation_fraction, cfg.train.seed)
 del window
 metrics = train(cfg, spec, fit, valid, images, sys.argv[3], resume=False, encoder=encoder)
 print(json.dumps({"metrics": metrics}, default=float))
 """
-NEW_TRAIN_KEYS = ("chunk_rows", "validation_max_rows")
 
 
 def run_trainer(mode: str, cfg, run_date: dt.date, before: str | None = None) -> dict:
@@ -134,11 +137,8 @@ def run_trainer(mode: str, cfg, run_date: dt.date, before: str | None = None) ->
         cmd = [sys.executable, "-m", "bench.scale", "--in-memory-trainer", "--date", run_date.isoformat(),
                "--config-json", config]
     else:
-        data = cfg.to_dict()
-        for key in NEW_TRAIN_KEYS:
-            data["train"].pop(key, None)
         os.makedirs(out_dir, exist_ok=True)
-        cmd = [sys.executable, "-c", _BEFORE, run_date.isoformat(), json.dumps(data), out_dir]
+        cmd = [sys.executable, "-c", _BEFORE, run_date.isoformat(), config, out_dir]
         cwd, env["PYTHONPATH"] = before, before
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, text=True)
