@@ -107,3 +107,16 @@ def test_a_mirror_pushes_what_changed_and_another_machine_gets_it(root, tmp_path
     other = storage.mirror(uri)
     assert other != folder and (other / "validations" / "run.html").read_text() == "run"
     assert not (other / "old.html").exists()
+
+
+def test_published_versions_stay_on_a_filesystem_and_the_error_names_the_setting(tmp_path):
+    from core.config import load_config
+    from serving.registry import PublishError, published_root
+
+    cfg = load_config(overrides={"storage.root": "s3a://bucket/prefix"})
+    assert cfg.storage.resolved().published_uri == "s3a://bucket/prefix/artifacts/published"
+    with pytest.raises(PublishError, match=r"storage.published_uri is 's3a://bucket/prefix/artifacts/published'"):
+        published_root(cfg)
+    mounted = load_config(overrides={"storage.root": "s3a://bucket/prefix",
+                                     "storage.published_uri": str(tmp_path / "published")})
+    assert published_root(mounted) == tmp_path / "published"
