@@ -25,6 +25,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, TypeVar
 
+from core import storage
+
 Scalar = int | float | bool | str | None
 T = TypeVar("T")
 R = TypeVar("R", bound="_Record")
@@ -131,8 +133,6 @@ def read_record(cls: type[R], path: str) -> R | None:
     """The record of type `cls` at `path` (a local path or an object storage URI, core.storage);
     None when the file does not exist; a RecordError naming the path when it cannot be read or is
     not the shape its stage writes."""
-    from core import storage  # here: core.storage reaches core.config, which some records' users import first
-
     try:
         text = storage.read_text(path)
     except FileNotFoundError:

@@ -209,9 +209,6 @@ def upload(folder: str | os.PathLike, uri: str) -> int:
     return len(names)
 
 
-_upload = upload
-
-
 def download(uri: str, folder: str | os.PathLike) -> int:
     """Copy the folder `uri`'s files into the local `folder` (created); the number of files copied."""
     import pyarrow.fs as pafs
@@ -244,12 +241,12 @@ def _scratch(prefix: str) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def writing_folder(uri: str, fresh: bool = True, upload: bool = True) -> Iterator[Path]:
+def writing_folder(uri: str, fresh: bool = True, upload_after: bool = True) -> Iterator[Path]:
     """A local folder to write the folder `uri` in.
 
     Local `uri`: the folder itself, created (emptied first with `fresh`). Remote: a scratch folder
     (with `fresh` False, first filled with what `uri` holds), uploaded over `uri` when the block
-    ends without an error (unless `upload` is False: a process that only reads, such as a
+    ends without an error (unless `upload_after` is False: a process that only reads, such as a
     training rank other than 0) and removed either way.
     """
     if is_local(uri):
@@ -263,22 +260,23 @@ def writing_folder(uri: str, fresh: bool = True, upload: bool = True) -> Iterato
         if not fresh:
             download(uri, tmp)
         yield tmp
-        if upload:
-            _upload(tmp, uri)
+        if upload_after:
+            upload(tmp, uri)
 
 
 @contextlib.contextmanager
-def reading_folder(uri: str) -> Iterator[Path]:
+def reading_folder(uri: str, missing_ok: bool = False) -> Iterator[Path]:
     """The folder `uri` as a local folder: itself when local, else a downloaded copy removed after
-    the block. FileNotFoundError naming `uri` when it holds no file."""
+    the block. FileNotFoundError naming `uri` when it holds no file, unless `missing_ok` (then the
+    folder given may not exist, or be empty)."""
     if is_local(uri):
         path = Path(local_path(uri))
-        if not path.is_dir():
+        if not path.is_dir() and not missing_ok:
             raise FileNotFoundError(f"no folder at {uri}")
         yield path
         return
     with _scratch("cscnn-read-") as tmp:
-        if download(uri, tmp) == 0:
+        if download(uri, tmp) == 0 and not missing_ok:
             raise FileNotFoundError(f"no folder at {uri}")
         yield tmp
 
@@ -302,14 +300,10 @@ def mirror(uri: str) -> Path:
     object storage, a folder of this machine (under scratch_root()/mirror) into which the files
     of `uri` that it lacks are downloaded now. For tools that keep a folder of files they update
     in place (Great Expectations' project and Data Docs); `push` sends their changes back."""
-    if is_local(uri):
-        path = Path(local_path(uri))
-        path.mkdir(parents=True, exist_ok=True)
-        return path
-    import hashlib
-
-    folder = Path(scratch_root()) / "mirror" / hashlib.sha1(uri.encode()).hexdigest()[:16]
+    folder = mirror_folder(uri)
     folder.mkdir(parents=True, exist_ok=True)
+    if is_local(uri):
+        return folder
     for name in list_files(uri):
         target = folder / name
         if not target.exists():
@@ -318,6 +312,15 @@ def mirror(uri: str) -> Path:
             write_to.write_bytes(read_bytes(join(uri, name)))
             os.replace(write_to, target)
     return folder
+
+
+def mirror_folder(uri: str) -> Path:
+    """Where `mirror(uri)` keeps the folder `uri` on this machine, without downloading anything."""
+    if is_local(uri):
+        return Path(local_path(uri))
+    import hashlib
+
+    return Path(scratch_root()) / "mirror" / hashlib.sha1(uri.encode()).hexdigest()[:16]
 
 
 def push(folder: str | os.PathLike, uri: str, since: float) -> int:

@@ -214,9 +214,9 @@ def validate(cfg: PipelineConfig, df: Any, suite: gx.ExpectationSuite, asset_nam
         small = _collect_if_small(df, cfg.quality.pandas_max_rows)
         if small is not None:
             df, source_name, is_spark = small, "pandas", False
-    context = get_gx_context(cfg)
+    context = get_gx_context(cfg)  # mirrors the folders once per process; here they are only named
     paths = Paths.of(cfg)
-    gx_root, docs_root = _local_dir(paths.gx_project), _local_dir(paths.data_docs)
+    gx_root, docs_root = (os.path.abspath(storage.mirror_folder(u)) for u in (paths.gx_project, paths.data_docs))
     was_cached = bool(getattr(df, "is_cached", False))
     # The lock spans the run: UpdateDataDocsAction rewrites the shared index page and stores.
     with _project_lock(gx_root):

@@ -209,12 +209,6 @@ def to_quarantine(df: "DataFrame", source: str, key: str, fields: tuple[contract
 # --------------------------------------------------------------------------- images
 
 
-def existing_files(uris: list[str]) -> set[str]:
-    """Which of `uris` are files: a local stat each, or one listing per folder on object storage
-    (core.storage.existing), from this process (a Spark Connect client has no Hadoop FileSystem)."""
-    return storage.existing(uris)
-
-
 def _image_uri_abs(landing: str, rel: str) -> str:
     return f"{landing.rstrip('/')}/{rel}"
 
@@ -335,7 +329,7 @@ def read_new_images(spark: "SparkSession", landing: str, candidates_df: "DataFra
     if is_local(landing):
         return read_local_images(spark, local_path(landing), rel_uris)
     abs_of = {_image_uri_abs(landing, u): u for u in rel_uris}
-    present = existing_files(list(abs_of))
+    present = storage.existing(list(abs_of))  # from this process: a Connect client has no Hadoop FileSystem
     missing_rows = [(abs_of[a], False, False, False, None, None, None, None) for a in abs_of if a not in present]
     missing_df = spark.createDataFrame(missing_rows, IMAGE_STATUS_SCHEMA)
     if not present:
@@ -382,7 +376,7 @@ def _replace_partitions(df: "DataFrame", uri: str, days: list[dt.date]) -> None:
 def _require_complete(spark: "SparkSession", paths: Paths, days: list[dt.date]) -> None:
     """Fail, naming the days, unless every day's landing drop carries its _SUCCESS marker."""
     markers = {day: paths.landing_success(day) for day in days}
-    present = existing_files(list(markers.values()))
+    present = storage.existing(list(markers.values()))
     missing = [day for day, marker in markers.items() if marker not in present]
     if not missing:
         return

@@ -15,15 +15,13 @@ switches the `current` pointer and marks the row live. It first recovers from an
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import hashlib
 import json
 import logging
 import sys
-import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any
 
 from core import storage
 from core.cli import run_cli, run_stage
@@ -62,7 +60,7 @@ def run(cfg: PipelineConfig, spark: "SparkSession", run_date: dt.date) -> dict[s
     record_uri = paths.validation_record(run_date)
     with model_files(cfg, run_date) as (model_path, model_manifest), \
             storage.reading_files(paths.run_dir(run_date), (RECORD_FILE,)) as run_folder, \
-            _lookup_folder(paths.run_lookup_dir(run_date)) as lookup_dir:
+            storage.reading_folder(paths.run_lookup_dir(run_date), missing_ok=True) as lookup_dir:
         record_path = run_folder / RECORD_FILE
         record_bytes = record_path.read_bytes() if record_path.is_file() else None
         record = json.loads(record_bytes) if record_bytes is not None else None
@@ -89,20 +87,6 @@ def run(cfg: PipelineConfig, spark: "SparkSession", run_date: dt.date) -> dict[s
             "gates": record.get("gates", []), "input_versions": input_versions, "config_hash": cfg.config_hash(),
             "code_version": code_version(), "published_at": dt.datetime.now(dt.timezone.utc).isoformat(),
         }, expect)
-
-
-@contextlib.contextmanager
-def _lookup_folder(uri: str) -> Iterator[Path]:
-    """The run's lookup folder as a local one; a folder without files when there is none (the
-    validation check then refuses with its own message)."""
-    try:
-        with storage.reading_folder(uri) as folder:
-            yield folder
-    except FileNotFoundError as e:
-        if str(uri) not in str(e):
-            raise
-        with tempfile.TemporaryDirectory(prefix="cscnn-nolookup-", dir=storage.scratch_root()) as empty:
-            yield Path(empty)
 
 
 def main(argv: list[str] | None = None) -> int:

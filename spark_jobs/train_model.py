@@ -166,7 +166,7 @@ def run(cfg: PipelineConfig, run_date: dt.date) -> dict[str, Any]:
              cfg.train.chunk_rows, len(images), init_from or "scratch")
     rank0 = int(os.environ.get("RANK", "0")) == 0
     model_dir = Paths.of(cfg).run_model_dir(run_date)
-    with storage.writing_folder(model_dir, fresh=False, upload=rank0) as out_dir:
+    with storage.writing_folder(model_dir, fresh=False, upload_after=rank0) as out_dir:
         def copy_checkpoint(path: Path) -> None:  # a retry on another machine resumes from it
             storage.write_bytes(storage.join(model_dir, path.name), path.read_bytes())
 
