@@ -44,13 +44,15 @@ def _stored(window) -> pa.Table:
 
 @pytest.fixture(scope="module")
 def examples(spark, tmp_path_factory):
-    """(uri, spec, images, encoded images) of a Spark-written examples table in 4 files."""
+    """(uri, spec, images, encoded images) of a Spark-written examples table in 4 files; the
+    encoded images cache 10 of the 30 decoded, so training also evicts and decodes again."""
     spec = make_spec(n_categories=4, vocab=13)
     window, images = make_examples(spec, n_ads=30, impressions_per_ad=(3, 17), image_size=32, seed=3)
     uri = str(tmp_path_factory.mktemp("stream") / "examples")
     df = spark.createDataFrame(_stored(window)).repartitionByRange(4, "row_idx").sortWithinPartitions("row_idx")
     write_examples(df, uri)
-    encoded = EncodedImages(pa.array(list(images), pa.int64()), pa.array([_png(p) for p in images.values()]))
+    encoded = EncodedImages(pa.array(list(images), pa.int64()), pa.array([_png(p) for p in images.values()]),
+                            cache_bytes=10 * 32 * 32 * 3)
     return uri, spec, images, encoded
 
 
@@ -179,7 +181,9 @@ def test_streamed_training_trains_the_weights_of_in_memory_training(examples, tm
     fit, valid = validation_split(whole, 0.2, seed=5)
     memory = train(cfg_with(**common), spec, fit, valid, images, tmp_path / "memory")
     stream = ExampleStream(uri, "train", chunk_rows=5, keep=lambda t: ~validation_mask(t, 0.2, 5))
+    decoded = encoded.decoded
     streamed = train(cfg_with(**common, train__chunk_rows=5), spec, stream, valid, encoded, tmp_path / "stream")
+    assert encoded.decoded - decoded > len(images)  # the cache, too small for every ad, evicted and decoded again
     assert streamed["train_impressions"] == memory["train_impressions"] == 2 * fit.num_rows
     assert streamed["steps"] == memory["steps"] and streamed["auc"] == memory["auc"]
     a, b = weights(tmp_path / "memory" / "model.pt"), weights(tmp_path / "stream" / "model.pt")
