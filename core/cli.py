@@ -110,9 +110,15 @@ def report_user_error(error: BaseException, debug: bool = False) -> int:
     return exit_codes.USAGE
 
 
+# Libraries that log every request or credential lookup at INFO: their warnings still show.
+QUIET_LOGGERS = ("botocore", "boto3", "s3transfer", "urllib3")
+
+
 def setup_logging() -> None:
     logging.basicConfig(level=os.environ.get("CSCNN_LOG_LEVEL", "INFO"),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def timing_record_path(cfg: PipelineConfig, run_date: dt.date, task: str) -> str:

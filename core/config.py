@@ -138,8 +138,9 @@ class StorageConfig:
     truth_uri: str = ""  # simulator's true click probabilities, never read by the pipeline (default <root>/truth)
     artifacts_uri: str = ""  # models, lookup-table files, registry pointer (default <root>/artifacts)
     reports_uri: str = ""  # Data Docs and run reports (default <root>/reports)
-    # Published versions and the live pointer (default <artifacts>/published): a local or mounted
-    # folder, since the pointer is switched by an atomic rename (serving/registry.py)
+    # Published versions and the live pointer (default <artifacts>/published): a local folder (the
+    # pointer is current.json, switched by an atomic rename) or object storage (the pointer is the
+    # registry table's live row, switched by one Delta commit); serving/registry.py
     published_uri: str = ""
 
     def resolved(self) -> "StorageConfig":

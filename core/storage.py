@@ -231,8 +231,9 @@ def scratch_root() -> str:
 
 
 @contextlib.contextmanager
-def _scratch(prefix: str) -> Iterator[Path]:
-    """A new folder under scratch_root(), removed after the block whatever happens."""
+def scratch(prefix: str) -> Iterator[Path]:
+    """A new folder under scratch_root() (its name starts with `prefix`), removed after the block
+    whatever happens."""
     tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=scratch_root()))
     try:
         yield tmp
@@ -256,7 +257,7 @@ def writing_folder(uri: str, fresh: bool = True, upload_after: bool = True) -> I
         path.mkdir(parents=True, exist_ok=True)
         yield path
         return
-    with _scratch("cscnn-stage-") as tmp:
+    with scratch("cscnn-stage-") as tmp:
         if not fresh:
             download(uri, tmp)
         yield tmp
@@ -275,7 +276,7 @@ def reading_folder(uri: str, missing_ok: bool = False) -> Iterator[Path]:
             raise FileNotFoundError(f"no folder at {uri}")
         yield path
         return
-    with _scratch("cscnn-read-") as tmp:
+    with scratch("cscnn-read-") as tmp:
         if download(uri, tmp) == 0 and not missing_ok:
             raise FileNotFoundError(f"no folder at {uri}")
         yield tmp
@@ -288,7 +289,7 @@ def reading_files(uri: str, names: tuple[str, ...]) -> Iterator[Path]:
     if is_local(uri):
         yield Path(local_path(uri))
         return
-    with _scratch("cscnn-read-") as tmp:
+    with scratch("cscnn-read-") as tmp:
         for name in names:
             if exists(join(uri, name)):
                 (tmp / name).write_bytes(read_bytes(join(uri, name)))

@@ -35,7 +35,7 @@ from bench.common import machine, write_result
 from core.cli import CliParser, date_arg, run_cli
 from core.config import load_config
 from core.paths import Paths, local_path
-from serving.registry import read_current, version_dir
+from serving.registry import read_current, version_uri
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"the run for {day} ended {state} and published nothing: see the run report "
               f"{local_path(paths.run_report(day))} and the task logs in the UI", file=sys.stderr)
         return 1
-    print(f"published version {current['version']} for {day}: {version_dir(cfg, current)}")
+    print(f"published version {current['version']} for {day}: {version_uri(cfg, current)}")
     print(f"lookup table (Delta): {paths.lookup_table} (run_date = {day})")
     print(f"Data Docs:   {local_path(paths.data_docs)}/index.html")
     print(f"run report:  {local_path(paths.run_report(day))}")

@@ -4,7 +4,7 @@
     python -m serving.registry rollback --to-version N [--config FILE] [--set KEY=VALUE]
     python -m serving.registry doctor   [--config FILE] [--set KEY=VALUE]
 
-Layout under <artifacts>/published/:
+Layout under <artifacts>/published/ (storage.published_uri):
 
     v<N>-<D>/           an immutable version: model/ (model.pt, manifest.json), lookup/ (serving
                         files, manifest.json), validation.json, and version.json, which lists the
@@ -44,9 +44,22 @@ Fault injection for the crash tests: with CSCNN_REGISTRY_PAUSE_AT set to one of 
 process stops at that step, writes its pid to the file CSCNN_REGISTRY_PAUSE_READY and waits
 forever (a test then kills it with SIGKILL).
 
-On an object store (s3a://) there is no atomic rename; there the pointer would be the registry
-Delta table's latest live row (a Delta commit is atomic). This module implements the
-local-filesystem pointer, which the default layout and the tests use.
+On object storage (storage.published_uri on s3a://, e.g. under an S3 storage.root) there is no
+rename and no flock, so the same transaction takes another shape:
+
+  1. stage    upload the files straight into v<N>-<D>/, hashing the bytes sent, version.json
+              last (a folder without version.json is incomplete; recovery removes it)
+  2. pending  as above
+  3. table    as above
+  4. live     set the registry row's state to "live": this one Delta commit is the pointer (the
+              registry table's latest live row is `current`, read from its log without Spark)
+  5. copy     write current.json as a copy of that row, for readers without a Delta reader (the
+              run report); recovery rewrites it when it is behind
+
+The lock is a lease object, .lock, created with a conditional write (core.object_lock). Delta
+commits on S3 are safe from one Spark driver at a time (the stages' shared Spark Connect server);
+the lock keeps two publishes or rollbacks from interleaving whichever drivers run them. Readers
+(predictor, validate, warm start) verify a local copy of the version (``version_dir``).
 
 Registry table (Paths.registry, Delta): one row per publish or rollback with version, run_date,
 action, dir, metrics, gates, input Delta versions, config hash, code version, model version,
@@ -76,11 +89,12 @@ from typing import Any, Iterator, NamedTuple
 import numpy as np
 from pyspark.sql import SparkSession
 
+from core import object_lock, storage
 from core.cli import CliParser, config_from_args, run_cli, setup_logging
 from core.config import PipelineConfig
 from core.delta import delete_where, delta_exists, sql_string, update_where
 from core.files import locked
-from core.paths import Paths, local_path
+from core.paths import Paths, is_local, local_path
 from core.spark import get_spark
 from core.timing import timed
 from serving.lookup import (AD_IDS_FILE, CATEGORIES_FILE, CATEGORY_IDS_FILE, EMBEDDINGS_FILE, IntegrityError,
@@ -170,7 +184,12 @@ def _sha256_bytes(data: bytes) -> str:
 
 @contextlib.contextmanager
 def registry_lock(cfg: PipelineConfig) -> Iterator[None]:
-    """Exclusive lock of the published folder (flock: the kernel releases it when the holder dies)."""
+    """Exclusive lock of the published versions: a flock on a local folder (the kernel releases it
+    when the holder dies); on object storage a lease object (core.object_lock)."""
+    if on_object_store(cfg):
+        with object_lock.held(storage.join(published_uri(cfg), LOCK_FILE)):
+            yield
+        return
     with locked(published_root(cfg) / LOCK_FILE):
         yield
 
@@ -178,27 +197,49 @@ def registry_lock(cfg: PipelineConfig) -> Iterator[None]:
 # --------------------------------------------------------------------------- pointer and folders
 
 
+def published_uri(cfg: PipelineConfig) -> str:
+    """Where the published versions are (storage.published_uri): a local folder or object storage."""
+    return Paths.of(cfg).published
+
+
+def on_object_store(cfg: PipelineConfig) -> bool:
+    """Whether the published versions are on object storage (the pointer is then the registry)."""
+    return not is_local(published_uri(cfg))
+
+
 def published_root(cfg: PipelineConfig) -> Path:
-    """The local folder of published versions (the pointer needs a local filesystem; see module doc)."""
-    uri = Paths.of(cfg).published
+    """The local folder of published versions (a local or mounted storage.published_uri only)."""
+    uri = published_uri(cfg)
     try:
         return Path(local_path(uri))
     except ValueError:
-        raise PublishError(f"storage.published_uri is {uri!r}: published versions need a local or mounted folder "
-                           "(the live pointer is switched by an atomic rename); set storage.published_uri to "
-                           "one, the other storage.* may stay on object storage") from None
+        raise PublishError(f"storage.published_uri is {uri!r}, on object storage: it has no local folder "
+                           "(serving.registry.version_dir gives a verified local copy of a version)") from None
 
 
-def version_dir(cfg: PipelineConfig, entry: dict[str, Any]) -> Path:
-    """The folder of a pointer/registry entry (its `dir` must be a plain v<N>-<D> name)."""
+def version_uri(cfg: PipelineConfig, entry: dict[str, Any]) -> str:
+    """Where the version of a pointer/registry entry is (its `dir` must be a plain v<N>-<D> name)."""
     name = str(entry.get("dir"))
     if not _VERSION_DIR.match(name):
         raise IntegrityError(f"{CURRENT_FILE}: dir {name!r} is not a version folder name v<N>-<YYYY-MM-DD>")
-    return published_root(cfg) / name
+    return storage.join(published_uri(cfg), name)
+
+
+def version_dir(cfg: PipelineConfig, entry: dict[str, Any]) -> Path:
+    """The version's folder on this machine: itself on a local folder; on object storage a copy
+    kept under the scratch folder (core.storage.mirror: files it lacks are downloaded, none is
+    trusted: callers check the copy with ``verify_version`` from the registry's checksum down)."""
+    uri = version_uri(cfg, entry)
+    if is_local(uri):
+        return Path(local_path(uri))
+    return storage.mirror(uri)
 
 
 def read_current(cfg: PipelineConfig) -> dict[str, Any] | None:
-    """The live version's pointer entry, or None when nothing is published."""
+    """The live version's pointer entry, or None when nothing is published. On object storage the
+    registry's live row is the pointer (read from the table's log, without Spark)."""
+    if on_object_store(cfg):
+        return _pointer(registry_live(_registry_rows(Paths.of(cfg).registry)))
     path = published_root(cfg) / CURRENT_FILE
     try:
         return json.loads(path.read_text())
@@ -209,7 +250,12 @@ def read_current(cfg: PipelineConfig) -> dict[str, Any] | None:
 
 
 def switch_current(cfg: PipelineConfig, entry: dict[str, Any]) -> None:
-    """Point `current` at ``entry`` atomically and durably (temporary file, fsync, os.replace, fsync)."""
+    """Point `current` at ``entry`` atomically and durably (temporary file, fsync, os.replace, fsync).
+    On object storage current.json is a copy of the registry's live row, for readers without a
+    Delta reader (the run report); the registry's commit is what moves the pointer there."""
+    if on_object_store(cfg):
+        storage.write_json(storage.join(published_uri(cfg), CURRENT_FILE), entry, indent=None)
+        return
     root = published_root(cfg)
     if not version_dir(cfg, entry).is_dir():
         raise PublishError(f"cannot point current at {entry['dir']!r}: no such version folder in {root}")
@@ -220,16 +266,15 @@ def switch_current(cfg: PipelineConfig, entry: dict[str, Any]) -> None:
 
 
 def list_version_dirs(cfg: PipelineConfig) -> list[tuple[int, str, str]]:
-    """(version, run date, folder name) of every complete version folder, oldest first."""
-    root = published_root(cfg)
-    if not root.is_dir():
-        return []
-    out = []
-    for p in root.iterdir():
-        m = _VERSION_DIR.match(p.name)
-        if m and p.is_dir():
-            out.append((int(m.group(1)), m.group(2), p.name))
-    return sorted(out)
+    """(version, run date, folder name) of every version folder, oldest first: on a local folder
+    each is complete (renamed into place); on object storage one is complete when its version.json
+    is there (uploaded last)."""
+    if on_object_store(cfg):
+        names = storage.children(published_uri(cfg))
+    else:
+        root = published_root(cfg)
+        names = [p.name for p in root.iterdir() if p.is_dir()] if root.is_dir() else []
+    return sorted((int(m.group(1)), m.group(2), name) for name in names if (m := _VERSION_DIR.match(name)))
 
 
 def code_version() -> str:
@@ -265,7 +310,12 @@ def stage_version(cfg: PipelineConfig, run_date: dt.date, sources: dict[str, Pat
 
     Every file and folder is fsynced; version.json lists every file's sha256, and each file named in
     ``expect`` (path in the version -> sha256, e.g. what validation checked) must have that sha256.
-    Returns the pointer entry of the new version (not yet live), with the sha256 of its version.json."""
+    Returns the pointer entry of the new version (not yet live), with the sha256 of its version.json.
+    On object storage the files are uploaded straight into v<N>-<D>/ (there is no rename), hashed
+    as they are sent, and version.json last: a folder without it is incomplete, and ``recover``
+    removes it."""
+    if on_object_store(cfg):
+        return _stage_on_object_store(cfg, run_date, sources, metadata, number, expect)
     root = published_root(cfg)
     root.mkdir(parents=True, exist_ok=True)
     if number is None:
@@ -284,11 +334,7 @@ def stage_version(cfg: PipelineConfig, run_date: dt.date, sources: dict[str, Pat
                 _pause_point("publish:copy")
                 _fsync_dir((staging / rel).parent)
         files = _file_list(staging)
-        for rel, sha in sorted((expect or {}).items()):
-            if files.get(rel, {}).get("sha256") != sha:
-                raise PublishError(f"refusing to publish: {rel} changed after validation (sha256 "
-                                   f"{files.get(rel, {}).get('sha256', 'missing')[:16]}..., validated {sha[:16]}...); "
-                                   "re-run validate for this date")
+        _check_expected(files, expect)
         info = {"format": VERSION_FORMAT, "version": number, "run_date": run_date.isoformat(), "dir": name,
                 **metadata, "files": files}
         data = json.dumps(info, indent=2, sort_keys=True).encode()
@@ -299,6 +345,59 @@ def stage_version(cfg: PipelineConfig, run_date: dt.date, sources: dict[str, Pat
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    entry = {k: v for k, v in info.items() if k != "files"}
+    return {**entry, "version_sha256": _sha256_bytes(data)}
+
+
+def _check_expected(files: dict[str, dict[str, Any]], expect: dict[str, str] | None) -> None:
+    for rel, sha in sorted((expect or {}).items()):
+        if files.get(rel, {}).get("sha256") != sha:
+            raise PublishError(f"refusing to publish: {rel} changed after validation (sha256 "
+                               f"{files.get(rel, {}).get('sha256', 'missing')[:16]}..., validated {sha[:16]}...); "
+                               "re-run validate for this date")
+
+
+def _upload_hashing(src: Path, uri: str) -> dict[str, Any]:
+    """Send the file ``src`` to the object ``uri``, hashing the bytes sent; {sha256, bytes}."""
+    fs, path = storage.filesystem(uri)
+    digest, size = hashlib.sha256(), 0
+    with open(src, "rb") as fin, fs.open_output_stream(path) as fout:
+        while chunk := fin.read(1 << 20):
+            digest.update(chunk)
+            fout.write(chunk)
+            size += len(chunk)
+    return {"sha256": digest.hexdigest(), "bytes": size}
+
+
+def _stage_on_object_store(cfg: PipelineConfig, run_date: dt.date, sources: dict[str, Path],
+                           metadata: dict[str, Any], number: int | None,
+                           expect: dict[str, str] | None) -> dict[str, Any]:
+    """``stage_version`` on object storage (see there)."""
+    if number is None:
+        number = max((v for v, _, _ in list_version_dirs(cfg)), default=0) + 1
+    name = f"v{number}-{run_date.isoformat()}"
+    target = storage.join(published_uri(cfg), name)
+    if storage.exists(storage.join(target, VERSION_FILE)):
+        raise PublishError(f"{target} is a published version already: versions are never overwritten")
+    storage.remove_tree(target)  # what an earlier, interrupted upload of this number left
+    files: dict[str, dict[str, Any]] = {}
+    for rel, src in sources.items():
+        members = sorted(p for p in src.rglob("*") if p.is_file() or p.is_symlink()) if src.is_dir() else [src]
+        for path in members:
+            if path.is_symlink():
+                raise PublishError(f"refusing to publish the symlink {path}: a version holds plain files only")
+            name_in = rel if path == src else f"{rel}/{path.relative_to(src).as_posix()}"
+            files[name_in] = _upload_hashing(path, storage.join(target, name_in))
+            _pause_point("publish:copy")
+    try:
+        _check_expected(files, expect)
+    except PublishError:
+        storage.remove_tree(target)
+        raise
+    info = {"format": VERSION_FORMAT, "version": number, "run_date": run_date.isoformat(), "dir": name,
+            **metadata, "files": dict(sorted(files.items()))}
+    data = json.dumps(info, indent=2, sort_keys=True).encode()
+    storage.write_bytes(storage.join(target, VERSION_FILE), data)
     entry = {k: v for k, v in info.items() if k != "files"}
     return {**entry, "version_sha256": _sha256_bytes(data)}
 
@@ -428,12 +527,44 @@ def read_registry(spark: SparkSession, cfg: PipelineConfig) -> list[dict[str, An
     uri = Paths.of(cfg).registry
     if not delta_exists(spark, uri):
         return []
-    rows = [r.asDict() for r in spark.read.format("delta").load(uri).orderBy("published_at").collect()]
+    return _normalized([r.asDict() for r in spark.read.format("delta").load(uri).orderBy("published_at").collect()])
+
+
+def _normalized(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for r in rows:
         r.setdefault("txn", None)
         r.setdefault("version_sha256", None)
         r["state"] = r.get("state") or LIVE
     return rows
+
+
+def _registry_rows(uri: str) -> list[dict[str, Any]]:
+    """The registry's rows read from its Delta log's live files with pyarrow (no Spark), oldest
+    first; [] when the table does not exist yet."""
+    import pyarrow.parquet as pq
+
+    from core.delta_log import live_files
+
+    if not storage.children(storage.join(uri, "_delta_log")):
+        return []
+    fs, _ = storage.filesystem(uri)  # the files' paths are inside the table's filesystem
+    rows: list[dict[str, Any]] = []
+    for f in live_files(uri):
+        rows += pq.read_table(f.path, filesystem=fs).to_pylist()
+    return _normalized(sorted(rows, key=lambda r: r["published_at"]))
+
+
+def _pointer(row: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The pointer entry (current.json's fields) of a registry row."""
+    if row is None:
+        return None
+    run_date = row["run_date"]
+    return {"version": int(row["version"]), "run_date": run_date.isoformat() if hasattr(run_date, "isoformat")
+            else str(run_date), "dir": row["dir"], "action": row["action"], "txn": row["txn"],
+            "version_sha256": row["version_sha256"], "model_version": row.get("model_version"),
+            "metrics": json.loads(row.get("metrics") or "{}"), "gates": json.loads(row.get("gates") or "[]"),
+            "input_versions": json.loads(row.get("input_versions") or "{}"), "config_hash": row.get("config_hash"),
+            "code_version": row.get("code_version")}
 
 
 def registry_live(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
@@ -509,21 +640,30 @@ def _abandon(spark: SparkSession, cfg: PipelineConfig, row: dict[str, Any]) -> N
         delete_published_lookup(spark, cfg, row["version"])
     set_state(spark, cfg, row["txn"], ABANDONED)
     if row["action"] == "publish":
-        shutil.rmtree(published_root(cfg) / row["dir"], ignore_errors=True)
+        _remove_version_folder(cfg, row["dir"])
+
+
+def _remove_version_folder(cfg: PipelineConfig, name: str) -> None:
+    if on_object_store(cfg):
+        storage.remove_tree(storage.join(published_uri(cfg), name))
+    else:
+        shutil.rmtree(published_root(cfg) / name, ignore_errors=True)
 
 
 def recover(spark: SparkSession, cfg: PipelineConfig) -> dict[str, list]:
     """Make the registry agree with `current` after a crash (see the module docstring); call under
     ``registry_lock``. Returns what was done."""
-    root = published_root(cfg)
     done: dict[str, list] = {"removed_staging": [], "rolled_forward": [], "abandoned": [],
                              "removed_orphans": [], "recorded": []}
-    if not root.is_dir():
-        return done
-    for p in sorted(root.glob(f"{STAGING_PREFIX}*")):
-        shutil.rmtree(p, ignore_errors=True)
-        done["removed_staging"].append(p.name)
-    (root / f"{CURRENT_FILE}.tmp").unlink(missing_ok=True)
+    remote = on_object_store(cfg)
+    root = None if remote else published_root(cfg)
+    if root is not None:
+        if not root.is_dir():
+            return done
+        for p in sorted(root.glob(f"{STAGING_PREFIX}*")):
+            shutil.rmtree(p, ignore_errors=True)
+            done["removed_staging"].append(p.name)
+        (root / f"{CURRENT_FILE}.tmp").unlink(missing_ok=True)
     current = read_current(cfg)
     rows = read_registry(spark, cfg)
     for row in [r for r in rows if r["state"] == PENDING]:
@@ -540,15 +680,26 @@ def recover(spark: SparkSession, cfg: PipelineConfig) -> dict[str, list]:
     recorded = max([int(r["version"]) for r in rows] + ([int(current["version"])] if current else []), default=0)
     for number, _, name in list_version_dirs(cfg):
         if name not in named and number > recorded:
-            shutil.rmtree(root / name, ignore_errors=True)
+            _remove_version_folder(cfg, name)
             done["removed_orphans"].append(name)
     if current is not None and not agrees(current, rows):
         append_registry(spark, cfg, current, "recover", LIVE, current.get("txn"))
         done["recorded"].append(current["dir"])
-    _fsync_dir(root)
+    if root is not None:
+        _fsync_dir(root)
+    elif current is not None and _current_copy(cfg) != current:
+        switch_current(cfg, current)  # the copy for readers without Delta, behind after a crash
     if any(done.values()):
         log.warning("registry recovery: %s", {k: v for k, v in done.items() if v})
     return done
+
+
+def _current_copy(cfg: PipelineConfig) -> dict[str, Any] | None:
+    """current.json on object storage (a copy of the registry's live row), None when absent or unreadable."""
+    try:
+        return storage.read_json(storage.join(published_uri(cfg), CURRENT_FILE))
+    except (FileNotFoundError, ValueError):
+        return None
 
 
 def _next_number(cfg: PipelineConfig, rows: list[dict[str, Any]]) -> int:
@@ -563,11 +714,15 @@ def _commit(spark: SparkSession, cfg: PipelineConfig, entry: dict[str, Any], act
     pointer = {**entry, "txn": txn, "action": action}
     append_registry(spark, cfg, pointer, action, PENDING, txn)
     _pause_point(f"{action}:pending")
+    remote = on_object_store(cfg)
     try:
         if before_pointer is not None:
             before_pointer(pointer)
             _pause_point(f"{action}:table")
-        switch_current(cfg, pointer)
+        if remote:
+            set_state(spark, cfg, txn, LIVE)  # the pointer on object storage: one Delta commit
+        else:
+            switch_current(cfg, pointer)
     except BaseException:
         # Undo unless the pointer did move (then the next start rolls the transaction forward);
         # if the undo fails too, recovery on the next start redoes it.
@@ -577,7 +732,10 @@ def _commit(spark: SparkSession, cfg: PipelineConfig, entry: dict[str, Any], act
                 _abandon(spark, cfg, pointer)
         raise
     _pause_point(f"{action}:pointer")
-    set_state(spark, cfg, txn, LIVE)
+    if remote:
+        switch_current(cfg, pointer)
+    else:
+        set_state(spark, cfg, txn, LIVE)
     log.info("%s: v%s (%s) is live", action, entry["version"], entry["run_date"])
     return pointer
 
@@ -602,10 +760,10 @@ def rollback(spark: SparkSession, cfg: PipelineConfig, to_version: int) -> dict[
         published = {int(r["version"]): r for r in rows if r["state"] == LIVE}  # the latest live row of each
         dirs = {v: name for v, _, name in list_version_dirs(cfg)}
         if to_version not in dirs or to_version not in published:
-            raise PublishError(f"no published version {to_version} in {published_root(cfg)}; "
+            raise PublishError(f"no published version {to_version} in {published_uri(cfg)}; "
                                f"available: {sorted(set(dirs) & set(published)) or 'none'}")
         current = read_current(cfg)
-        folder = published_root(cfg) / dirs[to_version]
+        folder = version_dir(cfg, {"dir": dirs[to_version]})
         sha = published[to_version].get("version_sha256")
         try:
             info = verify_version(folder, sha)
@@ -673,7 +831,11 @@ def main(argv: list[str] | None = None) -> int:
         current = read_current(cfg)
         for number, day, name in list_version_dirs(cfg):
             mark = "*" if current and current["version"] == number else " "
-            info = json.loads((published_root(cfg) / name / VERSION_FILE).read_text())
+            try:
+                info = storage.read_json(storage.join(published_uri(cfg), name, VERSION_FILE))
+            except FileNotFoundError:  # an upload to object storage that never finished
+                print(f"  v{number}  run_date {day}  (incomplete: no {VERSION_FILE}; `doctor` removes it)")
+                continue
             legacy = "" if "files" in info else "  (legacy: no file checksums)"
             print(f"{mark} v{number}  run_date {day}  auc {info.get('metrics', {}).get('auc')}  "
                   f"model {info.get('model_version')}  published {info.get('published_at')}{legacy}")

@@ -12,6 +12,7 @@ import datetime as dt
 import json
 import os
 import time
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -22,9 +23,10 @@ import pyarrow.parquet as pq
 from core.config import PipelineConfig, WorldConfig
 from core.contract import AD_FIELDS, IMPRESSION_FIELDS, TRUTH_FIELDS
 from core.files import replace_file, write_text
-from core.paths import Paths, local_path
+from core import storage
+from core.paths import Paths, is_local, local_path
 from simworld import baddata
-from simworld.images import image_relpath, write_images
+from simworld.images import IMAGES_DIR, image_relpath, write_images
 from simworld.schema import arrow_schema
 from simworld.traffic import DayTraffic, simulate_day
 from simworld.world import AdTable, active_ads, categories
@@ -117,10 +119,34 @@ def generate_day(cfg: PipelineConfig, day: dt.date | str) -> dict[str, Any]:
     Keys: date, impressions (rows written, duplicates included), ads (catalog rows), new_ads
     (born that day), new_images (image files written), clicks, ctr, seconds, injected (the
     bad-data report, also in D/_injected.json).
+
+    With the landing area or the truth on object storage the day is written in a scratch folder
+    laid out like them, then uploaded: D/ removed first, the new images, the truth, then D/'s
+    files with _SUCCESS last (core.storage.upload); images already in the bucket are not drawn again.
     """
+    day = as_date(day)
+    paths = Paths.of(cfg)
+    truth = cfg.storage.resolved().truth_uri
+    if is_local(paths.landing) and is_local(truth):
+        return _generate_day(cfg, day)
+    storage.remove_tree(paths.landing_day(day))  # the drop is incomplete while it is being replaced
+    images = storage.join(paths.landing, IMAGES_DIR)
+    present = frozenset(f"{IMAGES_DIR}/{name}" for name in storage.list_files(images))
+    with storage.scratch("cscnn-simworld-") as tmp:
+        local_cfg = cfg.replace({"storage.landing_uri": str(tmp / "landing"), "storage.truth_uri": str(tmp / "truth")})
+        summary = _generate_day(local_cfg, day, present)
+        local = Paths.of(local_cfg)
+        for name in storage.list_files(storage.join(local.landing, IMAGES_DIR)):
+            storage.write_bytes(storage.join(images, name), (tmp / "landing" / IMAGES_DIR / name).read_bytes())
+        storage.write_bytes(paths.truth_day(day), Path(local.truth_day(day)).read_bytes())
+        storage.upload(local.landing_day(day), paths.landing_day(day))
+    return summary
+
+
+def _generate_day(cfg: PipelineConfig, day: dt.date, present: frozenset[str] = frozenset()) -> dict[str, Any]:
+    """generate_day on local folders; `present`: images that exist already (simworld.images.write_images)."""
     start = time.perf_counter()
     world = cfg.world
-    day = as_date(day)
     index = day_index(world, day)
     paths = Paths.of(cfg)
     landing = local_path(paths.landing)
@@ -129,7 +155,7 @@ def generate_day(cfg: PipelineConfig, day: dt.date | str) -> dict[str, Any]:
         os.remove(success)  # the drop is incomplete while it is being replaced
 
     ads = active_ads(world, index)
-    new_images = write_images(world, ads, landing)
+    new_images = write_images(world, ads, landing, present)
     traffic = simulate_day(world, day, index, ads)
     impressions = impressions_table(traffic, day, day.weekday())
     catalog = catalog_table(world, ads)

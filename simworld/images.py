@@ -29,9 +29,12 @@ MARK_CORE_HALF = 0.028  # half side of its dark centre
 PNG_OPTIONS = {"format": "PNG", "compress_level": 1, "optimize": False}
 
 
+IMAGES_DIR = "images"  # the landing area's folder of ad images
+
+
 def image_relpath(ad_id: int) -> str:
     """Path of an ad's image relative to the landing root: images/<shard>/<ad_id>.png."""
-    return f"images/{ad_id % 1000:03d}/{ad_id}.png"
+    return f"{IMAGES_DIR}/{ad_id % 1000:03d}/{ad_id}.png"
 
 
 def render(cfg: WorldConfig, ads: AdTable) -> np.ndarray:
@@ -81,10 +84,13 @@ def encode_png(pixels: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def write_images(cfg: WorldConfig, ads: AdTable, landing_root: str) -> int:
-    """Write the image of every ad whose file is absent; returns how many were written."""
-    paths = [os.path.join(landing_root, image_relpath(int(a))) for a in ads.ad_id]
-    todo = np.array([i for i, p in enumerate(paths) if not os.path.exists(p)], dtype=np.int64)
+def write_images(cfg: WorldConfig, ads: AdTable, landing_root: str, present: frozenset[str] = frozenset()) -> int:
+    """Write the image of every ad whose file is absent (from `landing_root`, and from `present`:
+    image paths relative to the landing area that exist elsewhere); returns how many were written."""
+    rels = [image_relpath(int(a)) for a in ads.ad_id]
+    paths = [os.path.join(landing_root, r) for r in rels]
+    todo = np.array([i for i, (r, p) in enumerate(zip(rels, paths)) if r not in present and not os.path.exists(p)],
+                    dtype=np.int64)
     batch = max(1, (1 << 20) // (cfg.image_size * cfg.image_size))  # ~12 MB of float32 pixels
     for start in range(0, len(todo), batch):
         idx = todo[start:start + batch]

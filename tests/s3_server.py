@@ -71,12 +71,11 @@ def with_s3_warehouse(config_text: str, url: str, prefix: str) -> str:
     return text + "\n[spark.extra_conf]\n" + "".join(f'"{k}" = "{v}"\n' for k, v in s3a_conf(url).items())
 
 
-def with_s3_root(config_text: str, url: str, prefix: str, published: str) -> str:
-    """A config's text with storage.root at s3a://BUCKET/<prefix> (every area on the bucket) but
-    the published versions in the local folder `published`, and the s3a settings added."""
+def with_s3_root(config_text: str, url: str, prefix: str) -> str:
+    """A config's text with storage.root at s3a://BUCKET/<prefix> (every area on the bucket, the
+    published versions included) and the s3a settings added."""
     text = with_s3_warehouse(config_text, url, f"{prefix}/warehouse")
-    text, n = re.subn(r'(?m)^root = ".*"$', f'root = "s3a://{BUCKET}/{prefix}"\npublished_uri = "{published}"', text,
-                      count=1)
+    text, n = re.subn(r'(?m)^root = ".*"$', f'root = "s3a://{BUCKET}/{prefix}"', text, count=1)
     assert n == 1, "the config has no storage.root line"
     return text
 

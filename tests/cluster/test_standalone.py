@@ -8,13 +8,13 @@ credentials in the stages' environment only. A tiny world's day D runs twice, in
 roots: once with the tiny config's `local[2]` and local folders, once with `spark.master` set to
 the cluster's URL and `storage.root` on the bucket: landing, warehouse, artifacts (snapshot, model,
 checkpoint, lookup files, records, timings) and reports (quality summaries, Data Docs, report data)
-all there; only the published versions stay in a local folder (`storage.published_uri`: the live
-pointer needs an atomic rename). The world's days and the history before D are made once, locally;
+and the published versions (the registry's live row is the pointer there, serving/registry.py)
+all there. The world's days and the history before D are made once, locally;
 the landing area and the warehouse (the bronze tables of the history) are uploaded to the bucket.
 Each stage is the command the DAG's task runs, in the DAG's order (tests/day_stages.py). Then the
 examples table, the vocabularies, the stable-id registry, the bins, the lookup table, the model's
-scores on day D and the gates' verdicts must match, and nothing but the published versions may
-appear on the local disk.
+scores on day D and the gates' verdicts must match, nothing but the run's config may appear on
+the local disk, and the published version serves from the bucket.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from features.examples import SPLITS, examples_location, read_example_files
 from features.tables import BINS_TABLE, EXAMPLES_TABLE, ID_REGISTRY_TABLE, VOCAB_TABLE
 from models.train import load_model, predict
 from reports.run_report import render
+from serving.predictor import Predictor
 from spark_jobs.train_model import read_snapshot
 from tests import s3_server
 from tests.dags.tiny_world import CONFIG
@@ -46,14 +47,14 @@ PREFIX = "prefix"
 
 def _config(root: Path, master: str, s3_url: str | None = None) -> Path:
     """The tiny world's config with its storage under `root`, `master` as spark.master and, with
-    `s3_url`, its storage root on the S3 server (published versions in `root`/published)."""
+    `s3_url`, its storage root on the S3 server."""
     config_file = root / "run.toml"
     config_file.parent.mkdir(parents=True, exist_ok=True)
     text = CONFIG.format(root=root / "var")
     assert 'master = "local[2]"' in text
     text = text.replace('master = "local[2]"', f'master = "{master}"')
     text = text.replace("[train]\n", "[train]\ncheckpoint_every = 2\n", 1)  # checkpoints to copy to the bucket
-    config_file.write_text(text if s3_url is None else s3_server.with_s3_root(text, s3_url, PREFIX, root / "published"))
+    config_file.write_text(text if s3_url is None else s3_server.with_s3_root(text, s3_url, PREFIX))
     return config_file
 
 
@@ -101,8 +102,9 @@ def test_the_daily_stages_on_a_cluster_and_s3_match_local(cluster, s3_endpoint, 
     # The stages' Spark ran on the cluster: its worker started executors (JVMs of their own) for it.
     apps = sorted((cluster.folder / "work").glob("app-*"))
     assert apps and all((app / "0" / "stderr").exists() for app in apps), apps
-    # The day's tables and files are objects in the bucket; on the local disk there is nothing but
-    # the published version, and no stage left a scratch folder behind (the Data Docs mirror stays).
+    # The day's tables and files are objects in the bucket, the published version too; on the local
+    # disk there is nothing but the config, and no stage left a scratch folder behind (the mirrors
+    # of the Data Docs and of the versions validate read stay).
     keys = s3_server.keys(s3_endpoint, PREFIX)
     for table in ("bronze/impressions", "features/day_rows", f"features/examples/{DAY}", "features/vocab",
                   "lookup_table"):
@@ -116,8 +118,8 @@ def test_the_daily_stages_on_a_cluster_and_s3_match_local(cluster, s3_endpoint, 
     assert any(k.startswith(f"{PREFIX}/reports/data_docs/validations/") and k.endswith(".html") for k in keys)
     assert f"{PREFIX}/reports/quality/{DAY}.json" in keys
     cluster_root = Path(tmp_path / "cluster")
-    assert sorted(p.name for p in cluster_root.iterdir()) == ["published", "run.toml"]
-    assert sorted(p.name for p in (cluster_root / "published").iterdir() if p.name.startswith("v")) == [f"v1-{DAY}"]
+    assert sorted(p.name for p in cluster_root.iterdir()) == ["run.toml"]
+    assert f"{PREFIX}/artifacts/published/v1-{DAY}/version.json" in keys
     assert [p.name for p in (tmp_path / "scratch").iterdir()] == ["mirror"]
 
     local, remote = Paths.of(local_cfg), Paths.of(cluster_cfg)
@@ -141,6 +143,10 @@ def test_the_daily_stages_on_a_cluster_and_s3_match_local(cluster, s3_endpoint, 
     verdicts = [[(g["name"], g["passed"]) for g in storage.read_json(p.validation_record(DAY))["gates"]]
                 for p in (local, remote)]
     assert verdicts[0] and verdicts[0] == verdicts[1]
+    # The version published in the bucket (the registry's live row its pointer) serves what the local one does.
+    served = [Predictor.from_current(c) for c in (local_cfg, cluster_cfg)]
+    assert [p.version["dir"] for p in served] == [f"v1-{DAY}"] * 2
+    assert np.array_equal(np.asarray(served[0].table.ad_ids), np.asarray(served[1].table.ad_ids))
 
     # The run report (the DAG's render_report), from the run's config and records in the bucket, to the bucket.
     config_uri = storage.join(remote.run_dir(DAY), "config.json")

@@ -3,12 +3,18 @@ so raw contract requests and encoded examples describe the same impressions (no 
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from core.config import load_config
+from serving import registry
 from features.encoder import VOCAB_FIELDS, FeatureEncoder
 from features.spec import MULTI_FIELDS, NUMERIC_FIELDS, SINGLE_FIELDS
 from models.synthetic import make_examples, make_spec
@@ -60,3 +66,30 @@ def requests_from_examples(df: pd.DataFrame) -> list[dict]:
             req[name] = [int(x) for x in row[f"m_{name}"]]
         out.append(req)
     return out
+
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def kill_at(cfg, step: str, argv: list[str], tmp_path: Path) -> None:
+    """Run ``argv`` (with ``cfg`` as --config-json) in a new process group until it pauses at the
+    registry's ``step`` (serving.registry's pause points), then SIGKILL the group."""
+    name = step.replace(":", "-")
+    ready = tmp_path / f"paused-{name}.pid"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), registry.PAUSE_AT_ENV: step,
+           registry.PAUSE_READY_ENV: str(ready)}
+    log = tmp_path / f"killed-{name}.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, *argv, "--config-json", cfg.to_json()], cwd=ROOT, env=env,
+                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 600
+        while not ready.exists():
+            assert proc.poll() is None, f"exited with {proc.returncode} before {step}:\n{log.read_text()[-3000:]}"
+            assert time.monotonic() < deadline, f"never reached {step}:\n{log.read_text()[-3000:]}"
+            time.sleep(0.2)
+        assert int(ready.read_text()) == proc.pid
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL

@@ -10,12 +10,7 @@ table holds the live versions' rows only.
 
 from __future__ import annotations
 
-import os
 import shutil
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -25,11 +20,10 @@ from core.paths import Paths
 from serving import registry
 from serving.predictor import Predictor
 from spark_jobs import build_lookup, publish, validate
-from tests.serving.helpers import small_cfg
+from tests.serving.helpers import kill_at, small_cfg
 from tests.serving.spark_world import D
 from tests.serving.test_pipeline import GATES, base, fresh_cfg, train_blocked_model, world  # noqa: F401  (fixtures)
 
-ROOT = Path(__file__).resolve().parents[2]
 PUBLISH_STEPS = [s for s in registry.PAUSE_STEPS if s.startswith("publish:")]
 ROLLBACK_STEPS = [s for s in registry.PAUSE_STEPS if s.startswith("rollback:")]
 FLOAT16 = {"inference.reduction": "float16"}
@@ -70,29 +64,6 @@ def copy_of(state: Path, tmp_path: Path):
     root = tmp_path / "var"
     shutil.copytree(state, root)
     return small_cfg(root, **{**GATES, **FLOAT16})
-
-
-def kill_at(cfg, step: str, argv: list[str], tmp_path: Path) -> None:
-    """Run ``argv`` in a new process group until it pauses at ``step``, then SIGKILL the group."""
-    name = step.replace(":", "-")
-    ready = tmp_path / f"paused-{name}.pid"
-    env = {**os.environ, "PYTHONPATH": str(ROOT), registry.PAUSE_AT_ENV: step,
-           registry.PAUSE_READY_ENV: str(ready)}
-    log = tmp_path / f"killed-{name}.log"
-    with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, *argv, "--config-json", cfg.to_json()], cwd=ROOT, env=env,
-                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 600
-        while not ready.exists():
-            assert proc.poll() is None, f"exited with {proc.returncode} before {step}:\n{log.read_text()[-3000:]}"
-            assert time.monotonic() < deadline, f"never reached {step}:\n{log.read_text()[-3000:]}"
-            time.sleep(0.2)
-        assert int(ready.read_text()) == proc.pid
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=60)
-    assert proc.returncode == -signal.SIGKILL
 
 
 def published_versions(spark, cfg) -> set[int]:

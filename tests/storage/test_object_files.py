@@ -109,14 +109,16 @@ def test_a_mirror_pushes_what_changed_and_another_machine_gets_it(root, tmp_path
     assert not (other / "old.html").exists()
 
 
-def test_published_versions_stay_on_a_filesystem_and_the_error_names_the_setting(tmp_path):
+def test_published_versions_default_under_the_artifacts_and_may_be_on_object_storage(tmp_path):
     from core.config import load_config
-    from serving.registry import PublishError, published_root
+    from serving.registry import PublishError, on_object_store, published_root, version_uri
 
     cfg = load_config(overrides={"storage.root": "s3a://bucket/prefix"})
     assert cfg.storage.resolved().published_uri == "s3a://bucket/prefix/artifacts/published"
+    assert on_object_store(cfg)
+    assert version_uri(cfg, {"dir": "v3-2026-01-05"}) == "s3a://bucket/prefix/artifacts/published/v3-2026-01-05"
     with pytest.raises(PublishError, match=r"storage.published_uri is 's3a://bucket/prefix/artifacts/published'"):
-        published_root(cfg)
+        published_root(cfg)  # no local folder to give
     mounted = load_config(overrides={"storage.root": "s3a://bucket/prefix",
                                      "storage.published_uri": str(tmp_path / "published")})
-    assert published_root(mounted) == tmp_path / "published"
+    assert published_root(mounted) == tmp_path / "published" and not on_object_store(mounted)
