@@ -2,7 +2,7 @@
 (cscnn_parent, model.prior_hierarchy "parent") and brand priors (cscnn_brand, model.prior_fields
 ["category", "brand"]) against plain cscnn, paired within each seed.
 
-    python -m bench.beyond [--seeds 11,12,13]          # both worlds, then bench/results/beyond.json
+    python -m bench.beyond [--seeds 21,22,23]          # both worlds, then bench/results/beyond.json
     python -m bench.beyond --compose                   # only rebuild beyond.json from the two world files
 
 Two worlds per seed, the same but for the cues the options are for (WORLDS):
@@ -150,7 +150,7 @@ def markdown(result: dict[str, Any]) -> str:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--seeds", default="11,12,13", help="world/training seeds, comma separated")
+    ap.add_argument("--seeds", default="21,22,23", help="world/training seeds, comma separated")
     ap.add_argument("--worlds", default=",".join(WORLDS), help=f"worlds to run, from {', '.join(WORLDS)}")
     ap.add_argument("--compose", action="store_true", help="only rebuild beyond.json from the world files")
     ap.add_argument("--markdown", default="", metavar="RESULT_JSON", help="only print a beyond.json as Markdown")

@@ -414,6 +414,25 @@ def _epoch(source: _Source, spec: FeatureSpec, images: Mapping[int, np.ndarray] 
         yield (*pending, True)
 
 
+def param_groups(model: nn.Module, tc) -> list[dict[str, Any]]:
+    """The optimizer's parameter groups: everything at train.lr; CSCNN's prior tables
+    (models.attention) at lr x train.prior_lr_scale. With hierarchical priors a category's prior
+    is the sum of its own table row and its parent's, and Adam moves each by about its learning
+    rate per update, so those two tables get half the prior rate each: a category's prior then
+    moves about as fast as a flat one, and the option adds borrowing, not a faster prior."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    priors = [(n, p) for n, p in named if "_prior." in n]
+    hierarchical = any("parent_" in n for n, _ in priors)
+    summed = [p for n, p in priors if hierarchical and "field_" not in n]
+    single = [p for n, p in priors if not (hierarchical and "field_" not in n)]
+    groups: list[dict[str, Any]] = [{"params": [p for n, p in named if "_prior." not in n]}]
+    if single:
+        groups.append({"params": single, "lr": tc.lr * tc.prior_lr_scale})
+    if summed:
+        groups.append({"params": summed, "lr": tc.lr * tc.prior_lr_scale / 2})
+    return groups
+
+
 def _train(cfg, spec, train_data, valid_data, images, out_dir, resume, init_from, rank, world, device,
            init_sha256=None, init_encoder=None, encoder=None, on_checkpoint=None):
     tc, mc = cfg.train, cfg.model
@@ -459,12 +478,7 @@ def _train(cfg, spec, train_data, valid_data, images, out_dir, resume, init_from
     net: nn.Module = model
     if world > 1:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    priors = [p for n, p in named if "_prior." in n]  # CSCNN prior tables (models.attention)
-    groups = [{"params": [p for n, p in named if "_prior." not in n]}]
-    if priors:
-        groups.append({"params": priors, "lr": tc.lr * tc.prior_lr_scale})
-    opt = torch.optim.Adam(groups, lr=tc.lr, weight_decay=tc.weight_decay)
+    opt = torch.optim.Adam(param_groups(model, tc), lr=tc.lr, weight_decay=tc.weight_decay)
     use_amp = tc.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     early = _EarlyStop()

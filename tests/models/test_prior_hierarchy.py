@@ -12,7 +12,7 @@ from features.spec import FeatureSpec
 from models.attention import CSCNNAttention
 from models.ctr import CTRModel
 from models.synthetic import make_examples, make_spec
-from models.train import load_model, train
+from models.train import load_model, param_groups, train
 from prior_tables import check_embedding_uses_each_images, warm_start_across_reversed_ids
 
 SMALL = {"model.variant": "cscnn", "model.prior_hierarchy": "parent", "model.deep_dims": [16, 8],
@@ -70,6 +70,27 @@ def test_one_backward_pass_reaches_the_parent_and_the_child_rows():
         grad = table.weight.grad.abs().sum(dim=1)
         assert (grad[hit] > 0).all()
         assert (grad[[i for i in range(len(grad)) if i not in hit]] == 0).all()
+
+
+def test_the_summed_tables_learn_at_half_the_prior_rate_and_other_priors_at_the_full_one():
+    """A category's prior is its row plus its parent's, each moved about lr per Adam update: at half
+    the rate each, the sum moves about as fast as a flat prior (the option adds borrowing, not speed)."""
+    spec = make_spec(n_categories=N_CATEGORIES, vocab=11)
+    spec = FeatureSpec(single={**spec.single, "parent_category_id": N_PARENTS, "brand_id": 5}, multi=spec.multi)
+    cfg = load_config(overrides={**SMALL, "train.prior_lr_scale": 10.0, "model.prior_fields": ["category", "brand"]})
+    model = CTRModel(spec, cfg.model)
+    names = {id(p): n for n, p in model.named_parameters()}
+    lr_of = {names[id(p)]: g.get("lr", cfg.train.lr) for g in param_groups(model, cfg.train) for p in g["params"]}
+    assert lr_of.keys() == set(names.values())
+    for name, lr in lr_of.items():
+        if "field_" in name:
+            assert lr == pytest.approx(0.1), name  # brand priors: a table of their own, 10 x lr
+        elif "_prior." in name:
+            assert lr == pytest.approx(0.05), name  # the category's row and its parent's
+        else:
+            assert lr == pytest.approx(0.01), name
+    flat = CTRModel(spec, cfg.replace({"model.prior_hierarchy": "none"}).model)
+    assert sorted(g.get("lr", 0.01) for g in param_groups(flat, cfg.train)) == pytest.approx([0.01, 0.1])
 
 
 def test_the_fused_forward_equals_the_reference_with_parents():
