@@ -65,7 +65,7 @@ EXCLUDED = {
                                                     "minutes); it rewrites a committed result file",
     "python -m bench.warm_start": "eight daily runs with two trainings each (about 10 minutes); it rewrites a "
                                   "committed result file; tests/bench covers its summary",
-    "python -m bench.beyond": "two worlds x three seeds x three variants of training (about 35 minutes); "
+    "python -m bench.beyond": "two worlds x three seeds x three variants of training (about 40 minutes); "
                               "it rewrites committed result files; tests/bench covers its claims",
     "python -m bench.headroom": "six training settings on one seed (about 20 minutes); it rewrites committed "
                                 "result files; tests/bench covers its summary",
