@@ -597,12 +597,14 @@ def write_published_lookup(spark: SparkSession, cfg: PipelineConfig, entry: dict
     """The version's rows (from its published, checksummed serving files) into the published lookup
     table, partition version = N (replaced: idempotent). A table of the earlier layout (rows written
     before the gates, no version column) is replaced whole."""
-    folder = version_dir(cfg, entry) / "lookup"
-    ad_ids = np.load(folder / AD_IDS_FILE, allow_pickle=False)  # (n,)
-    stored = np.asarray(np.load(folder / EMBEDDINGS_FILE, allow_pickle=False), dtype=np.float32)  # (n, dims)
-    cat_idx = np.load(folder / CATEGORIES_FILE, allow_pickle=False)  # (n,)
-    raw_path = folder / CATEGORY_IDS_FILE
-    raw = np.load(raw_path, allow_pickle=False) if raw_path.is_file() else np.full(len(ad_ids), -1)  # (n,)
+    # The lookup files only (on object storage a temporary download, not a kept copy of the version).
+    names = (AD_IDS_FILE, EMBEDDINGS_FILE, CATEGORIES_FILE, CATEGORY_IDS_FILE)
+    with storage.reading_files(storage.join(version_uri(cfg, entry), "lookup"), names) as folder:
+        ad_ids = np.load(folder / AD_IDS_FILE, allow_pickle=False)  # (n,)
+        stored = np.asarray(np.load(folder / EMBEDDINGS_FILE, allow_pickle=False), dtype=np.float32)  # (n, dims)
+        cat_idx = np.load(folder / CATEGORIES_FILE, allow_pickle=False)  # (n,)
+        raw_path = folder / CATEGORY_IDS_FILE
+        raw = np.load(raw_path, allow_pickle=False) if raw_path.is_file() else np.full(len(ad_ids), -1)  # (n,)
     version, run_date = int(entry["version"]), dt.date.fromisoformat(entry["run_date"])
     rows = [(version, run_date, int(a), int(c) if c >= 0 else None, int(ci), row)
             for a, c, ci, row in zip(ad_ids.tolist(), raw.tolist(), cat_idx.tolist(), stored.tolist())]
@@ -687,7 +689,7 @@ def recover(spark: SparkSession, cfg: PipelineConfig) -> dict[str, list]:
         done["recorded"].append(current["dir"])
     if root is not None:
         _fsync_dir(root)
-    elif current is not None and _current_copy(cfg) != current:
+    elif current is not None and (_current_copy(cfg) or {}).get("txn") != current["txn"]:
         switch_current(cfg, current)  # the copy for readers without Delta, behind after a crash
     if any(done.values()):
         log.warning("registry recovery: %s", {k: v for k, v in done.items() if v})
