@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 
 from core.storage import filesystem, path_in_filesystem
 
-__all__ = ["DataFile", "DeltaLogError", "filesystem", "live_files"]
+__all__ = ["DataFile", "DeltaLogError", "filesystem", "live_files", "partition_rows"]
 
 _COMMIT = re.compile(r"^(\d{20})\.json$")
 _CHECKPOINT = re.compile(r"^(\d{20})\.checkpoint(?:\.(\d{10})\.(\d{10}))?\.parquet$")
@@ -44,6 +44,7 @@ class DataFile:
     path: str  # absolute: a local path, or a URI with the table's scheme
     partition: dict[str, str | None] = field(default_factory=dict)
     size: int = 0
+    records: int | None = None  # its row count, from the file's statistics in the log (None: no statistics)
 
 
 def _join(table_path: str, file_path: str) -> str:
@@ -98,7 +99,25 @@ def _add(uri: str, root: str, live: dict[str, DataFile], entry: dict) -> None:
     if isinstance(partition, list):  # a checkpoint's map column comes back as (key, value) pairs
         partition = dict(partition)
     path = _join(root, entry["path"])
-    live[path] = DataFile(path, dict(partition), int(entry.get("size") or 0))
+    stats = entry.get("stats")  # a JSON string; numRecords is the file's row count
+    records = json.loads(stats).get("numRecords") if stats else None
+    live[path] = DataFile(path, dict(partition), int(entry.get("size") or 0),
+                          int(records) if records is not None else None)
+
+
+def partition_rows(uri: str, column: str, values: list[str]) -> dict[str, int] | None:
+    """Rows of the table at `uri` per value of its partition column `column`, for `values` (a
+    value with no live file counts 0), summed from the live files' statistics; None when a file of
+    those values has no row count in the log (its writer collected no statistics)."""
+    wanted = set(values)
+    rows = dict.fromkeys(values, 0)
+    for f in live_files(uri):
+        value = f.partition.get(column)
+        if value in wanted:
+            if f.records is None:
+                return None
+            rows[value] += f.records
+    return rows
 
 
 def _latest_checkpoint(names: dict[str, str]) -> tuple[int | None, list[str]]:

@@ -45,6 +45,7 @@ from pyspark.sql import functions as F
 from core import storage
 from core.cli import run_cli, run_stage
 from core.config import PipelineConfig
+from core.delta import latest_version
 from core.paths import Paths
 from core.spark import get_spark
 from core.timing import phase
@@ -254,8 +255,7 @@ def run(cfg: PipelineConfig, spark: "SparkSession", run_date: dt.date) -> dict[s
     with phase("writes"):
         (table_df.write.format("delta").mode("overwrite").partitionBy("run_date")
          .option("replaceWhere", day).save(candidates))
-    delta_version = int(spark.sql(f"DESCRIBE HISTORY delta.`{candidates}` LIMIT 1")
-                        .select("version").collect()[0][0])
+    delta_version = latest_version(spark, candidates)
     meta = {
         "run_date": run_date.isoformat(), "rows": int(len(ad_ids)), "candidates": int(len(cand_ads)),
         "reduction": reduction.method, "dims": manifest["dims"], "bytes_per_ad": manifest["bytes_per_ad"],

@@ -515,12 +515,8 @@ def _commit(spark: "SparkSession", paths: Paths, batch: _Batch) -> list[dict[str
     finally:
         batch.release()
 
-    in_batch = F.col("dt").between(F.lit(first), F.lit(last))
-    # What the tables hold now for the batch's days, read back (one job for both).
-    bronze_rows: dict[str, dict[dt.date, int]] = {"impressions": {}, "ads": {}}
-    for r in _counts_by_source_day({name: spark.read.format("delta").load(uri).where(in_batch) for name, uri in
-                                    (("impressions", paths.bronze_impressions), ("ads", paths.bronze_ads))}):
-        bronze_rows[r["source"]][r["dt"]] = int(r["count"])
+    bronze_rows = {name: _rows_now(spark, uri, days) for name, uri in
+                   (("impressions", paths.bronze_impressions), ("ads", paths.bronze_ads))}
     versions = {name: latest_version(spark, uri) for name, uri in
                 (("impressions", paths.bronze_impressions), ("ads", paths.bronze_ads),
                  ("images", paths.bronze_images), ("quarantine", paths.quarantine))}
@@ -555,6 +551,21 @@ def _commit(spark: "SparkSession", paths: Paths, batch: _Batch) -> list[dict[str
                  record["landing_ads"], record["bronze_ads"], record["quarantined_ads"])
     log.info("ingested %s..%s (%d day(s)) in %.1f s", first, last, len(days), seconds)
     return records
+
+
+def _rows_now(spark: "SparkSession", uri: str, days: list[dt.date]) -> dict[dt.date, int]:
+    """What the table at `uri` holds now for each of `days`: the row counts of its live files'
+    statistics in the Delta log (no Spark job), or a count by Spark where a file has none."""
+    from core.delta_log import partition_rows  # pyarrow: not at import (a bad argument is answered without it)
+
+    counted = partition_rows(uri, "dt", [day.isoformat() for day in days])
+    if counted is not None:
+        return {day: counted[day.isoformat()] for day in days}
+    in_batch = F.col("dt").between(F.lit(days[0]), F.lit(days[-1]))
+    rows = dict.fromkeys(days, 0)
+    for r in spark.read.format("delta").load(uri).where(in_batch).groupBy("dt").count().collect():
+        rows[r["dt"]] = int(r["count"])
+    return rows
 
 
 @timed("writes")

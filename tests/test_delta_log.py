@@ -7,7 +7,8 @@ import os
 
 import pytest
 
-from core.delta_log import DeltaLogError, filesystem, live_files
+from core.delta import latest_version
+from core.delta_log import DeltaLogError, filesystem, live_files, partition_rows
 
 
 def _spark_files(spark, uri: str) -> list[str]:
@@ -34,6 +35,33 @@ def test_live_files_follow_overwrites_and_checkpoints(spark, tmp_path):
     on_disk = {os.path.join(dp, n) for dp, _, ns in os.walk(uri) if "_delta_log" not in dp for n in ns
                if n.endswith(".parquet")}
     assert len(on_disk) > len(live_files(uri))  # tombstoned files still lie in the folder
+    counts = {r["part"]: r["count"] for r in spark.read.format("delta").load(uri).groupBy("part").count().collect()}
+    assert partition_rows(uri, "part", ["a", "b", "none"]) == {**counts, "none": 0}  # read from the checkpoint too
+
+
+def test_latest_version_from_the_log_names_agrees_with_describe_history(spark, tmp_path):
+    def history(uri: str) -> int:
+        return int(spark.sql(f"DESCRIBE HISTORY delta.`{uri}` LIMIT 1").collect()[0]["version"])
+
+    uri = str(tmp_path / "t")
+    assert latest_version(spark, uri) is None  # nothing there
+    spark.range(3).write.parquet(uri)
+    assert latest_version(spark, uri) is None  # a folder of parquet files is no Delta table
+    (tmp_path / "t" / "_delta_log").mkdir()
+    assert latest_version(spark, uri) is None  # nor is an empty log
+    uri = str(tmp_path / "d")
+    df = spark.range(10).selectExpr("id", "IF(id % 2 = 0, 'a', 'b') AS part")
+    df.write.format("delta").partitionBy("part").option("delta.checkpointInterval", "2").save(uri)
+    assert latest_version(spark, uri) == history(uri) == 0
+    for k in range(4):  # versions 1-4, checkpoints at 2 and 4
+        df.where(f"id > {k} AND part = 'a'").write.format("delta").mode("overwrite") \
+            .option("replaceWhere", "part = 'a'").save(uri)
+        assert latest_version(spark, uri) == history(uri) == k + 1
+        assert latest_version(spark, f"file://{uri}") == k + 1
+    log_dir = tmp_path / "d" / "_delta_log"
+    for v in range(4):  # log clean-up: the commits before the last checkpoint go
+        (log_dir / f"{v:020d}.json").unlink()
+    assert latest_version(spark, uri) == history(uri) == 4
 
 
 def test_live_files_refuse_what_they_cannot_read(tmp_path):
@@ -52,6 +80,10 @@ def test_live_files_refuse_what_they_cannot_read(tmp_path):
         live_files(str(tmp_path / "t"))
     (log_dir / f"{2:020d}.json").unlink()
     assert [f.path for f in live_files(f"file://{tmp_path}/t")] == [f"{tmp_path}/t/a b.parquet"]
+    assert partition_rows(str(tmp_path / "t"), "part", ["x"]) == {"x": 0}
+    (log_dir / f"{1:020d}.json").write_text(json.dumps({"add": {"path": "c.parquet", "size": 1,
+                                                                "partitionValues": {"part": "x"}}}) + "\n")
+    assert partition_rows(str(tmp_path / "t"), "part", ["x"]) is None  # no statistics: the caller counts
 
 
 def test_filesystem_schemes():
