@@ -5,17 +5,18 @@
 
 The lock is the object itself. It is created with a conditional write (If-None-Match: *), which
 S3 lets exactly one writer win; while the block runs a thread renews the lease every
-LEASE_S / 3 seconds (a write conditional on the object's ETag), and the block's end deletes it
-(a delete conditional on the same ETag). The object records the holder's host, pid and the end
-of its lease. A holder that died leaves the object behind; a waiter takes it over when the lease
-has run out, or at once when the holder ran on this machine and its pid is gone (a SIGKILLed
-publish on the same host). A takeover deletes the stale object on its ETag, so of two waiters
-that judged it stale only one succeeds, and the other goes on waiting.
+LEASE_S / 3 seconds (a rewrite conditional on the object's ETag, with a new body, so a new ETag),
+and the block's end deletes it (a delete conditional on the same ETag). The object records the
+holder's host and pid. A holder that died leaves the object behind; a waiter takes it over when
+it has seen the same ETag for LEASE_S seconds of its own monotonic clock (no renewal for a whole
+lease), or at once when the holder ran on this machine and its pid is gone (a SIGKILLed publish
+on the same host). No host reads another's wall clock, so hosts whose clocks disagree still
+judge a lease alike. A takeover deletes the stale object on its ETag, so of two waiters that
+judged it stale only one succeeds, and the other goes on waiting.
 
 Credentials, region and endpoint come from the environment (AWS_ACCESS_KEY_ID,
 AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_REGION or AWS_DEFAULT_REGION, AWS_ENDPOINT_URL),
-as for every object-storage access of the project (core.storage). Hosts' clocks are assumed to
-agree to well within the lease.
+as for every object-storage access of the project (core.storage).
 """
 
 from __future__ import annotations
@@ -70,18 +71,19 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _stale(holder: dict[str, Any]) -> str | None:
-    """Why the lease described by ``holder`` no longer holds, or None while it does."""
-    if float(holder.get("expires", 0)) < time.time():
-        return "its lease ran out"
-    if holder.get("host") == socket.gethostname() and not _pid_alive(int(holder.get("pid", 0))):
+def _stale(holder: dict[str, Any], unchanged_s: float) -> str | None:
+    """Why the lease of ``holder``, whose object has not changed for ``unchanged_s`` seconds of
+    this process's monotonic clock, no longer holds; None while it does."""
+    if unchanged_s > LEASE_S:
+        return f"its lease was not renewed for {unchanged_s:.0f} s"
+    if holder.get("host") == socket.gethostname() and not _pid_alive(int(holder.get("pid") or 0)):
         return f"its process {holder.get('pid')} on this host is gone"
     return None
 
 
-def _body(owner: str) -> bytes:
-    return json.dumps({"owner": owner, "host": socket.gethostname(), "pid": os.getpid(),
-                       "expires": time.time() + LEASE_S}).encode()
+def _body(owner: str, renewal: int) -> bytes:
+    return json.dumps({"owner": owner, "host": socket.gethostname(), "pid": os.getpid(), "renewal": renewal,
+                       "lease_s": LEASE_S}).encode()
 
 
 def _acquire(client: Any, bucket: str, key: str, owner: str, uri: str) -> str:
@@ -89,22 +91,27 @@ def _acquire(client: Any, bucket: str, key: str, owner: str, uri: str) -> str:
     from botocore.exceptions import ClientError
 
     said = 0.0
+    first_seen: dict[str, float] = {}  # ETag -> when this waiter first saw it (monotonic)
     while True:
         try:
-            return client.put_object(Bucket=bucket, Key=key, Body=_body(owner), IfNoneMatch="*")["ETag"]
+            return client.put_object(Bucket=bucket, Key=key, Body=_body(owner, 0), IfNoneMatch="*")["ETag"]
         except ClientError as e:
             if _code(e) not in _TAKEN:
                 raise
         try:
             got = client.get_object(Bucket=bucket, Key=key)
-            etag, holder = got["ETag"], json.loads(got["Body"].read())
+            etag = got["ETag"]
+            holder = json.loads(got["Body"].read())
+            if not isinstance(holder, dict):
+                raise ValueError("not a lock object")
         except ClientError as e:
             if _code(e) in ("NoSuchKey", "404"):
                 continue  # released in between: try again at once
             raise
         except ValueError:
-            holder, etag = {}, None  # not a lock this module wrote: only its lease's end frees it
-        why = _stale(holder) if etag else None
+            holder = {}  # not a lock this module wrote: it goes when it stays unchanged for a lease
+        now = time.monotonic()
+        why = _stale(holder, now - first_seen.setdefault(etag, now))
         if why:
             try:
                 client.delete_object(Bucket=bucket, Key=key, IfMatch=etag)
@@ -132,9 +139,12 @@ def held(uri: str) -> Iterator[None]:
     stop, lost = threading.Event(), []
 
     def renew() -> None:
+        renewal = 0
         while not stop.wait(LEASE_S / 3):
+            renewal += 1
             try:
-                etag[0] = client.put_object(Bucket=bucket, Key=key, Body=_body(owner), IfMatch=etag[0])["ETag"]
+                etag[0] = client.put_object(Bucket=bucket, Key=key, Body=_body(owner, renewal),
+                                            IfMatch=etag[0])["ETag"]
             except ClientError as e:
                 lost.append(f"{_code(e) or e}")
                 log.error("lost the lock %s: renewing its lease failed (%s)", uri, _code(e) or e)

@@ -146,36 +146,42 @@ def test_the_object_lock_waits_for_a_live_holder_and_takes_over_a_dead_one(s3_en
     uri = f"s3a://{s3_server.BUCKET}/locks/.lock"
     client = s3_server.client(s3_env)
     monkeypatch.setattr(object_lock, "POLL_S", 0.05)
+    monkeypatch.setattr(object_lock, "LEASE_S", 1.0)  # renewed every 1/3 s
     order: list[str] = []
 
     def take() -> None:
         with object_lock.held(uri):
             order.append("taken")
 
-    with object_lock.held(uri):
+    with object_lock.held(uri):  # held for 2.5 leases: its renewals keep the waiter out
         waiter = threading.Thread(target=take)
         waiter.start()
-        time.sleep(1.0)
+        time.sleep(2.5)
         order.append("released")
     waiter.join(timeout=30)
     assert order == ["released", "taken"]
     assert not storage.exists(uri)
 
-    def lease(pid: int, host: str, expires: float) -> None:
+    def lease(pid: int, host: str, renewal: int = 0) -> None:
         client.put_object(Bucket=s3_server.BUCKET, Key="locks/.lock",
-                          Body=json.dumps({"owner": "x", "host": host, "pid": pid, "expires": expires}).encode())
+                          Body=json.dumps({"owner": "x", "host": host, "pid": pid, "renewal": renewal}).encode())
 
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    lease(dead.pid, socket.gethostname(), time.time() + 3600)  # this host's, its process gone: taken at once
+    lease(dead.pid, socket.gethostname())  # this host's, its process gone: taken at once
     take()
-    lease(1, "another-host", time.time() - 1)  # another host's lease that ran out
+    lease(1, "another-host")  # another host's lease that nobody renews: taken after a lease of the waiter's clock
+    started = time.monotonic()
     take()
+    assert time.monotonic() - started >= 1.0
     assert order == ["released", "taken", "taken", "taken"]
-    lease(1, "another-host", time.time() + 3600)  # another host's live lease: wait for it
+    # Another host's holder that renews (whatever its clock says) is waited for, however long.
+    lease(1, "another-host")
     waiter = threading.Thread(target=take)
     waiter.start()
-    waiter.join(timeout=1.5)
+    for renewal in range(1, 9):
+        time.sleep(0.3)
+        lease(1, "another-host", renewal)
     assert waiter.is_alive() and len(order) == 4
     client.delete_object(Bucket=s3_server.BUCKET, Key="locks/.lock")
     waiter.join(timeout=10)
