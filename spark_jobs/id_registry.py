@@ -17,19 +17,25 @@ contains it is stored by build_window, and keeps it for good:
 `encode_days` turns a joined day (impressions + that day's catalog) into the stored day rows:
 each vocabulary field replaced by its stable id (`id_<field>`, arrays for multi-valued fields),
 the raw ad_id kept for grouping and cold-ad lookups, numeric fields kept raw (their bins are the
-run date's). It is done in Spark, once per stored day, through id arrays broadcast with the rows
-(broadcast joins or a regroup for fields whose values span too many integers; see encode_days).
+run date's). It is done in Spark, once per stored day: fields whose values span few enough
+integers through id arrays that the executors' Python indexes with numpy, batch by batch (the
+arrays travel once with the task, never with each row), the others by broadcast joins or a
+regroup (see encode_days).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
+from typing import Iterator
 
 import numpy as np
+import pyarrow as pa
 
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
+from pyspark.sql.types import ArrayType, LongType, StructField, StructType
 
 from core.delta import delta_exists, merge_into, table_ref
 from core.paths import Paths
@@ -45,8 +51,8 @@ REGISTRY_DDL = "field string, value bigint, id bigint, first_dt date"
 _KEY = ("dt", "_ad_key", "ad_pos")  # unique per day row (with_ad_positions numbers rows within dt and ad)
 _CONFLICT_RETRIES = 8
 # A field whose registered values span at most this many integers is encoded through an id array
-# broadcast with the rows (8 bytes per integer of the span) instead of a join (single fields) or a
-# regroup (multi-valued fields).
+# (8 bytes per integer of the span, sent once with each task's code) instead of a join (single
+# fields) or a regroup (multi-valued fields).
 LOOKUP_MAX_SPAN = 1 << 21
 
 
@@ -105,7 +111,7 @@ def read_registry(spark: SparkSession, paths: Paths) -> DataFrame:
     return spark.read.format("delta").load(uri)
 
 
-def _lookup_arrays(registry_df: DataFrame, names: tuple[str, ...], max_span: int) -> dict[str, tuple[int, list[int]]]:
+def _lookup_arrays(registry_df: DataFrame, names: tuple[str, ...], max_span: int) -> dict[str, tuple[int, np.ndarray]]:
     """{field: (smallest value, ids by value - smallest)} of the fields of `names` whose registered
     values span at most `max_span` integers (gaps hold 0, never an id)."""
     spans = (registry_df.where(F.col("field").isin(list(names))).groupBy("field")
@@ -119,18 +125,39 @@ def _lookup_arrays(registry_df: DataFrame, names: tuple[str, ...], max_span: int
         lo = small[str(name)]
         ids = np.zeros(int(part["value"].max()) - lo + 1, np.int64)
         ids[part["value"].to_numpy() - lo] = part["id"].to_numpy()
-        out[str(name)] = (lo, ids.tolist())
+        out[str(name)] = (lo, ids)
     return out
 
 
-def _array_lookup(column: str, lo: int, ids: list[int]):
-    """A one-argument lambda for transform(): value x -> ids[x - lo] of the array column, null
-    outside it (transform() passes (x, index) to a lambda of two arguments)."""
-    def look_up(x):
-        index = x - F.lit(lo - 1)  # element_at is 1-based
-        return F.when((index >= 1) & (index <= len(ids)), F.element_at(F.col(column), index.cast("int")))
+def _look_up(values: pa.Array, lo: int, ids: np.ndarray, gap_is_null: bool) -> pa.Array:
+    """ids[value - lo] of each int64 value; null for a null value, a value outside the array and,
+    when `gap_is_null`, a value whose entry is 0 (a gap: no id)."""
+    raw = values.fill_null(lo).to_numpy(zero_copy_only=False).astype(np.int64, copy=False) - lo
+    inside = values.is_valid().to_numpy(zero_copy_only=False) & (raw >= 0) & (raw < len(ids))
+    out = np.zeros(len(raw), np.int64)
+    out[inside] = ids[raw[inside]]
+    return pa.array(out, pa.int64(), mask=~inside | (out == 0) if gap_is_null else ~inside)
 
-    return look_up
+
+def _look_up_batches(lookups: dict[str, tuple[str, int, np.ndarray]], batches: Iterator[pa.RecordBatch]
+                     ) -> Iterator[pa.RecordBatch]:
+    """mapInArrow: append, per {output column: (input column, lo, ids)}, the ids of the input's
+    values (bigint, or array<bigint> for a multi-valued field: a null list stays null, a null
+    element stays null; a single value in a gap is null, as the join gives)."""
+    for batch in batches:
+        columns, names = list(batch.columns), list(batch.schema.names)
+        for out_name, (in_name, lo, ids) in lookups.items():
+            col = batch.column(in_name)
+            if pa.types.is_list(col.type):
+                offsets = col.offsets.to_numpy()
+                values = col.values.slice(offsets[0], offsets[-1] - offsets[0])
+                col = pa.ListArray.from_arrays(pa.array(offsets - offsets[0], pa.int32()),
+                                               _look_up(values, lo, ids, gap_is_null=False), mask=col.is_null())
+            else:
+                col = _look_up(col, lo, ids, gap_is_null=True)
+            columns.append(col)
+            names.append(out_name)
+        yield pa.RecordBatch.from_arrays(columns, names=names)
 
 
 def encode_days(joined_df: DataFrame, registry_df: DataFrame, lookup_max_span: int = LOOKUP_MAX_SPAN) -> DataFrame:
@@ -139,27 +166,23 @@ def encode_days(joined_df: DataFrame, registry_df: DataFrame, lookup_max_span: i
     Single fields become `id_<field>` bigint (null stays null); multi-valued fields become
     `id_<field>` array<bigint> in the same order (a null array stays null, a null element stays
     null). A field whose registered values span at most `lookup_max_span` integers is looked up
-    in an id array broadcast with the rows, all such fields in one broadcast (no shuffle, no join
-    per field). A wider single field takes a broadcast join; a wider multi-valued field is
-    exploded, joined and regrouped per row (two shuffles).
+    in an id array by numpy in the executors' Python, all such fields in one pass (no shuffle, no
+    join per field; the arrays go with the task's code, not with each row, so the cost per row
+    does not grow with a field's span). A wider single field takes a broadcast join; a wider
+    multi-valued field is exploded, joined and regrouped per row (two shuffles).
     `registry_df` must hold every non-null value (`register` them first): a value without an id
     would be stored as null or 0, that is OOV.
     """
     arrays = _lookup_arrays(registry_df, VOCAB_FIELDS, lookup_max_span) if lookup_max_span > 0 else {}
     df = joined_df.withColumn("_ad_key", F.coalesce(F.col("ad_id").cast("bigint"), F.lit(NULL_AD_KEY)))
     if arrays:
-        spark = registry_df.sparkSession
         names = sorted(arrays)
-        arrays_df = spark.createDataFrame([tuple(arrays[n][1] for n in names)],
-                                          ", ".join(f"_lut_{n} array<bigint>" for n in names))
-        df = df.crossJoin(F.broadcast(arrays_df))
-        for n in names:
-            look_up = _array_lookup(f"_lut_{n}", *arrays[n])
-            if n in MULTI_FIELDS:
-                df = df.withColumn(stable_column(n), F.transform(F.col(n).cast("array<bigint>"), look_up))
-            else:  # a gap of the array (0) is a value without an id: null, as the join gives
-                df = df.withColumn(stable_column(n), F.nullif(look_up(F.col(n).cast("bigint")), F.lit(0)))
-        df = df.drop(*[f"_lut_{n}" for n in names])
+        keyed = df.select("*", *[F.col(n).cast("array<bigint>" if n in MULTI_FIELDS else "bigint").alias(f"_k_{n}")
+                                 for n in names])
+        schema = StructType([*keyed.schema.fields, *[
+            StructField(stable_column(n), ArrayType(LongType()) if n in MULTI_FIELDS else LongType()) for n in names]])
+        lookups = {stable_column(n): (f"_k_{n}", *arrays[n]) for n in names}
+        df = keyed.mapInArrow(functools.partial(_look_up_batches, lookups), schema).drop(*[f"_k_{n}" for n in names])
     for n in CATEGORICAL_SINGLE_FIELDS:
         if n not in arrays:
             ids = registry_df.where(F.col("field") == n).select(F.col("value").alias(f"_v_{n}"),
