@@ -4,6 +4,7 @@
     python -m bench.daily_overhead --label before --checkout /tmp/old  # the same, an older checkout's DAG
     python -m bench.daily_overhead --worlds tiny --label after
     python -m bench.daily_overhead --worlds tiny --label after-warm --warm-server
+    python -m bench.daily_overhead --worlds tiny --label after-steady --steady
 
 For each world (tiny: conf/tiny.toml; demo: conf/demo.toml) the inputs are made once per
 invocation with this checkout's code: the simulated days [D-W, D] and the window's history
@@ -20,7 +21,12 @@ it: what a fresh machine's first run pays. `--warm-server` starts it before the 
 it is on every later day of a machine that keeps it; the result records which
 (`spark_server`). A checkout that runs spark-submit per stage starts no server either way. The
 same holds for the warm stage runner of a checkout that has one (core/stage_runner.py, its own
-folder CSCNN_STAGE_RUNNER_DIR of this invocation; `stage_runner` in the result).
+folder CSCNN_STAGE_RUNNER_DIR of this invocation; `stage_runner` in the result). A server that
+has just started is slow for its first minutes of work (class loading, a cold JIT: the first
+ingest of a fresh server takes about twice as long as a later one). `--steady` measures what a
+machine that runs the DAG every day sees: the inputs include day D+1, the run of D goes first
+(kept under `previous_day`), and the recorded run is D+1's, on the same storage, Airflow home,
+server and stage runner.
 
 Results merge into bench/results/daily_overhead.json under results[<label>][<world>], so a
 `before` and an `after` invocation in one session sit side by side. Every number is measured.
@@ -78,8 +84,9 @@ def world_config(world: str, root: str, path: str) -> None:
         f.write(text)
 
 
-def prepare(world: str, work: str, env: dict[str, str]) -> tuple[str, dt.date, dict[str, float]]:
-    """Simulate the world's days and ingest the window's history once; returns (base root, D, wall times)."""
+def prepare(world: str, work: str, env: dict[str, str], extra_days: int = 0) -> tuple[str, dt.date, dict[str, float]]:
+    """Simulate the world's days (and `extra_days` after D) and ingest the window's history once;
+    returns (base root, D, wall times)."""
     base = os.path.join(work, world, "base")
     config = os.path.join(work, world, "base.toml")
     world_config(world, base, config)
@@ -89,32 +96,38 @@ def prepare(world: str, work: str, env: dict[str, str]) -> tuple[str, dt.date, d
     day = dt.date.fromisoformat(cfg.world.epoch) + dt.timedelta(days=W)
     first = day - dt.timedelta(days=W)
     walls = {"simulate_s": sh([sys.executable, "-m", "simworld", "--config", config, "--start", str(first),
-                               "--end", str(day)], env),
+                               "--end", str(day + dt.timedelta(days=extra_days))], env),
              "ingest_history_s": sh([sys.executable, os.path.join(ROOT, "spark_jobs", "ingest.py"), "--config",
                                      config, "--date", str(first), "--end-date", str(day - dt.timedelta(days=1))],
                                     env)}
     return base, day, walls
 
 
-def task_instances(airflow_home: str) -> list[dict]:
-    """The DAG's task_instance rows (the last try of each task) from the run's SQLite metadata DB."""
+def task_instances(airflow_home: str, day: dt.date) -> list[dict]:
+    """The task_instance rows (the last try of each task) of the DAG's run for `day` from the SQLite metadata DB."""
     with sqlite3.connect(os.path.join(airflow_home, "airflow.db")) as db:
         db.row_factory = sqlite3.Row
-        rows = db.execute("SELECT task_id, state, start_date, end_date, duration, try_number FROM task_instance "
-                          "WHERE dag_id = ? ORDER BY start_date", (DAG_ID,)).fetchall()
+        rows = db.execute("SELECT ti.task_id, ti.state, ti.start_date, ti.end_date, ti.duration, ti.try_number "
+                          "FROM task_instance ti JOIN dag_run dr ON ti.dag_id = dr.dag_id AND ti.run_id = dr.run_id "
+                          "WHERE ti.dag_id = ? AND date(dr.logical_date) = ? ORDER BY ti.start_date",
+                          (DAG_ID, day.isoformat())).fetchall()
     return [dict(r) for r in rows]
 
 
 def run_dag(world: str, base: str, day: dt.date, label: str, checkout: str, work: str,
-            env: dict[str, str], warm_server: bool = False) -> dict:
-    """One `airflow dags test` of the checkout's DAG on a copy of the prepared inputs; its per-task times."""
+            env: dict[str, str], warm_server: bool = False, again: bool = False) -> dict:
+    """One `airflow dags test` of the checkout's DAG on a copy of the prepared inputs; its per-task times.
+
+    `again`: the run continues the storage, Airflow home, Spark server and stage runner of the
+    previous run_dag call of this label (the run of the day before), instead of fresh ones."""
     root = os.path.join(work, world, label)
-    shutil.copytree(base, root, symlinks=True)
     config = os.path.join(work, world, f"{label}.toml")
-    world_config(world, root, config)
-    cfg = load_config(config)
     home = os.path.join(work, world, f"airflow-{label}")
-    os.makedirs(home)
+    if not again:
+        shutil.copytree(base, root, symlinks=True)
+        world_config(world, root, config)
+        os.makedirs(home)
+    cfg = load_config(config)
     # The checkout's own venv (scripts/bootstrap.sh: seconds from uv's cache), so its stages import its code.
     run_env = {k: v for k, v in env.items() if not k.startswith("AIRFLOW") and k not in ("CSCNN_VENV", "VIRTUAL_ENV")}
     run_env.update(CSCNN_CONFIG=config, CSCNN_START_DATE=cfg.world.epoch, CSCNN_END_DATE=str(day),
@@ -136,7 +149,7 @@ def run_dag(world: str, base: str, day: dt.date, label: str, checkout: str, work
     if not states:
         raise RuntimeError(f"no finished run of {DAG_ID} in the output of {world}/{label} "
                            f"(exit {proc.returncode}):\n{out[-3000:]}")
-    tis = task_instances(home)
+    tis = task_instances(home, day)
     tasks = {}
     timings_dir = os.path.join(root, "artifacts", "runs", str(day), "timings")
     for ti in tis:
@@ -156,8 +169,10 @@ def run_dag(world: str, base: str, day: dt.date, label: str, checkout: str, work
               "impressions_per_day": cfg.world.impressions_per_day, "window_days": cfg.features.window_days,
               "checkout": checkout_version(checkout),
               "spark_server": ("none (spark-submit per stage)" if not has_server else
+                               "the previous day's run's" if again else
                                "running before the run" if warm_server else "started by the run's first stage"),
               "stage_runner": ("none (a new interpreter per stage)" if not has_runner else
+                               "the previous day's run's" if again else
                                "running before the run" if warm_server else "started by the run's first stage")}
     print(f"{world}/{label}: {result['state']}, DAG run {dag_run_s} s (command {command_s} s)", flush=True)
     for task_id, t in tasks.items():
@@ -176,7 +191,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work", help="folder for the worlds' storage and Airflow homes (default: a temporary one)")
     ap.add_argument("--warm-server", action="store_true",
                     help="start the Spark Connect server before the DAG run (default: the run starts it)")
+    ap.add_argument("--steady", action="store_true",
+                    help="measure the run of day D+1 that follows the run of day D on the same machine (its Spark "
+                         "server and stage runner kept, as on every day of a machine that runs the DAG daily); "
+                         "the run of D is recorded as previous_day")
     args = ap.parse_args(argv)
+    if args.steady and args.warm_server:
+        ap.error("--steady and --warm-server exclude each other: --steady's server is the previous day's run's")
     worlds = [w.strip() for w in args.worlds.split(",") if w.strip()]
     bad = [w for w in worlds if w not in WORLDS]
     if bad or not worlds:
@@ -192,10 +213,14 @@ def main(argv: list[str] | None = None) -> int:
     data = json.load(open(path)) if os.path.isfile(path) else {}
     data.update(machine=machine(), goals=GOALS)
     for world in worlds:
-        base, day, prep = prepare(world, work, env)
+        base, day, prep = prepare(world, work, env, extra_days=1 if args.steady else 0)
         stop_all()  # the preparation's server: the run starts with none (or its own, --warm-server)
         try:
             result = run_dag(world, base, day, args.label, checkout, work, env, args.warm_server)
+            if args.steady:
+                previous = result
+                result = run_dag(world, base, day + dt.timedelta(days=1), args.label, checkout, work, env, again=True)
+                result["previous_day"] = previous
         finally:
             stop_all()
             stage_runner.stop_all()
