@@ -8,13 +8,11 @@ stage's own process and on a Spark Connect server (core/spark.py), where Delta's
 from __future__ import annotations
 
 import datetime as dt
-import re
 import uuid
 
 from pyspark.errors import AnalysisException
 from pyspark.sql import DataFrame, SparkSession
 
-from core import storage
 from core.paths import is_local
 from core.timing import timed
 
@@ -32,10 +30,6 @@ def sql_string(value: str) -> str:
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
-# A commit or classic checkpoint in a table's _delta_log: its version is the first 20 digits.
-_LOG_ENTRY = re.compile(r"^(\d{20})\.(?:json|checkpoint(?:\.\d{10}\.\d{10})?\.parquet)$")
-
-
 def latest_version(spark: SparkSession, uri: str) -> int | None:
     """The latest committed version of the Delta table at `uri`; None when there is no table.
 
@@ -46,9 +40,9 @@ def latest_version(spark: SparkSession, uri: str) -> int | None:
     agree). Other schemes go through DESCRIBE HISTORY.
     """
     if is_local(uri) or uri.split("://", 1)[0] in ("s3", "s3a"):
-        versions = [int(m.group(1)) for name in storage.children(storage.join(uri, "_delta_log"))
-                    if (m := _LOG_ENTRY.match(name))]
-        return max(versions) if versions else None
+        from core import delta_log  # pyarrow: not at import (a stage answers a bad argument without it)
+
+        return delta_log.latest_version(uri)
     try:
         rows = spark.sql(f"DESCRIBE HISTORY {table_ref(uri)} LIMIT 1").select("version").collect()
     except AnalysisException as e:

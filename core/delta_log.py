@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 
 from core.storage import filesystem, path_in_filesystem
 
-__all__ = ["DataFile", "DeltaLogError", "filesystem", "live_files", "partition_rows"]
+__all__ = ["DataFile", "DeltaLogError", "filesystem", "latest_version", "live_files", "partition_rows"]
 
 _COMMIT = re.compile(r"^(\d{20})\.json$")
 _CHECKPOINT = re.compile(r"^(\d{20})\.checkpoint(?:\.(\d{10})\.(\d{10}))?\.parquet$")
@@ -44,7 +44,13 @@ class DataFile:
     path: str  # absolute: a local path, or a URI with the table's scheme
     partition: dict[str, str | None] = field(default_factory=dict)
     size: int = 0
-    records: int | None = None  # its row count, from the file's statistics in the log (None: no statistics)
+    stats: str | None = field(default=None, repr=False)  # the log's statistics (JSON), parsed only when asked
+
+    @property
+    def records(self) -> int | None:
+        """The file's row count from its statistics; None when the writer collected none."""
+        records = json.loads(self.stats).get("numRecords") if self.stats else None
+        return int(records) if records is not None else None
 
 
 def _join(table_path: str, file_path: str) -> str:
@@ -99,10 +105,17 @@ def _add(uri: str, root: str, live: dict[str, DataFile], entry: dict) -> None:
     if isinstance(partition, list):  # a checkpoint's map column comes back as (key, value) pairs
         partition = dict(partition)
     path = _join(root, entry["path"])
-    stats = entry.get("stats")  # a JSON string; numRecords is the file's row count
-    records = json.loads(stats).get("numRecords") if stats else None
-    live[path] = DataFile(path, dict(partition), int(entry.get("size") or 0),
-                          int(records) if records is not None else None)
+    live[path] = DataFile(path, dict(partition), int(entry.get("size") or 0), entry.get("stats"))
+
+
+def latest_version(uri: str) -> int | None:
+    """The table's latest version from its log's file names (the highest commit or checkpoint:
+    Delta writes a commit whole, under its version's name); None when there is no table."""
+    fs, root = filesystem(uri)
+    infos = fs.get_file_info(pafs.FileSelector(f"{root.rstrip('/')}/_delta_log", allow_not_found=True))
+    versions = [int(m.group(1)) for i in infos if i.type == pafs.FileType.File
+                and (m := _COMMIT.match(i.base_name) or _CHECKPOINT.match(i.base_name))]
+    return max(versions) if versions else None
 
 
 def partition_rows(uri: str, column: str, values: list[str]) -> dict[str, int] | None:
